@@ -1,0 +1,2 @@
+//! `orpoctl`: the client of the orpod daemon.
+fn main() {}

@@ -1,0 +1,5 @@
+//! One module per `orpod` verb.
+
+pub mod convert;
+pub mod eval;
+pub mod train;

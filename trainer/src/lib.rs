@@ -1,0 +1,28 @@
+//! `orpo-trainer`: ORPO preference fine-tuning (Hong et al. 2024, as TRL's `ORPOTrainer`
+//! computes it) with LoRA on a frozen Llama-family base, written on candle.
+//!
+//! The crate is synchronous: no async, HTTP or database code. The daemon runs it in a worker
+//! process; `orpod train` runs it in the foreground.
+//!
+//! # Layout
+//! - [`model`]: loading a base model (Hugging Face folder or GGUF) and the training forward pass.
+//! - [`tokenizer`]: the tokenizer with its special tokens and chat template.
+//! - [`data`], [`template`]: JSONL preference rows, chat templates, TRL's tokenization.
+//! - [`lora`]: the adapter (PEFT format on disk).
+//! - [`ops`]: ops with their own backward (frozen linear, output head log-probs).
+//! - [`loss`]: the ORPO loss and TRL's metrics.
+//! - [`optim`]: AdamW, learning-rate schedules, gradient clipping.
+//! - [`train`]: the training and evaluation loops.
+
+pub mod data;
+pub mod error;
+pub mod lora;
+pub mod loss;
+pub mod model;
+pub mod ops;
+pub mod optim;
+pub mod template;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};
