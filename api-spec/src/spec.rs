@@ -179,7 +179,13 @@ impl Default for LoraSpec {
 
 /// The projections a LoRA adapter may attach to (Llama/Qwen2 module names, as PEFT spells them).
 pub const LORA_MODULES: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,11 +382,12 @@ impl JobSpec {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        spec.validate().map_err(|(key, message)| SpecError::Invalid {
-            path: path.to_path_buf(),
-            key,
-            message,
-        })?;
+        spec.validate()
+            .map_err(|(key, message)| SpecError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
         Ok(spec)
     }
 
@@ -413,14 +420,26 @@ impl JobSpec {
                 Err((key, msg.to_string()))
             }
         }
-        check(!self.model.base.is_empty(), "model.base", "must name a model folder or .gguf file")?;
-        check(!self.data.train.is_empty(), "data.train", "must name a JSONL file")?;
+        check(
+            !self.model.base.is_empty(),
+            "model.base",
+            "must name a model folder or .gguf file",
+        )?;
+        check(
+            !self.data.train.is_empty(),
+            "data.train",
+            "must name a JSONL file",
+        )?;
         check(
             (0.0..1.0).contains(&self.data.eval_fraction),
             "data.eval_fraction",
             "must be in [0, 1)",
         )?;
-        check(self.data.max_length >= 2, "data.max_length", "must be at least 2")?;
+        check(
+            self.data.max_length >= 2,
+            "data.max_length",
+            "must be at least 2",
+        )?;
         check(
             self.data.max_prompt_length < self.data.max_length,
             "data.max_prompt_length",
@@ -429,10 +448,18 @@ impl JobSpec {
                 self.data.max_prompt_length, self.data.max_length
             ),
         )?;
-        check(self.orpo.beta >= 0.0 && self.orpo.beta.is_finite(), "orpo.beta", "must be >= 0")?;
+        check(
+            self.orpo.beta >= 0.0 && self.orpo.beta.is_finite(),
+            "orpo.beta",
+            "must be >= 0",
+        )?;
         check(self.lora.r > 0, "lora.r", "must be > 0")?;
         check(self.lora.alpha > 0.0, "lora.alpha", "must be > 0")?;
-        check((0.0..1.0).contains(&self.lora.dropout), "lora.dropout", "must be in [0, 1)")?;
+        check(
+            (0.0..1.0).contains(&self.lora.dropout),
+            "lora.dropout",
+            "must be in [0, 1)",
+        )?;
         check(
             !self.lora.target_modules.is_empty(),
             "lora.target_modules",
@@ -447,9 +474,17 @@ impl JobSpec {
             }
         }
         let t = &self.train;
-        check(t.epochs > 0.0 || t.max_steps > 0, "train.epochs", "must be > 0 (or set train.max_steps)")?;
+        check(
+            t.epochs > 0.0 || t.max_steps > 0,
+            "train.epochs",
+            "must be > 0 (or set train.max_steps)",
+        )?;
         check(t.batch_size > 0, "train.batch_size", "must be > 0")?;
-        check(t.eval_batch_size > 0, "train.eval_batch_size", "must be > 0")?;
+        check(
+            t.eval_batch_size > 0,
+            "train.eval_batch_size",
+            "must be > 0",
+        )?;
         check(t.grad_accum > 0, "train.grad_accum", "must be > 0")?;
         check(
             t.learning_rate >= 0.0 && t.learning_rate.is_finite(),
@@ -457,13 +492,26 @@ impl JobSpec {
             "must be >= 0",
         )?;
         check(t.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")?;
-        check(t.max_grad_norm >= 0.0, "train.max_grad_norm", "must be >= 0 (0 turns clipping off)")?;
+        check(
+            t.max_grad_norm >= 0.0,
+            "train.max_grad_norm",
+            "must be >= 0 (0 turns clipping off)",
+        )?;
         check(t.log_every > 0, "train.log_every", "must be > 0")?;
-        check(t.keep_checkpoints > 0, "train.keep_checkpoints", "must be > 0")?;
+        check(
+            t.keep_checkpoints > 0,
+            "train.keep_checkpoints",
+            "must be > 0",
+        )?;
         let d = self.resources.device.as_str();
         let device_ok = matches!(d, "auto" | "cpu" | "cuda")
-            || d.strip_prefix("cuda:").is_some_and(|n| n.parse::<usize>().is_ok());
-        check(device_ok, "resources.device", "must be auto, cpu, cuda or cuda:N")?;
+            || d.strip_prefix("cuda:")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        check(
+            device_ok,
+            "resources.device",
+            "must be auto, cpu, cuda or cuda:N",
+        )?;
         Ok(())
     }
 }
@@ -492,7 +540,9 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_line() {
         let text = format!("{MINIMAL}[train]\nlearning_rat = 1e-4\n");
-        let err = JobSpec::parse(&text, Path::new("job.toml")).unwrap_err().to_string();
+        let err = JobSpec::parse(&text, Path::new("job.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("learning_rat"), "{err}");
         assert!(err.contains("line 6"), "{err}");
     }
@@ -500,10 +550,18 @@ mod tests {
     #[test]
     fn out_of_range_values_name_the_key() {
         let text = format!("{MINIMAL}[lora]\ntarget_modules = [\"qproj\"]\n");
-        let err = JobSpec::parse(&text, Path::new("job.toml")).unwrap_err().to_string();
-        assert!(err.contains("lora.target_modules") && err.contains("qproj"), "{err}");
-        let text = "[model]\nbase = \"m\"\n[data]\ntrain = \"t\"\nmax_length = 8\nmax_prompt_length = 8\n";
-        let err = JobSpec::parse(text, Path::new("j")).unwrap_err().to_string();
+        let err = JobSpec::parse(&text, Path::new("job.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lora.target_modules") && err.contains("qproj"),
+            "{err}"
+        );
+        let text =
+            "[model]\nbase = \"m\"\n[data]\ntrain = \"t\"\nmax_length = 8\nmax_prompt_length = 8\n";
+        let err = JobSpec::parse(text, Path::new("j"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("data.max_prompt_length"), "{err}");
     }
 
@@ -512,6 +570,9 @@ mod tests {
         let mut s = JobSpec::parse(MINIMAL, Path::new("job.toml")).unwrap();
         s.resolve_paths(Path::new("/srv/jobs"));
         assert_eq!(s.data.train, "/srv/jobs/t.jsonl");
-        assert_eq!(s.model.base, "m", "a base that is not there stays as written");
+        assert_eq!(
+            s.model.base, "m",
+            "a base that is not there stays as written"
+        );
     }
 }

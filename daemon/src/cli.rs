@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "orpod", version, about = "ORPO fine-tunes with LoRA on a shared GPU box")]
+#[command(
+    name = "orpod",
+    version,
+    about = "ORPO fine-tunes with LoRA on a shared GPU box"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

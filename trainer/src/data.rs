@@ -103,11 +103,16 @@ pub fn load_job_data(
     let template = ChatTemplate::from_setting(&spec.data.chat_template, tok)?;
     let opts = TokenizeOptions::from_spec(&spec.data);
     let load = |path: &str| load_pairs(Path::new(path), tok, template.as_ref(), &opts);
-    let train = load(&spec.data.train)?;
-    if !spec.data.eval.is_empty() {
-        return Ok((train, load(&spec.data.eval)?));
+    let train = load(&spec.data.train);
+    if spec.data.eval.is_empty() {
+        return Ok(split_eval(train?, spec.data.eval_fraction, spec.train.seed));
     }
-    Ok(split_eval(train, spec.data.eval_fraction, spec.train.seed))
+    // Both files are checked before either is reported, so one run shows every bad row.
+    match (train, load(&spec.data.eval)) {
+        (Ok(train), Ok(eval)) => Ok((train, eval)),
+        (Err(a), Err(b)) => Err(Error::Config(format!("{a}\n{b}"))),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    }
 }
 
 /// Reads, templates and tokenizes every row of `path`; any bad row fails the whole file.
@@ -665,6 +670,31 @@ mod tests {
         message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}\
         {{ '<|im_start|>assistant\\n' }}{% endif %}";
     const P: i64 = IGNORE_INDEX;
+    const U: &str = "user";
+    const A: &str = "assistant";
+
+    /// A JSON list of `{"role","content"}` messages.
+    fn msgs(list: &[(&str, &str)]) -> String {
+        let items: Vec<String> = list
+            .iter()
+            .map(|(role, content)| format!(r#"{{"role":"{role}","content":"{content}"}}"#))
+            .collect();
+        format!("[{}]", items.join(","))
+    }
+
+    /// A row with conversational answers and `prompt` (raw JSON) when given.
+    fn chat_row(
+        prompt: Option<&str>,
+        chosen: &[(&str, &str)],
+        rejected: &[(&str, &str)],
+    ) -> String {
+        let prompt = prompt.map_or(String::new(), |p| format!(r#""prompt":{p},"#));
+        format!(
+            r#"{{{prompt}"chosen":{},"rejected":{}}}"#,
+            msgs(chosen),
+            msgs(rejected)
+        )
+    }
 
     fn tokenizer(bos: Option<&str>, eos: &str) -> TokenizerInfo {
         let vocab = VOCAB
@@ -842,7 +872,7 @@ mod tests {
 
     #[test]
     fn conversational_row_is_templated_like_trl() {
-        let row = r#"{"prompt":[{"role":"user","content":"hello"}],"chosen":[{"role":"assistant","content":"yes"}],"rejected":[{"role":"assistant","content":"no"}]}"#;
+        let row = chat_row(Some(&msgs(&[(U, "hello")])), &[(A, "yes")], &[(A, "no")]);
         let rows = parse_rows(row.as_bytes(), Path::new("x")).unwrap();
         let template = ChatTemplate::new(CHATML, None, Some("<|im_end|>")).unwrap();
         let text = apply_chat_template(&rows[0].pair, Some(&template)).unwrap();
@@ -853,9 +883,9 @@ mod tests {
         assert_eq!(text.chosen, "yes<|im_end|>\n");
         assert_eq!(text.rejected, "no<|im_end|>\n");
         // EOS (<|im_end|>) already ends each answer.
-        assert_eq!(one(row, &qwen()), conversational_expected());
+        assert_eq!(one(&row, &qwen()), conversational_expected());
         // A Llama-like tokenizer adds its BOS and EOS around the template's text.
-        let got = one(row, &llama());
+        let got = one(&row, &llama());
         assert_eq!(
             got.chosen_ids,
             [&[1][..], &CONVERSATION_IDS, &[14, 4, 2]].concat()
@@ -865,11 +895,12 @@ mod tests {
 
     #[test]
     fn implicit_prompt_is_the_common_message_prefix() {
-        let row = r#"{"chosen":[{"role":"user","content":"hello"},{"role":"assistant","content":"yes"}],"rejected":[{"role":"user","content":"hello"},{"role":"assistant","content":"no"}]}"#;
-        assert_eq!(one(row, &qwen()), conversational_expected());
+        let (chosen, rejected) = ([(U, "hello"), (A, "yes")], [(U, "hello"), (A, "no")]);
+        let row = chat_row(None, &chosen, &rejected);
+        assert_eq!(one(&row, &qwen()), conversational_expected());
         // A text prompt beside full conversations is ignored, as TRL's maybe_extract_prompt does.
-        let row = r#"{"prompt":"hello","chosen":[{"role":"user","content":"hello"},{"role":"assistant","content":"yes"}],"rejected":[{"role":"user","content":"hello"},{"role":"assistant","content":"no"}]}"#;
-        assert_eq!(one(row, &qwen()), conversational_expected());
+        let row = chat_row(Some("\"hello\""), &chosen, &rejected);
+        assert_eq!(one(&row, &qwen()), conversational_expected());
     }
 
     #[test]
@@ -897,8 +928,9 @@ mod tests {
 
     #[test]
     fn final_assistant_message_in_the_prompt_is_continued() {
-        let row = r#"{"prompt":[{"role":"user","content":"hello"},{"role":"assistant","content":"the answer"}],"chosen":[{"role":"assistant","content":"is 42"}],"rejected":[{"role":"assistant","content":"no"}]}"#;
-        let got = one(row, &qwen());
+        let prompt = msgs(&[(U, "hello"), (A, "the answer")]);
+        let row = chat_row(Some(&prompt), &[(A, "is 42")], &[(A, "no")]);
+        let got = one(&row, &qwen());
         let prompt = [3, 5, 8, 4, 3, 6, 23, 24];
         let expected = pair(
             &prompt,
@@ -995,9 +1027,9 @@ mod tests {
             r#"{"prompt":"a","chosen":3,"rejected":"c"}"#,
             r#"{"prompt":"a","chosen":[{"role":"assistant","content":"b"}],"rejected":"c"}"#,
             r#"{"prompt":"a","chosen":"","rejected":"c"}"#,
-            r#"{"prompt":[{"role":"user","content":"a"}],"chosen":[{"role":"asistant","content":"b"}],"rejected":[{"role":"assistant","content":"c"}]}"#,
+            &chat_row(Some(&msgs(&[(U, "a")])), &[("asistant", "b")], &[(A, "c")]),
             r#"{"prompt":[],"chosen":"b","rejected":"c"}"#,
-            r#"{"chosen":[{"role":"user","content":"a"}],"rejected":[{"role":"user","content":"b"}]}"#,
+            &chat_row(None, &[(U, "a")], &[(U, "b")]),
         ];
         let (line, message) = data_error(
             parse_rows(lines.join("\n").as_bytes(), Path::new("prefs.jsonl")).unwrap_err(),
@@ -1041,7 +1073,7 @@ mod tests {
 
     #[test]
     fn template_problems_name_the_row() {
-        let row = r#"{"prompt":[{"role":"user","content":"a"}],"chosen":[{"role":"assistant","content":"b"}],"rejected":[{"role":"assistant","content":"c"}]}"#;
+        let row = chat_row(Some(&msgs(&[(U, "a")])), &[(A, "b")], &[(A, "c")]);
         let path = Path::new("prefs.jsonl");
         let rows = parse_rows(format!("\n{row}\n").as_bytes(), path).unwrap();
         let err =
@@ -1050,9 +1082,9 @@ mod tests {
         assert_eq!(line, 2);
         assert!(message.contains("needs a chat template"), "{message}");
 
-        let row = r#"{"prompt":[{"role":"system","content":"a"}],"chosen":[{"role":"assistant","content":"b"}],"rejected":[{"role":"assistant","content":"c"}]}"#;
+        let row = chat_row(Some(&msgs(&[("system", "a")])), &[(A, "b")], &[(A, "c")]);
         let (line, message) =
-            data_error(prepare(row, &qwen(), &TokenizeOptions::default()).unwrap_err());
+            data_error(prepare(&row, &qwen(), &TokenizeOptions::default()).unwrap_err());
         assert_eq!(line, 1);
         assert!(message.contains("not \"system\""), "{message}");
     }

@@ -162,8 +162,8 @@ impl LoraAdapter {
         };
         let cfg_path = dir.join(ADAPTER_CONFIG);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        let ac: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|e| bad(format!("{ADAPTER_CONFIG}: {e}")))?;
+        let ac: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("{ADAPTER_CONFIG}: {e}")))?;
         if ac["peft_type"].as_str().unwrap_or("LORA") != "LORA" {
             return Err(bad(format!("peft_type {} is not LORA", ac["peft_type"])));
         }
@@ -186,8 +186,9 @@ impl LoraAdapter {
         let w_path = dir.join(ADAPTER_WEIGHTS);
         let tensors = candle_core::safetensors::load(&w_path, device)
             .map_err(|e| bad(format!("{ADAPTER_WEIGHTS}: {e}")))?;
-        let mut layers: Vec<[Option<LoraPair>; 7]> =
-            (0..cfg.num_hidden_layers).map(|_| Default::default()).collect();
+        let mut layers: Vec<[Option<LoraPair>; 7]> = (0..cfg.num_hidden_layers)
+            .map(|_| Default::default())
+            .collect();
         let mut found = std::collections::BTreeSet::new();
         for (l, slot) in layers.iter_mut().enumerate() {
             for (m, pair) in slot.iter_mut().enumerate() {
@@ -197,7 +198,11 @@ impl LoraAdapter {
                 let (a, b) = match (a, b) {
                     (Some(a), Some(b)) => (a, b),
                     (None, None) => continue,
-                    _ => return Err(bad(format!("{prefix}: lora_A and lora_B must come in pairs"))),
+                    _ => {
+                        return Err(bad(format!(
+                            "{prefix}: lora_A and lora_B must come in pairs"
+                        )))
+                    }
                 };
                 let (fan_in, fan_out) = module_dims(cfg, m);
                 if a.dims() != [r, fan_in] || b.dims() != [fan_out, r] {
@@ -262,18 +267,29 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
         let (dtype, bytes): (_, Vec<u8>) = match t.dtype() {
             DType::F32 => (
                 safetensors::Dtype::F32,
-                flat.to_vec1::<f32>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                flat.to_vec1::<f32>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
             ),
             DType::BF16 => (
                 safetensors::Dtype::BF16,
-                flat.to_vec1::<half::bf16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                flat.to_vec1::<half::bf16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
             ),
             DType::F16 => (
                 safetensors::Dtype::F16,
-                flat.to_vec1::<half::f16>()?.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                flat.to_vec1::<half::f16>()?
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect(),
             ),
             other => {
-                return Err(Error::Config(format!("cannot write {name}: dtype {other:?}")))
+                return Err(Error::Config(format!(
+                    "cannot write {name}: dtype {other:?}"
+                )))
             }
         };
         data.push((name.clone(), dtype, t.dims().to_vec(), bytes));

@@ -35,12 +35,21 @@ pub struct OrpoBatch {
 }
 
 impl OrpoBatch {
-    pub fn new(pairs: &[&TokenizedPair], pad_id: u32, scope: NllScope, device: &Device) -> Result<Self> {
+    pub fn new(
+        pairs: &[&TokenizedPair],
+        pad_id: u32,
+        scope: NllScope,
+        device: &Device,
+    ) -> Result<Self> {
         let b = pairs.len();
         let rows: Vec<(&[u32], &[i64])> = pairs
             .iter()
             .map(|p| (p.chosen_ids.as_slice(), p.chosen_labels.as_slice()))
-            .chain(pairs.iter().map(|p| (p.rejected_ids.as_slice(), p.rejected_labels.as_slice())))
+            .chain(
+                pairs
+                    .iter()
+                    .map(|p| (p.rejected_ids.as_slice(), p.rejected_labels.as_slice())),
+            )
             .collect();
         let seq_len = rows.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
         let mut ids = Vec::with_capacity(2 * b * seq_len);
@@ -168,7 +177,10 @@ pub fn orpo_loss(
     let h = flat.index_select(&batch.positions, 0)?;
     let lp = ops::target_logprobs(&h, model.lm_head(), &batch.targets)?;
     let nll = (lp.mul(&batch.nll_weights)?.sum_all()?.neg())?;
-    let logps = batch.completion_weights.matmul(&lp.unsqueeze(1)?)?.squeeze(1)?;
+    let logps = batch
+        .completion_weights
+        .matmul(&lp.unsqueeze(1)?)?
+        .squeeze(1)?;
     let b = batch.pairs;
     let (c, r) = (logps.narrow(0, 0, b)?, logps.narrow(0, b, b)?);
     let (ratio, z) = ops::odds_ratio(&c, &r)?;
@@ -186,7 +198,12 @@ pub fn orpo_loss(
         log_odds_chosen: mean(&z),
         rewards_chosen: beta * mean(&cv),
         rewards_rejected: beta * mean(&rv),
-        rewards_accuracies: mean(&cv.iter().zip(&rv).map(|(c, r)| f64::from(u8::from(c > r))).collect::<Vec<_>>()),
+        rewards_accuracies: mean(
+            &cv.iter()
+                .zip(&rv)
+                .map(|(c, r)| f64::from(u8::from(c > r)))
+                .collect::<Vec<_>>(),
+        ),
         rewards_margins: beta * mean(&cv.iter().zip(&rv).map(|(c, r)| c - r).collect::<Vec<_>>()),
         logps_chosen: mean(&cv),
         logps_rejected: mean(&rv),
@@ -209,7 +226,15 @@ fn logits_means(model: &Llama, hidden: &Tensor, b: usize, seq_len: usize) -> Res
         .reshape((2 * b * (seq_len - 1), dim))?
         .matmul(&model.head_row_mean().unsqueeze(1)?)?
         .reshape((2 * b, seq_len - 1))?;
-    let chosen = per_pos.narrow(0, 0, b)?.mean_all()?.to_dtype(DType::F64)?.to_scalar()?;
-    let rejected = per_pos.narrow(0, b, b)?.mean_all()?.to_dtype(DType::F64)?.to_scalar()?;
+    let chosen = per_pos
+        .narrow(0, 0, b)?
+        .mean_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar()?;
+    let rejected = per_pos
+        .narrow(0, b, b)?
+        .mean_all()?
+        .to_dtype(DType::F64)?
+        .to_scalar()?;
     Ok((chosen, rejected))
 }

@@ -14,8 +14,7 @@ use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor,
-    D,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor, D,
 };
 
 type Bwd1 = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
@@ -194,7 +193,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let sin = sin.narrow(0, 0, seq)?.to_dtype(g.dtype())?;
         let gs = g.broadcast_mul(&sin)?;
         let half = gs.dim(D::Minus1)? / 2;
-        let (a, b) = (gs.narrow(D::Minus1, 0, half)?, gs.narrow(D::Minus1, half, half)?);
+        let (a, b) = (
+            gs.narrow(D::Minus1, 0, half)?,
+            gs.narrow(D::Minus1, half, half)?,
+        );
         let rot_t = Tensor::cat(&[b, a.neg()?], D::Minus1)?;
         g.broadcast_mul(&cos)? + rot_t
     })
@@ -237,10 +239,18 @@ pub fn target_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tenso
             let len = HEAD_CHUNK_ROWS.min(m - start);
             let logits = head_logits(&h.narrow(0, start, len)?, &w)?;
             let p = candle_nn::ops::softmax_last_dim(&logits)?;
-            let gc = g.narrow(0, start, len)?.to_dtype(DType::F32)?.unsqueeze(1)?;
+            let gc = g
+                .narrow(0, start, len)?
+                .to_dtype(DType::F32)?
+                .unsqueeze(1)?;
             let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
             let dlogits = p.broadcast_mul(&gc.neg()?)?.scatter_add(&t, &gc, 1)?;
-            grads.push(dlogits.to_dtype(w.dtype())?.matmul(&w)?.to_dtype(h.dtype())?);
+            grads.push(
+                dlogits
+                    .to_dtype(w.dtype())?
+                    .matmul(&w)?
+                    .to_dtype(h.dtype())?,
+            );
         }
         Tensor::cat(&grads, 0)
     })
@@ -322,21 +332,55 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
     }
 
     /// Runs `ours` and `reference` on the same Var and compares outputs and input gradients
     /// (the loss is a fixed random projection of the output, so every element matters).
-    fn check(shape: &[usize], ours: impl Fn(&Tensor) -> Tensor, reference: impl Fn(&Tensor) -> Tensor) {
+    fn check(
+        shape: &[usize],
+        ours: impl Fn(&Tensor) -> Tensor,
+        reference: impl Fn(&Tensor) -> Tensor,
+    ) {
         let x = Var::from_tensor(&randn(shape, 1)).unwrap();
         let y1 = ours(x.as_tensor());
         let y2 = reference(x.as_tensor());
-        assert!(max_diff(&y1, &y2) < 1e-5, "values differ by {}", max_diff(&y1, &y2));
+        assert!(
+            max_diff(&y1, &y2) < 1e-5,
+            "values differ by {}",
+            max_diff(&y1, &y2)
+        );
         let proj = randn(y1.dims(), 2);
-        let g1 = (&y1 * &proj).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (&y2 * &proj).unwrap().sum_all().unwrap().backward().unwrap();
-        let (g1, g2) = (g1.get(x.as_tensor()).unwrap(), g2.get(x.as_tensor()).unwrap());
-        assert!(max_diff(g1, g2) < 1e-4, "grads differ by {}", max_diff(g1, g2));
+        let g1 = (&y1 * &proj)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g2 = (&y2 * &proj)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (g1, g2) = (
+            g1.get(x.as_tensor()).unwrap(),
+            g2.get(x.as_tensor()).unwrap(),
+        );
+        assert!(
+            max_diff(g1, g2) < 1e-4,
+            "grads differ by {}",
+            max_diff(g1, g2)
+        );
     }
 
     #[test]
@@ -346,11 +390,24 @@ mod tests {
         check(
             &[2, 3, 8],
             |x| frozen_linear(x, &w, Some(&b)).unwrap(),
-            |x| x.broadcast_matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap(),
+            |x| {
+                x.broadcast_matmul(&w.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap()
+            },
         );
         let x = Var::from_tensor(&randn(&[3, 8], 1)).unwrap();
-        let grads = frozen_linear(x.as_tensor(), &w, None).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(grads.get(&w).is_none(), "the frozen weight must get no gradient");
+        let grads = frozen_linear(x.as_tensor(), &w, None)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(
+            grads.get(&w).is_none(),
+            "the frozen weight must get no gradient"
+        );
     }
 
     #[test]
@@ -376,7 +433,15 @@ mod tests {
 
     #[test]
     fn masked_softmax_matches_the_composite_path() {
-        let mask: Vec<f32> = (0..25).map(|i| if i % 5 > i / 5 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let mask: Vec<f32> = (0..25)
+            .map(|i| {
+                if i % 5 > i / 5 {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let mask = Tensor::from_vec(mask, (1, 1, 5, 5), &Device::Cpu).unwrap();
         check(
             &[2, 3, 5, 5],
@@ -393,8 +458,13 @@ mod tests {
             &[4, 6],
             |h| target_logprobs(h, &w, &t).unwrap(),
             |h| {
-                let lsm = candle_nn::ops::log_softmax(&h.matmul(&w.t().unwrap()).unwrap(), D::Minus1).unwrap();
-                lsm.gather(&t.unsqueeze(1).unwrap(), 1).unwrap().squeeze(1).unwrap()
+                let lsm =
+                    candle_nn::ops::log_softmax(&h.matmul(&w.t().unwrap()).unwrap(), D::Minus1)
+                        .unwrap();
+                lsm.gather(&t.unsqueeze(1).unwrap(), 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
             },
         );
     }

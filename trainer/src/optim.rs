@@ -41,7 +41,12 @@ impl AdamW {
     }
 
     /// One update of every named parameter with its gradient, at learning rate `lr`.
-    pub fn step(&mut self, params: &[(String, &Var)], grads: &BTreeMap<String, Tensor>, lr: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: &[(String, &Var)],
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+    ) -> Result<()> {
         self.step += 1;
         let t = self.step as i32;
         let bc1 = 1.0 - self.beta1.powi(t);
@@ -73,7 +78,13 @@ impl AdamW {
 
 /// The learning rate of optimizer step `step` (0-based) of `total`, after `warmup` steps of
 /// linear warm-up from 0. `Constant` with warm-up is transformers' `constant_with_warmup`.
-pub fn learning_rate(kind: LrScheduler, base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+pub fn learning_rate(
+    kind: LrScheduler,
+    base: f64,
+    step: usize,
+    warmup: usize,
+    total: usize,
+) -> f64 {
     let (s, w, n) = (step as f64, warmup as f64, total as f64);
     if step < warmup {
         return base * s / w.max(1.0);
@@ -128,7 +139,10 @@ mod tests {
     #[test]
     fn first_adamw_step_is_a_signed_lr_step() {
         let p = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
-        let grads = BTreeMap::from([("p".to_string(), Tensor::new(&[0.5f32, -4.0, 0.0], &Device::Cpu).unwrap())]);
+        let grads = BTreeMap::from([(
+            "p".to_string(),
+            Tensor::new(&[0.5f32, -4.0, 0.0], &Device::Cpu).unwrap(),
+        )]);
         let mut opt = AdamW::new(0.1);
         opt.step(&[("p".to_string(), &p)], &grads, 0.01).unwrap();
         let got: Vec<f32> = p.as_tensor().to_vec1().unwrap();
@@ -140,7 +154,10 @@ mod tests {
 
     #[test]
     fn clipping_scales_to_max_norm() {
-        let mut grads = BTreeMap::from([("a".to_string(), Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap())]);
+        let mut grads = BTreeMap::from([(
+            "a".to_string(),
+            Tensor::new(&[3.0f32, 4.0], &Device::Cpu).unwrap(),
+        )]);
         let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
         assert!((norm - 5.0).abs() < 1e-9);
         let v: Vec<f32> = grads["a"].to_vec1().unwrap();

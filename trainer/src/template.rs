@@ -37,7 +37,14 @@ const CONTINUE_TAG: &str = "CONTINUE_FINAL_MESSAGE_TAG ";
 const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
 /// Roles a data row may use. A typo (`"asistant"`) would otherwise render silently as
 /// whatever the template does with an unknown role.
-pub const KNOWN_ROLES: [&str; 5] = ["system", "developer", "user", "assistant", "tool"];
+pub const KNOWN_ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "ipython",
+];
 
 // ---------------------------------------------------------------------------------------------
 // JSON that keeps object keys in file order.
@@ -370,7 +377,7 @@ impl ChatTemplate {
             special_tokens.push(("eos_token", eos.to_string()));
         }
         let mut env = python_like_environment();
-        env.add_template_owned("chat_template", source.to_string())
+        env.add_template_owned("chat_template", rewrite_generation_tags(source))
             .map_err(|e| Error::Template(e.to_string()))?;
         Ok(ChatTemplate {
             env,
@@ -487,6 +494,47 @@ impl ChatTemplate {
         template
             .render(ctx)
             .map_err(|e| Error::Template(e.to_string()))
+    }
+}
+
+/// transformers registers a `{% generation %}...{% endgeneration %}` block (it marks assistant
+/// text for `return_assistant_tokens_mask` and otherwise renders its body unchanged; Qwen3 and
+/// SmolLM3 templates use it). minijinja has no such tag, so it becomes a block tag with the same
+/// whitespace behaviour and no effect: `{% if true %}...{% endif %}`.
+fn rewrite_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(start) = rest.find("{%") {
+        let Some(len) = rest[start..].find("%}") else {
+            break;
+        };
+        let end = start + len + 2;
+        out.push_str(&rest[..start]);
+        out.push_str(&rewrite_tag(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn rewrite_tag(tag: &str) -> String {
+    let inner = &tag[2..tag.len() - 2];
+    let marker = |c: char| c == '-' || c == '+';
+    let open = if inner.starts_with(marker) {
+        &inner[..1]
+    } else {
+        ""
+    };
+    let close = if inner.len() > open.len() && inner.ends_with(marker) {
+        &inner[inner.len() - 1..]
+    } else {
+        ""
+    };
+    let body = inner[open.len()..inner.len() - close.len()].trim();
+    match body {
+        "generation" => format!("{{%{open} if true {close}%}}"),
+        "endgeneration" => format!("{{%{open} endif {close}%}}"),
+        _ => tag.to_string(),
     }
 }
 
@@ -1072,6 +1120,18 @@ mod tests {
         for (f, want) in floats.iter().zip(expected) {
             assert_eq!(py_float(*f), want);
         }
+    }
+
+    #[test]
+    fn generation_blocks_render_their_body() {
+        let source = "{% for m in messages %}\n  {% generation %}\n  [{{ m.content }}]\n  \
+                      {%- endgeneration %}\n{%+ generation -%}  x  {% endgeneration +%}\n{% endfor %}";
+        assert_eq!(
+            render(source, &user_assistant()[..1], false),
+            "  [Hi there]x  \n"
+        );
+        let both = [Message::new("user", "a"), Message::new("assistant", "b")];
+        assert_eq!(render(source, &both, false), "  [a]x  \n  [b]x  \n");
     }
 
     #[test]

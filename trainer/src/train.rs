@@ -22,7 +22,6 @@ use crate::loss::{orpo_loss, Metrics, OrpoBatch};
 use crate::model::llama::{Llama, LoraMode};
 use crate::model::{self, BaseModel};
 use crate::optim::{self, AdamW};
-use crate::template::ChatTemplate;
 use crate::{Error, Result};
 
 /// One line of `metrics.jsonl`: a logged training step or an evaluation.
@@ -66,7 +65,8 @@ pub struct RunOptions {
 /// Picks the device of `resources.device` (`auto`: CUDA when built with it and present).
 pub fn select_device(setting: &str) -> Result<Device> {
     let cuda = |i: usize| {
-        Device::new_cuda(i).map_err(|e| Error::Config(format!("resources.device = {setting:?}: {e}")))
+        Device::new_cuda(i)
+            .map_err(|e| Error::Config(format!("resources.device = {setting:?}: {e}")))
     };
     match setting {
         "cpu" => Ok(Device::Cpu),
@@ -74,7 +74,9 @@ pub fn select_device(setting: &str) -> Result<Device> {
         "cuda" => cuda(0),
         s => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
             Some(i) => cuda(i),
-            None => Err(Error::Config(format!("resources.device: unknown device {s:?}"))),
+            None => Err(Error::Config(format!(
+                "resources.device: unknown device {s:?}"
+            ))),
         },
     }
 }
@@ -107,9 +109,12 @@ impl Session {
     pub fn load(spec: &JobSpec, device: &Device) -> Result<Session> {
         let dtype = select_dtype(spec.model.dtype, device);
         let base = model::load_base(Path::new(&spec.model.base), dtype, device)?;
-        let (train, eval) = load_job_data(spec, &base.tokenizer)?;
+        let (train, eval) = data::load_job_data(spec, &base.tokenizer)?;
         if train.is_empty() {
-            return Err(Error::Config(format!("data.train {}: no rows", spec.data.train)));
+            return Err(Error::Config(format!(
+                "data.train {}: no rows",
+                spec.data.train
+            )));
         }
         let adapter = if spec.lora.init_adapter.is_empty() {
             LoraAdapter::new(&base.config, &spec.lora, spec.train.seed, device)?
@@ -135,7 +140,12 @@ impl Session {
         scale_div: usize,
         rng: &mut rand::rngs::StdRng,
     ) -> Result<(BTreeMap<String, Tensor>, Metrics, usize)> {
-        let batch = OrpoBatch::new(pairs, self.base.tokenizer.pad_id, self.spec.orpo.nll_scope, self.model.device())?;
+        let batch = OrpoBatch::new(
+            pairs,
+            self.base.tokenizer.pad_id,
+            self.spec.orpo.nll_scope,
+            self.model.device(),
+        )?;
         let mode = LoraMode {
             adapter: &self.adapter,
             train: true,
@@ -160,7 +170,12 @@ impl Session {
         let (mut weighted_loss, mut n) = (0.0, 0usize);
         for chunk in self.eval.chunks(bs) {
             let pairs: Vec<&TokenizedPair> = chunk.iter().collect();
-            let batch = OrpoBatch::new(&pairs, self.base.tokenizer.pad_id, self.spec.orpo.nll_scope, self.model.device())?;
+            let batch = OrpoBatch::new(
+                &pairs,
+                self.base.tokenizer.pad_id,
+                self.spec.orpo.nll_scope,
+                self.model.device(),
+            )?;
             let mode = use_adapter.then_some(LoraMode {
                 adapter: &self.adapter,
                 train: false,
@@ -179,31 +194,6 @@ impl Session {
     }
 }
 
-/// Tokenizes the job's train and eval data (or splits `eval_fraction` off the train rows).
-/// Every bad row of both files is reported before anything trains.
-pub fn load_job_data(
-    spec: &JobSpec,
-    tok: &crate::tokenizer::TokenizerInfo,
-) -> Result<(Vec<TokenizedPair>, Vec<TokenizedPair>)> {
-    let template = ChatTemplate::from_setting(&spec.data.chat_template, tok)?;
-    let opts = data::TokenizeOptions::from_spec(&spec.data);
-    let train = data::load_pairs(Path::new(&spec.data.train), tok, template.as_ref(), &opts);
-    let eval = if spec.data.eval.is_empty() {
-        Ok(Vec::new())
-    } else {
-        data::load_pairs(Path::new(&spec.data.eval), tok, template.as_ref(), &opts)
-    };
-    let (train, eval) = match (train, eval) {
-        (Ok(t), Ok(e)) => (t, e),
-        (Err(a), Err(b)) => return Err(Error::Config(format!("{a}\n{b}"))),
-        (Err(e), _) | (_, Err(e)) => return Err(e),
-    };
-    if spec.data.eval.is_empty() && spec.data.eval_fraction > 0.0 {
-        return Ok(data::split_eval(train, spec.data.eval_fraction, spec.train.seed));
-    }
-    Ok((train, eval))
-}
-
 /// Micro-batches and optimizer steps of one epoch (transformers' arithmetic: the last batch and
 /// the last accumulation group may be short).
 fn epoch_shape(rows: usize, batch: usize, accum: usize) -> (usize, usize) {
@@ -213,7 +203,11 @@ fn epoch_shape(rows: usize, batch: usize, accum: usize) -> (usize, usize) {
 
 /// Trains the job; writes `metrics.jsonl`-ready records through `on_event` and the final
 /// adapter to `<out_dir>/final/`.
-pub fn train(session: &mut Session, opts: &RunOptions, on_event: &mut dyn FnMut(Event<'_>)) -> Result<Vec<LogRecord>> {
+pub fn train(
+    session: &mut Session,
+    opts: &RunOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Vec<LogRecord>> {
     let spec = session.spec.clone();
     let t = &spec.train;
     let n = session.train.len();
@@ -282,7 +276,10 @@ pub fn train(session: &mut Session, opts: &RunOptions, on_event: &mut dyn FnMut(
         let last = step + 1 == total;
         if (step + 1) % t.log_every == 0 || last {
             let mut metrics = Metrics::mean(&window_metrics).named("");
-            metrics.insert("loss".into(), window_losses.iter().sum::<f64>() / window_losses.len() as f64);
+            metrics.insert(
+                "loss".into(),
+                window_losses.iter().sum::<f64>() / window_losses.len() as f64,
+            );
             let rec = LogRecord {
                 step: step + 1,
                 epoch: epoch_f,
@@ -310,7 +307,13 @@ pub fn train(session: &mut Session, opts: &RunOptions, on_event: &mut dyn FnMut(
     Ok(records)
 }
 
-fn eval_record(session: &Session, step: usize, epoch: f64, tokens: usize, start: &Instant) -> Result<LogRecord> {
+fn eval_record(
+    session: &Session,
+    step: usize,
+    epoch: f64,
+    tokens: usize,
+    start: &Instant,
+) -> Result<LogRecord> {
     Ok(LogRecord {
         step,
         epoch,
@@ -327,7 +330,9 @@ fn eval_record(session: &Session, step: usize, epoch: f64, tokens: usize, start:
 fn epoch_order(n: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     if shuffle {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         order.shuffle(&mut rng);
     }
     order
@@ -341,10 +346,14 @@ pub fn save_adapter_atomic(session: &Session, dir: &Path) -> Result<()> {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    session.adapter.save_peft(&tmp, &session.base.source.to_string_lossy())?;
+    session
+        .adapter
+        .save_peft(&tmp, &session.base.source.to_string_lossy())?;
     for f in [crate::lora::ADAPTER_CONFIG, crate::lora::ADAPTER_WEIGHTS] {
         let p = tmp.join(f);
-        std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
+        std::fs::File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&p, e))?;
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;

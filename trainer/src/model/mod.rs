@@ -6,7 +6,7 @@
 
 pub mod config;
 pub mod export;
-mod gguf;
+pub mod gguf;
 mod hf;
 pub mod llama;
 pub mod testing;

@@ -11,7 +11,7 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use super::{expected_weights, Arch, BaseModel, ModelConfig};
+use super::{expected_weights, gguf, Arch, BaseModel, ModelConfig};
 use crate::tokenizer::{SpecialToken, TokenizerInfo};
 use crate::Result;
 
@@ -138,7 +138,7 @@ const MERGES: [(&str, &str); 8] = [
 ];
 
 fn tiny_bpe() -> Tokenizer {
-    let bytes = super::gguf::byte_level_alphabet().into_iter();
+    let bytes = gguf::byte_level_alphabet().into_iter();
     let merged = MERGES.iter().map(|(a, b)| format!("{a}{b}"));
     let tokens: Vec<String> = SPECIALS
         .iter()
@@ -187,11 +187,11 @@ pub fn write_tiny_gguf(path: &std::path::Path, arch: Arch, seed: u64) -> Result<
             _ => None,
         };
         let tensor = match heads {
-            Some(h) => permute(tensor, h, base.config.head_dim)?,
+            Some(h) => gguf::permute(tensor, h, base.config.head_dim)?,
             None => tensor.clone(),
         };
         tensors.push((
-            gguf_name(hf_name),
+            gguf::gguf_name(hf_name).expect("every tiny tensor has a llama.cpp name"),
             QTensor::quantize(&tensor, GgmlDType::F32)?,
         ));
     }
@@ -201,45 +201,6 @@ pub fn write_tiny_gguf(path: &std::path::Path, arch: Arch, seed: u64) -> Result<
     let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut file, &metadata, &tensors)?;
     Ok(())
-}
-
-/// llama.cpp's `LlamaModel.permute`, the inverse of the loader's un-permutation.
-fn permute(t: &Tensor, n_head: usize, head_dim: usize) -> candle_core::Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let cols: usize = dims[1..].iter().product();
-    t.reshape((n_head, 2, head_dim / 2, cols))?
-        .transpose(1, 2)?
-        .reshape(dims)
-}
-
-fn gguf_name(hf: &str) -> String {
-    let fixed = [
-        ("model.embed_tokens.weight", "token_embd.weight"),
-        ("model.norm.weight", "output_norm.weight"),
-        ("lm_head.weight", "output.weight"),
-    ];
-    if let Some((_, g)) = fixed.iter().find(|(h, _)| *h == hf) {
-        return g.to_string();
-    }
-    let modules = [
-        ("self_attn.q_proj", "attn_q"),
-        ("self_attn.k_proj", "attn_k"),
-        ("self_attn.v_proj", "attn_v"),
-        ("self_attn.o_proj", "attn_output"),
-        ("mlp.gate_proj", "ffn_gate"),
-        ("mlp.up_proj", "ffn_up"),
-        ("mlp.down_proj", "ffn_down"),
-        ("post_attention_layernorm", "ffn_norm"),
-        ("input_layernorm", "attn_norm"),
-    ];
-    let rest = hf.strip_prefix("model.layers.").expect("a layer tensor");
-    let (layer, rest) = rest.split_once('.').expect("layer index");
-    let (module, kind) = rest.rsplit_once('.').expect("weight or bias");
-    let (_, g) = modules
-        .iter()
-        .find(|(h, _)| *h == module)
-        .expect("a known module");
-    format!("blk.{layer}.{g}.{kind}")
 }
 
 fn tiny_gguf_metadata(base: &BaseModel) -> Vec<(String, candle_core::quantized::gguf_file::Value)> {

