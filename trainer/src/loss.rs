@@ -13,7 +13,8 @@ use candle_core::{DType, Device, Tensor};
 use orpo_api::spec::NllScope;
 
 use crate::data::TokenizedPair;
-use crate::model::llama::{Llama, LoraMode};
+use crate::lora::LoraAdapter;
+use crate::model::llama::{GradSink, Llama, LoraMode};
 use crate::ops;
 use crate::Result;
 
@@ -237,4 +238,34 @@ fn logits_means(model: &Llama, hidden: &Tensor, b: usize, seq_len: usize) -> Res
         .to_dtype(DType::F64)?
         .to_scalar()?;
     Ok((chosen, rejected))
+}
+
+/// Back-propagates `loss` and returns the gradient of every LoRA tensor by PEFT name, adding the
+/// gradients that checkpointed layers sent to `sink`. A tensor the graph does not reach is
+/// missing from the map.
+pub fn lora_gradients(
+    loss: &Tensor,
+    adapter: &LoraAdapter,
+    sink: Option<&GradSink>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let grads = loss.backward()?;
+    let mut side = match sink {
+        Some(s) => std::mem::take(&mut *s.lock().expect("gradient sink poisoned")),
+        None => Default::default(),
+    };
+    let mut out = BTreeMap::new();
+    for (name, var) in adapter.named_vars() {
+        let g = match (
+            grads.get(var.as_tensor()),
+            side.remove(&var.as_tensor().id()),
+        ) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (Some(a), None) => Some(a.clone()),
+            (None, b) => b,
+        };
+        if let Some(g) = g {
+            out.insert(name, g);
+        }
+    }
+    Ok(out)
 }

@@ -109,7 +109,7 @@ impl CustomOp2 for Eager<Bwd2> {
 
 /// Records `out = f(x)` with the backward `bwd(x, out, grad_out) -> grad_x`. When `x` needs no
 /// gradient, `out` is returned as it is and nothing is recorded.
-fn with_backward1(
+pub(crate) fn with_backward1(
     name: &'static str,
     x: &Tensor,
     out: Tensor,

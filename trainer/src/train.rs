@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::data::{self, TokenizedPair};
 use crate::lora::LoraAdapter;
 use crate::loss::{orpo_loss, Metrics, OrpoBatch};
-use crate::model::llama::{Llama, LoraMode};
+use crate::model::llama::{GradSink, Llama, LoraMode};
 use crate::model::{self, BaseModel};
 use crate::optim::{self, AdamW};
 use crate::{Error, Result};
@@ -146,20 +146,21 @@ impl Session {
             self.spec.orpo.nll_scope,
             self.model.device(),
         )?;
+        let sink = self
+            .spec
+            .train
+            .gradient_checkpointing
+            .then(GradSink::default);
         let mode = LoraMode {
             adapter: &self.adapter,
             train: true,
             dropout_rng: Some(rng),
+            checkpoint: sink.clone(),
         };
         let (loss, metrics) = orpo_loss(&self.model, &batch, Some(mode), self.spec.orpo.beta)?;
-        let grads = (loss / scale_div as f64)?.backward()?;
-        let mut out = BTreeMap::new();
-        for (name, var) in self.adapter.named_vars() {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                out.insert(name, g.clone());
-            }
-        }
-        Ok((out, metrics, batch.tokens))
+        let scaled = (loss / scale_div as f64)?;
+        let grads = crate::loss::lora_gradients(&scaled, &self.adapter, sink.as_ref())?;
+        Ok((grads, metrics, batch.tokens))
     }
 
     /// TRL's `evaluate()`: metrics per batch of `eval_batch_size` pairs in order, then the mean
@@ -180,6 +181,7 @@ impl Session {
                 adapter: &self.adapter,
                 train: false,
                 dropout_rng: None,
+                checkpoint: None,
             });
             let (_, m) = orpo_loss(&self.model, &batch, mode, self.spec.orpo.beta)?;
             if m.loss.is_finite() {

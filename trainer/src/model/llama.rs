@@ -7,8 +7,12 @@
 //! takes log-probs only at the positions that have labels. LoRA is applied on the target
 //! projections when an adapter is given.
 
-use candle_core::{DType, Device, Module, Tensor};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Module, Tensor, TensorId, Var};
 use orpo_api::spec::LORA_MODULES;
+use rand::{RngCore, SeedableRng};
 
 use super::{BaseModel, ModelConfig};
 use crate::lora::LoraAdapter;
@@ -16,12 +20,17 @@ use crate::ops;
 use crate::{Error, Result};
 
 /// One frozen projection (`[out, in]` weight, optional bias).
+#[derive(Clone)]
 struct Proj {
     w: Tensor,
     b: Option<Tensor>,
 }
 
+/// One decoder layer's frozen weights. Cloning shares the tensors (they are reference-counted),
+/// so a checkpointed layer can own a copy for its recomputation.
+#[derive(Clone)]
 struct Layer {
+    index: usize,
     input_norm: Tensor,
     post_norm: Tensor,
     /// q, k, v, o, gate, up, down: the `LORA_MODULES` order.
@@ -42,13 +51,79 @@ pub struct Llama {
     device: Device,
 }
 
+/// Gradients of LoRA tensors computed inside checkpointed layers, by tensor id. They never pass
+/// through the outer graph, so [`crate::loss::lora_gradients`] merges them into the result.
+pub type GradSink = Arc<Mutex<HashMap<TensorId, Tensor>>>;
+
 /// How a forward pass treats the adapter.
 pub struct LoraMode<'a> {
     pub adapter: &'a LoraAdapter,
     /// Record the graph through the LoRA weights (training) or use them detached (evaluation).
     pub train: bool,
-    /// Dropout masks for the LoRA inputs, drawn from the trainer's seeded RNG (training only).
-    pub dropout_rng: Option<&'a mut rand::rngs::StdRng>,
+    /// Source of the dropout masks of the LoRA inputs (training only). One seed is drawn per
+    /// forward pass and every mask derives from it, so a recomputed layer sees the same masks.
+    pub dropout_rng: Option<&'a mut dyn RngCore>,
+    /// Gradient checkpointing: keep only each layer's input in the forward pass and recompute
+    /// the layer in the backward pass; LoRA gradients land in this sink.
+    pub checkpoint: Option<GradSink>,
+}
+
+/// What every layer of one forward pass shares: the batch geometry, the attention mask and the
+/// rope tables.
+#[derive(Clone)]
+struct Pass {
+    cfg: Arc<ModelConfig>,
+    dtype: DType,
+    b: usize,
+    t: usize,
+    mask: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+}
+
+/// The adapter weights one layer uses, tracked or detached.
+#[derive(Clone)]
+struct LayerLora {
+    /// `(A, B)` per module, `LORA_MODULES` order.
+    pairs: [Option<(Tensor, Tensor)>; 7],
+    scale: f64,
+    /// `(p, seed)` when dropout is on.
+    dropout: Option<(f64, u64)>,
+}
+
+impl LayerLora {
+    fn new(
+        adapter: &LoraAdapter,
+        layer: usize,
+        tracked: bool,
+        dropout: Option<(f64, u64)>,
+    ) -> Self {
+        let pairs = std::array::from_fn(|m| {
+            adapter.get(layer, m).map(|p| {
+                if tracked {
+                    (p.a.as_tensor().clone(), p.b.as_tensor().clone())
+                } else {
+                    (p.a.as_detached_tensor(), p.b.as_detached_tensor())
+                }
+            })
+        });
+        LayerLora {
+            pairs,
+            scale: adapter.scale,
+            dropout,
+        }
+    }
+
+    /// The same weights, detached: a checkpointed layer's forward records no graph.
+    fn detached(&self) -> Self {
+        LayerLora {
+            pairs: self
+                .pairs
+                .clone()
+                .map(|p| p.map(|(a, b)| (a.detach(), b.detach()))),
+            ..self.clone()
+        }
+    }
 }
 
 impl Llama {
@@ -78,6 +153,7 @@ impl Llama {
                 })
             };
             layers.push(Layer {
+                index: l,
                 input_norm: get(&format!("{p}.input_layernorm.weight"))?,
                 post_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
                 proj: [
@@ -128,94 +204,47 @@ impl Llama {
         &self,
         ids: &Tensor,
         lens: &[usize],
-        mut lora: Option<LoraMode<'_>>,
+        lora: Option<LoraMode<'_>>,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
-        let mask = self.attention_bias(lens, t)?;
         let (cos, sin) = self.rope_tables(t)?;
+        let pass = Pass {
+            cfg: Arc::new(self.cfg.clone()),
+            dtype: self.dtype,
+            b,
+            t,
+            mask: self.attention_bias(lens, t)?,
+            cos,
+            sin,
+        };
         let mut h =
             candle_nn::Embedding::new(self.embed.clone(), self.cfg.hidden_size).forward(ids)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            h = self.layer_forward(l, layer, &h, &mask, &cos, &sin, b, t, lora.as_mut())?;
+        let (mut lora, checkpoint) = match lora {
+            Some(mut mode) => {
+                let dropout = match (mode.dropout_rng.as_deref_mut(), mode.adapter.dropout > 0.0) {
+                    (Some(rng), true) => Some((mode.adapter.dropout, rng.next_u64())),
+                    _ => None,
+                };
+                let tracked = mode.train;
+                let adapter = mode.adapter;
+                let per_layer = move |l: usize| LayerLora::new(adapter, l, tracked, dropout);
+                (Some(per_layer), mode.checkpoint.take().filter(|_| tracked))
+            }
+            None => (None, None),
+        };
+        if checkpoint.is_some() {
+            // A checkpointed layer records its backward only when its input is in the graph;
+            // the embedding output is not (the table is frozen), so make it a leaf.
+            h = Var::from_tensor(&h)?.as_tensor().clone();
+        }
+        for layer in &self.layers {
+            let ll = lora.as_mut().map(|f| f(layer.index));
+            h = match &checkpoint {
+                Some(sink) => checkpointed_layer(layer, &pass, &h, ll, sink.clone())?,
+                None => layer_forward(layer, &pass, &h, ll.as_ref())?,
+            };
         }
         Ok(ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps)?)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn layer_forward(
-        &self,
-        l: usize,
-        layer: &Layer,
-        h: &Tensor,
-        mask: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        b: usize,
-        t: usize,
-        mut lora: Option<&mut LoraMode<'_>>,
-    ) -> Result<Tensor> {
-        let cfg = &self.cfg;
-        let (nh, nkv, hd) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
-        let x = ops::rms_norm(h, &layer.input_norm, cfg.rms_norm_eps)?;
-        let mut lin =
-            |m: usize, x: &Tensor| self.linear(l, m, &layer.proj[m], x, lora.as_deref_mut());
-        let q = lin(0, &x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-        let k = lin(1, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let v = lin(2, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-        let q = ops::rope(&q.contiguous()?, cos, sin)?;
-        let k = ops::rope(&k.contiguous()?, cos, sin)?;
-        // Grouped-query attention without copying k/v per head: the `rep` query heads that share
-        // a kv head are stacked along the sequence axis of that kv head.
-        let rep = nh / nkv;
-        let q = q.reshape((b, nkv, rep * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.reshape((b, nh, t, t))?;
-        let p = ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask)?.to_dtype(self.dtype)?;
-        let o = p
-            .reshape((b, nkv, rep * t, t))?
-            .matmul(&v.contiguous()?)?
-            .reshape((b, nh, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * hd))?;
-        let h = (h + lin(3, &o)?)?;
-        let x = ops::rms_norm(&h, &layer.post_norm, cfg.rms_norm_eps)?;
-        let gate = lin(4, &x)?;
-        let up = lin(5, &x)?;
-        let mlp = lin(6, &(gate.silu()? * up)?)?;
-        Ok((h + mlp)?)
-    }
-
-    /// `W x (+ b)`, plus `scale * B A dropout(x)` when the adapter targets this projection. The
-    /// LoRA branch runs in f32 whatever the base dtype (PEFT keeps adapters in f32 too).
-    fn linear(
-        &self,
-        l: usize,
-        m: usize,
-        proj: &Proj,
-        x: &Tensor,
-        lora: Option<&mut LoraMode<'_>>,
-    ) -> Result<Tensor> {
-        let y = ops::frozen_linear(x, &proj.w, proj.b.as_ref())?;
-        let Some(mode) = lora else { return Ok(y) };
-        let Some(pair) = mode.adapter.get(l, m) else {
-            return Ok(y);
-        };
-        let (a, bm) = if mode.train {
-            (pair.a.as_tensor().clone(), pair.b.as_tensor().clone())
-        } else {
-            (pair.a.as_detached_tensor(), pair.b.as_detached_tensor())
-        };
-        let mut xl = x.to_dtype(DType::F32)?;
-        if let (Some(rng), true) = (mode.dropout_rng.as_deref_mut(), mode.adapter.dropout > 0.0) {
-            xl = dropout(&xl, mode.adapter.dropout, rng)?;
-        }
-        let delta =
-            (xl.broadcast_matmul(&a.t()?)?.broadcast_matmul(&bm.t()?)? * mode.adapter.scale)?;
-        Ok((y + delta.to_dtype(self.dtype)?)?)
     }
 
     /// `[batch, 1, seq, seq]` additive mask: key `j` is visible from query `i` when `j <= i`, `j`
@@ -278,6 +307,121 @@ impl Llama {
             (1.0 - smooth) * f / s.factor as f32 + smooth * f
         }
     }
+}
+
+/// One decoder layer (pre-norm attention and SwiGLU MLP, each with a residual).
+fn layer_forward(
+    layer: &Layer,
+    pass: &Pass,
+    h: &Tensor,
+    lora: Option<&LayerLora>,
+) -> Result<Tensor> {
+    let cfg = &pass.cfg;
+    let (b, t) = (pass.b, pass.t);
+    let (nh, nkv, hd) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+    );
+    let lin = |m: usize, x: &Tensor| linear(layer, m, x, lora, pass.dtype);
+    let x = ops::rms_norm(h, &layer.input_norm, cfg.rms_norm_eps)?;
+    let q = lin(0, &x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
+    let k = lin(1, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+    let v = lin(2, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
+    let q = ops::rope(&q.contiguous()?, &pass.cos, &pass.sin)?;
+    let k = ops::rope(&k.contiguous()?, &pass.cos, &pass.sin)?;
+    // Grouped-query attention without copying k/v per head: the `rep` query heads that share a
+    // kv head are stacked along the sequence axis of that kv head.
+    let rep = nh / nkv;
+    let q = q.reshape((b, nkv, rep * t, hd))?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.reshape((b, nh, t, t))?;
+    let p = ops::masked_softmax(&scores.to_dtype(DType::F32)?, &pass.mask)?.to_dtype(pass.dtype)?;
+    let o = p
+        .reshape((b, nkv, rep * t, t))?
+        .matmul(&v.contiguous()?)?
+        .reshape((b, nh, t, hd))?
+        .transpose(1, 2)?
+        .reshape((b, t, nh * hd))?;
+    let h = (h + lin(3, &o)?)?;
+    let x = ops::rms_norm(&h, &layer.post_norm, cfg.rms_norm_eps)?;
+    let mlp = lin(6, &(lin(4, &x)?.silu()? * lin(5, &x)?)?)?;
+    Ok((h + mlp)?)
+}
+
+/// `W x (+ b)`, plus `scale * B A dropout(x)` when the adapter targets this projection. The LoRA
+/// branch runs in f32 whatever the base dtype (PEFT keeps adapters in f32 too).
+fn linear(
+    layer: &Layer,
+    m: usize,
+    x: &Tensor,
+    lora: Option<&LayerLora>,
+    dtype: DType,
+) -> Result<Tensor> {
+    let proj = &layer.proj[m];
+    let y = ops::frozen_linear(x, &proj.w, proj.b.as_ref())?;
+    let Some(lora) = lora else { return Ok(y) };
+    let Some((a, b)) = &lora.pairs[m] else {
+        return Ok(y);
+    };
+    let mut xl = x.to_dtype(DType::F32)?;
+    if let Some((p, seed)) = lora.dropout {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(
+            seed ^ ((layer.index * 7 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        xl = dropout(&xl, p, &mut rng)?;
+    }
+    let delta = (xl.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * lora.scale)?;
+    Ok((y + delta.to_dtype(dtype)?)?)
+}
+
+/// A layer under gradient checkpointing. The forward runs detached and keeps only the layer's
+/// input; the backward recomputes the layer with the graph from that input, back-propagates the
+/// output gradient through it, returns the input gradient and sends the LoRA gradients to `sink`.
+/// Activation memory is then one layer's worth instead of all layers'.
+fn checkpointed_layer(
+    layer: &Layer,
+    pass: &Pass,
+    h: &Tensor,
+    lora: Option<LayerLora>,
+    sink: GradSink,
+) -> Result<Tensor> {
+    let out = layer_forward(
+        layer,
+        pass,
+        &h.detach(),
+        lora.as_ref().map(LayerLora::detached).as_ref(),
+    )?;
+    let (layer, pass) = (layer.clone(), pass.clone());
+    Ok(ops::with_backward1(
+        "checkpointed-layer",
+        h,
+        out,
+        move |h, _, grad| {
+            let input = Var::from_tensor(&h.detach())?;
+            let out = layer_forward(&layer, &pass, input.as_tensor(), lora.as_ref())
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            let grads = (out * grad.detach())?.sum_all()?.backward()?;
+            let mut sink = sink
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("gradient sink poisoned".into()))?;
+            for (a, b) in lora.iter().flat_map(|l| l.pairs.iter().flatten()) {
+                for w in [a, b] {
+                    if let Some(g) = grads.get(w) {
+                        let sum = match sink.remove(&w.id()) {
+                            Some(acc) => (acc + g)?,
+                            None => g.clone(),
+                        };
+                        sink.insert(w.id(), sum);
+                    }
+                }
+            }
+            match grads.get(input.as_tensor()) {
+                Some(g) => Ok(g.clone()),
+                None => input.as_tensor().zeros_like(),
+            }
+        },
+    )?)
 }
 
 /// Inverted dropout with a mask drawn from `rng`, so a seeded run is reproducible.
