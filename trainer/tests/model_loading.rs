@@ -617,3 +617,35 @@ fn smollm2_gguf_exports_to_an_identical_hf_folder() {
         assert_eq!(loaded.tokenizer.encode(text).unwrap(), ids, "{text:?}");
     }
 }
+
+/// `model.base = "org/name"` resolves offline in the Hugging Face cache layout
+/// (`models--org--name/refs/main` naming a snapshot folder).
+#[test]
+fn hf_cache_ids_resolve_offline() {
+    let hub = tempfile::tempdir().unwrap();
+    let repo = hub.path().join("models--acme--tiny-llama");
+    let snap = repo.join("snapshots/0123abcd");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123abcd\n").unwrap();
+    std::fs::create_dir_all(&snap).unwrap();
+    let fixture = common::fixtures().join("tiny-llama");
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(fixture.join(f), snap.join(f)).unwrap();
+    }
+    std::env::set_var("HF_HUB_CACHE", hub.path());
+    let base = load_base(Path::new("acme/tiny-llama"), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(base.config.hidden_size, 16);
+    let err = load_base(Path::new("acme/missing"), DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("acme/missing") && err.contains("Hugging Face cache"),
+        "{err}"
+    );
+}

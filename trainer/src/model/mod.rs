@@ -44,11 +44,46 @@ pub fn load_base(path: &Path, dtype: DType, device: &Device) -> Result<BaseModel
         }
     } else if path.is_file() {
         gguf::load(path, dtype, device)?
+    } else if let Some(snapshot) = hf_cache_snapshot(path) {
+        hf::load(&snapshot, dtype, device)?
     } else {
-        return Err(Error::model(path, "no such file or folder"));
+        return Err(Error::model(
+            path,
+            "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
+        ));
     };
     check_vocab(&model)?;
     Ok(model)
+}
+
+/// An `org/name` model id resolved offline in the Hugging Face cache
+/// (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`): the snapshot that
+/// `refs/main` names, or the only snapshot there is. Nothing is downloaded.
+fn hf_cache_snapshot(id: &Path) -> Option<PathBuf> {
+    let id = id.to_str()?;
+    let (org, name) = id.split_once('/')?;
+    if org.is_empty() || name.is_empty() || name.contains('/') || id.starts_with('.') {
+        return None;
+    }
+    let hub = std::env::var_os("HF_HUB_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        })?;
+    let repo = hub.join(format!("models--{org}--{name}"));
+    let snapshots = repo.join("snapshots");
+    let by_ref = std::fs::read_to_string(repo.join("refs/main"))
+        .ok()
+        .map(|r| snapshots.join(r.trim()));
+    let snapshot = by_ref.filter(|p| p.is_dir()).or_else(|| {
+        let mut all: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        (all.len() == 1).then(|| all.remove(0))
+    })?;
+    snapshot.join("config.json").is_file().then_some(snapshot)
 }
 
 /// A folder without `config.json` is accepted when it holds one GGUF file (llama.cpp downloads).
