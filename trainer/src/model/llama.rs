@@ -73,9 +73,6 @@ pub struct LoraMode<'a> {
 #[derive(Clone)]
 struct Pass {
     cfg: Arc<ModelConfig>,
-    dtype: DType,
-    b: usize,
-    t: usize,
     mask: Tensor,
     cos: Tensor,
     sin: Tensor,
@@ -206,13 +203,10 @@ impl Llama {
         lens: &[usize],
         lora: Option<LoraMode<'_>>,
     ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
+        let t = ids.dim(1)?;
         let (cos, sin) = self.rope_tables(t)?;
         let pass = Pass {
             cfg: Arc::new(self.cfg.clone()),
-            dtype: self.dtype,
-            b,
-            t,
             mask: self.attention_bias(lens, t)?,
             cos,
             sin,
@@ -317,62 +311,56 @@ fn layer_forward(
     lora: Option<&LayerLora>,
 ) -> Result<Tensor> {
     let cfg = &pass.cfg;
-    let (b, t) = (pass.b, pass.t);
-    let (nh, nkv, hd) = (
-        cfg.num_attention_heads,
-        cfg.num_key_value_heads,
-        cfg.head_dim,
-    );
-    let lin = |m: usize, x: &Tensor| linear(layer, m, x, lora, pass.dtype);
+    let lin = |m: usize, x: &Tensor| linear(layer, m, x, lora);
     let x = ops::rms_norm(h, &layer.input_norm, cfg.rms_norm_eps)?;
-    let q = lin(0, &x)?.reshape((b, t, nh, hd))?.transpose(1, 2)?;
-    let k = lin(1, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-    let v = lin(2, &x)?.reshape((b, t, nkv, hd))?.transpose(1, 2)?;
-    let q = ops::rope(&q.contiguous()?, &pass.cos, &pass.sin)?;
-    let k = ops::rope(&k.contiguous()?, &pass.cos, &pass.sin)?;
-    // Grouped-query attention without copying k/v per head: the `rep` query heads that share a
-    // kv head are stacked along the sequence axis of that kv head.
-    let rep = nh / nkv;
-    let q = q.reshape((b, nkv, rep * t, hd))?;
-    let scale = 1.0 / (hd as f64).sqrt();
-    let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.reshape((b, nh, t, t))?;
-    let p = ops::masked_softmax(&scores.to_dtype(DType::F32)?, &pass.mask)?.to_dtype(pass.dtype)?;
-    let o = p
-        .reshape((b, nkv, rep * t, t))?
-        .matmul(&v.contiguous()?)?
-        .reshape((b, nh, t, hd))?
-        .transpose(1, 2)?
-        .reshape((b, t, nh * hd))?;
+    let heads = ops::Heads {
+        q: cfg.num_attention_heads,
+        kv: cfg.num_key_value_heads,
+        dim: cfg.head_dim,
+    };
+    let o = ops::attention(
+        &lin(0, &x)?,
+        &lin(1, &x)?,
+        &lin(2, &x)?,
+        &pass.mask,
+        &pass.cos,
+        &pass.sin,
+        heads,
+    )?;
     let h = (h + lin(3, &o)?)?;
     let x = ops::rms_norm(&h, &layer.post_norm, cfg.rms_norm_eps)?;
-    let mlp = lin(6, &(lin(4, &x)?.silu()? * lin(5, &x)?)?)?;
+    let mlp = lin(6, &ops::swiglu(&lin(4, &x)?, &lin(5, &x)?)?)?;
     Ok((h + mlp)?)
 }
 
-/// `W x (+ b)`, plus `scale * B A dropout(x)` when the adapter targets this projection. The LoRA
-/// branch runs in f32 whatever the base dtype (PEFT keeps adapters in f32 too).
-fn linear(
-    layer: &Layer,
-    m: usize,
-    x: &Tensor,
-    lora: Option<&LayerLora>,
-    dtype: DType,
-) -> Result<Tensor> {
+/// `W x (+ b)`, plus `scale * B A dropout(x)` when the adapter targets this projection.
+fn linear(layer: &Layer, m: usize, x: &Tensor, lora: Option<&LayerLora>) -> Result<Tensor> {
     let proj = &layer.proj[m];
-    let y = ops::frozen_linear(x, &proj.w, proj.b.as_ref())?;
-    let Some(lora) = lora else { return Ok(y) };
-    let Some((a, b)) = &lora.pairs[m] else {
-        return Ok(y);
+    let pair = lora.and_then(|l| l.pairs[m].as_ref().map(|p| (l, p)));
+    let Some((lora, (a, b))) = pair else {
+        return Ok(ops::frozen_linear(x, &proj.w, proj.b.as_ref())?);
     };
-    let mut xl = x.to_dtype(DType::F32)?;
-    if let Some((p, seed)) = lora.dropout {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(
-            seed ^ ((layer.index * 7 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        xl = dropout(&xl, p, &mut rng)?;
-    }
-    let delta = (xl.broadcast_matmul(&a.t()?)?.broadcast_matmul(&b.t()?)? * lora.scale)?;
-    Ok((y + delta.to_dtype(dtype)?)?)
+    let mask = match lora.dropout {
+        Some((p, seed)) => {
+            let seed = seed ^ ((layer.index * 7 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let in_f = proj.w.dim(1)?;
+            Some(dropout_mask(
+                x.elem_count() / in_f,
+                in_f,
+                p,
+                seed,
+                x.device(),
+            )?)
+        }
+        None => None,
+    };
+    let weights = ops::LoraWeights {
+        a,
+        b,
+        scale: lora.scale,
+        dropout_mask: mask.as_ref(),
+    };
+    Ok(ops::lora_linear(x, &proj.w, proj.b.as_ref(), &weights)?)
 }
 
 /// A layer under gradient checkpointing. The forward runs detached and keeps only the layer's
@@ -424,11 +412,13 @@ fn checkpointed_layer(
     )?)
 }
 
-/// Inverted dropout with a mask drawn from `rng`, so a seeded run is reproducible.
-fn dropout(x: &Tensor, p: f64, rng: &mut rand::rngs::StdRng) -> Result<Tensor> {
+/// An inverted-dropout mask `[rows, cols]` (entries 0 or `1 / (1 - p)`) from a seeded RNG, so a
+/// seeded run, and a recomputed layer, draw the same mask.
+fn dropout_mask(rows: usize, cols: usize, p: f64, seed: u64, device: &Device) -> Result<Tensor> {
     use rand::Rng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let keep = 1.0 - p;
-    let mask: Vec<f32> = (0..x.elem_count())
+    let mask: Vec<f32> = (0..rows * cols)
         .map(|_| {
             if rng.random::<f64>() < keep {
                 (1.0 / keep) as f32
@@ -437,6 +427,5 @@ fn dropout(x: &Tensor, p: f64, rng: &mut rand::rngs::StdRng) -> Result<Tensor> {
             }
         })
         .collect();
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-    Ok((x * mask)?)
+    Ok(Tensor::from_vec(mask, (rows, cols), device)?)
 }
