@@ -10,42 +10,44 @@ use super::{with_backward1, with_backward2};
 const HEAD_CHUNK_ROWS: usize = 1024;
 
 /// `log_softmax(h @ w^T)[target]` for each row of `h: [m, hidden]`, with `w: [vocab, hidden]` the
-/// frozen output head. Logits are made a chunk of rows at a time, in f32, and recomputed in the
-/// backward pass, so the full `[m, vocab]` matrix and its log-softmax are never kept.
+/// frozen output head. Logits are made a chunk of rows at a time, in f32, and never kept.
+///
+/// Each output depends on its own row of `h` only, and the upstream gradient of a row is a
+/// scalar, so the forward pass computes the whole Jacobian of each row at once,
+/// `d lp / d h = (onehot(target) - softmax(logits)) @ w` (`[m, hidden]`, small), and the backward
+/// pass only scales it: the head costs two vocabulary-sized matmuls, as in PyTorch, with no
+/// `[m, vocab]` tensor alive between the passes.
 pub fn target_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let m = h.dim(0)?;
     let hd = h.detach();
-    let mut parts = Vec::new();
+    let need_grad = h.track_op();
+    let (mut parts, mut jac) = (Vec::new(), Vec::new());
     for start in (0..m).step_by(HEAD_CHUNK_ROWS) {
         let len = HEAD_CHUNK_ROWS.min(m - start);
         let logits = head_logits(&hd.narrow(0, start, len)?, w)?;
         let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
         let lse = logsumexp(&logits)?;
-        parts.push((logits.gather(&t, 1)?.squeeze(1)? - lse)?);
-    }
-    let out = Tensor::cat(&parts, 0)?;
-    let (w, targets) = (w.clone(), targets.clone());
-    with_backward1("target-logprobs", h, out, move |h, _, g| {
-        // d lp / d logits = onehot(target) - softmax(logits).
-        let mut grads = Vec::new();
-        for start in (0..m).step_by(HEAD_CHUNK_ROWS) {
-            let len = HEAD_CHUNK_ROWS.min(m - start);
-            let logits = head_logits(&h.narrow(0, start, len)?, &w)?;
-            let p = candle_nn::ops::softmax_last_dim(&logits)?;
-            let gc = g
-                .narrow(0, start, len)?
-                .to_dtype(DType::F32)?
-                .unsqueeze(1)?;
-            let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
-            let dlogits = p.broadcast_mul(&gc.neg()?)?.scatter_add(&t, &gc, 1)?;
-            grads.push(
+        parts.push((logits.gather(&t, 1)?.squeeze(1)? - &lse)?);
+        if need_grad {
+            let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
+            drop(logits);
+            let ones = Tensor::ones((len, 1), DType::F32, p.device())?;
+            let dlogits = p.neg()?.scatter_add(&t, &ones, 1)?;
+            jac.push(
                 dlogits
                     .to_dtype(w.dtype())?
-                    .matmul(&w)?
+                    .matmul(w)?
                     .to_dtype(h.dtype())?,
             );
         }
-        Tensor::cat(&grads, 0)
+    }
+    let out = Tensor::cat(&parts, 0)?;
+    if !need_grad {
+        return Ok(out);
+    }
+    let jac = Tensor::cat(&jac, 0)?;
+    with_backward1("target-logprobs", h, out, move |_, _, g| {
+        jac.broadcast_mul(&g.to_dtype(jac.dtype())?.unsqueeze(1)?)
     })
 }
 
