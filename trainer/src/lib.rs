@@ -13,9 +13,16 @@
 //! - [`loss`]: the ORPO loss and TRL's metrics.
 //! - [`optim`]: AdamW, learning-rate schedules, gradient clipping.
 //! - [`train`]: the training and evaluation loops.
+//! - [`checkpoint`]: `step-N/` checkpoints (adapter, optimizer, trainer state), written
+//!   atomically, and exact resumption from them.
+//! - [`generate`]: greedy completions for each checkpoint's `samples.json`.
+//! - [`export`]: merged Hugging Face folders and GGUF files for llama.cpp.
 
+pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod export;
+pub mod generate;
 pub mod lora;
 pub mod loss;
 pub mod model;

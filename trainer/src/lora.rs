@@ -260,6 +260,16 @@ fn ordered_modules(names: &[String]) -> Vec<usize> {
 
 /// Writes f32/bf16/f16 tensors as safetensors with PEFT's `{"format": "pt"}` metadata.
 pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Result<()> {
+    write_safetensors_with(path, tensors, &[("format", "pt".to_string())])
+}
+
+/// [`write_safetensors`] with other metadata. The file is made world-readable (0644):
+/// safetensors writes 0600, and checkpoints are meant to be downloaded and shared.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &BTreeMap<String, Tensor>,
+    metadata: &[(&str, String)],
+) -> Result<()> {
     let mut data = Vec::with_capacity(tensors.len());
     for (name, t) in tensors {
         let t = t.to_device(&Device::Cpu)?.contiguous()?;
@@ -302,7 +312,17 @@ pub fn write_safetensors(path: &Path, tensors: &BTreeMap<String, Tensor>) -> Res
             (n.clone(), view)
         })
         .collect();
-    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    let meta: std::collections::HashMap<String, String> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
     safetensors::serialize_to_file(views, Some(meta), path)
-        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+        .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
 }

@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::checkpoint::{self, TrainerState};
+use crate::generate;
+
 use candle_core::{DType, Device, Tensor};
 use orpo_api::spec::{Dtype, JobSpec};
 use rand::seq::SliceRandom;
@@ -51,6 +54,14 @@ pub enum Event<'a> {
     },
     Log(&'a LogRecord),
     Eval(&'a LogRecord),
+    /// Training continues from `checkpoint` after `step` optimizer steps; `records` is the
+    /// history logged before it (a metrics file rewritten from it has no duplicates).
+    Resumed {
+        step: usize,
+        checkpoint: &'a Path,
+        records: &'a [LogRecord],
+    },
+    /// A complete checkpoint (`checkpoints/step-N/`) or the final folder was written.
     Saved(&'a Path),
 }
 
@@ -58,7 +69,8 @@ pub enum Event<'a> {
 pub struct RunOptions {
     pub out_dir: PathBuf,
     pub device: Device,
-    /// Set from outside (cancel, pause, shutdown); checked between micro-batches.
+    /// Set from outside (cancel, pause, shutdown): the current optimizer step is finished and
+    /// checkpointed, then `train` returns `Error::Stopped`.
     pub stop: Arc<AtomicBool>,
 }
 
@@ -203,8 +215,30 @@ fn epoch_shape(rows: usize, batch: usize, accum: usize) -> (usize, usize) {
     (micro, micro.div_ceil(accum).max(1))
 }
 
-/// Trains the job; writes `metrics.jsonl`-ready records through `on_event` and the final
-/// adapter to `<out_dir>/final/`.
+/// The loop's state between optimizer steps: what a checkpoint saves besides the adapter and
+/// the optimizer.
+struct Progress {
+    /// Optimizer steps done.
+    step: usize,
+    epoch: usize,
+    micro: usize,
+    epoch_f: f64,
+    tokens: usize,
+    last_lr: f64,
+    window_losses: Vec<f64>,
+    window_metrics: Vec<Metrics>,
+    records: Vec<LogRecord>,
+    /// Training time of earlier runs of this job (resumed from a checkpoint).
+    elapsed_before: f64,
+}
+
+/// Trains the job. Continues from the newest complete checkpoint in `<out_dir>/checkpoints/`
+/// when there is one (emitting [`Event::Resumed`] with the history so far), writes a checkpoint
+/// every `train.save_every` steps and at the end, then the final adapter and the `[export]`
+/// files to `<out_dir>/final/`.
+///
+/// When `opts.stop` is set, the current optimizer step is finished and checkpointed, and the
+/// call returns [`Error::Stopped`]; a later call with the same `out_dir` resumes.
 pub fn train(
     session: &mut Session,
     opts: &RunOptions,
@@ -226,30 +260,54 @@ pub fn train(
         trainable_parameters: session.adapter.num_parameters(),
     });
     let start = Instant::now();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(t.seed.wrapping_add(1));
-    let mut opt = AdamW::new(t.weight_decay);
-    let mut records = Vec::new();
-    let (mut epoch, mut micro, mut tokens) = (0usize, 0usize, 0usize);
-    let mut order = epoch_order(n, spec.data.shuffle, t.seed, epoch);
-    let (mut window_losses, mut window_metrics) = (Vec::new(), Vec::new());
-    if t.eval_at_start && !session.eval.is_empty() {
-        let rec = eval_record(session, 0, 0.0, tokens, &start)?;
+    let (mut p, mut opt) = match checkpoint::latest(&opts.out_dir)? {
+        Some(dir) => {
+            let resumed = resume(session, &dir, total, &opts.device)?;
+            on_event(Event::Resumed {
+                step: resumed.0.step,
+                checkpoint: &dir,
+                records: &resumed.0.records,
+            });
+            resumed
+        }
+        None => (
+            Progress {
+                step: 0,
+                epoch: 0,
+                micro: 0,
+                epoch_f: 0.0,
+                tokens: 0,
+                last_lr: 0.0,
+                window_losses: Vec::new(),
+                window_metrics: Vec::new(),
+                records: Vec::new(),
+                elapsed_before: 0.0,
+            },
+            AdamW::new(t.weight_decay),
+        ),
+    };
+    let elapsed = |p: &Progress| p.elapsed_before + start.elapsed().as_secs_f64();
+    let mut order = epoch_order(n, spec.data.shuffle, t.seed, p.epoch);
+    if p.step == 0 && t.eval_at_start && !session.eval.is_empty() {
+        let rec = eval_record(session, 0, 0.0, p.tokens, elapsed(&p))?;
         on_event(Event::Eval(&rec));
-        records.push(rec);
+        p.records.push(rec);
     }
-    for step in 0..total {
-        let group = if micro / t.grad_accum == steps_per_epoch - 1 {
-            micro_per_epoch - micro
+    if p.step < total && opts.stop.load(Ordering::Relaxed) {
+        return Err(Error::Stopped);
+    }
+    while p.step < total {
+        let step = p.step;
+        let group = if p.micro / t.grad_accum == steps_per_epoch - 1 {
+            micro_per_epoch - p.micro
         } else {
             t.grad_accum
         };
+        let mut rng = rand::rngs::StdRng::seed_from_u64(dropout_seed(t.seed, step));
         let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
         let mut step_loss = 0.0;
         for _ in 0..group {
-            if opts.stop.load(Ordering::Relaxed) {
-                return Err(Error::Stopped);
-            }
-            let rows = &order[micro * t.batch_size..((micro + 1) * t.batch_size).min(n)];
+            let rows = &order[p.micro * t.batch_size..((p.micro + 1) * t.batch_size).min(n)];
             let pairs: Vec<&TokenizedPair> = rows.iter().map(|&i| &session.train[i]).collect();
             let (g, m, toks) = session.micro_batch(&pairs, group, &mut rng)?;
             for (name, g) in g {
@@ -260,53 +318,239 @@ pub fn train(
                 grads.insert(name, sum);
             }
             step_loss += m.loss / group as f64;
-            window_metrics.push(m);
-            tokens += toks;
-            micro += 1;
+            p.window_metrics.push(m);
+            p.tokens += toks;
+            p.micro += 1;
         }
-        let epoch_f = epoch as f64 + micro as f64 / micro_per_epoch as f64;
-        if micro == micro_per_epoch {
-            epoch += 1;
-            micro = 0;
-            order = epoch_order(n, spec.data.shuffle, t.seed, epoch);
+        p.epoch_f = p.epoch as f64 + p.micro as f64 / micro_per_epoch as f64;
+        if p.micro == micro_per_epoch {
+            p.epoch += 1;
+            p.micro = 0;
+            order = epoch_order(n, spec.data.shuffle, t.seed, p.epoch);
         }
-        window_losses.push(step_loss);
+        p.window_losses.push(step_loss);
         let grad_norm = optim::clip_grad_norm(&mut grads, t.max_grad_norm)?;
         let lr = optim::learning_rate(t.lr_scheduler, t.learning_rate, step, t.warmup_steps, total);
         opt.step(&session.adapter.named_vars(), &grads, lr)?;
         drop(grads);
-        let last = step + 1 == total;
-        if (step + 1) % t.log_every == 0 || last {
-            let mut metrics = Metrics::mean(&window_metrics).named("");
+        p.step += 1;
+        p.last_lr = lr;
+        let last = p.step == total;
+        if p.step % t.log_every == 0 || last {
+            let mut metrics = Metrics::mean(&p.window_metrics).named("");
             metrics.insert(
                 "loss".into(),
-                window_losses.iter().sum::<f64>() / window_losses.len() as f64,
+                p.window_losses.iter().sum::<f64>() / p.window_losses.len() as f64,
             );
             let rec = LogRecord {
-                step: step + 1,
-                epoch: epoch_f,
+                step: p.step,
+                epoch: p.epoch_f,
                 learning_rate: Some(lr),
                 grad_norm: Some(grad_norm),
                 metrics,
-                tokens,
-                elapsed_s: start.elapsed().as_secs_f64(),
+                tokens: p.tokens,
+                elapsed_s: elapsed(&p),
             };
             on_event(Event::Log(&rec));
-            records.push(rec);
-            window_losses.clear();
-            window_metrics.clear();
+            p.records.push(rec);
+            p.window_losses.clear();
+            p.window_metrics.clear();
         }
-        let eval_now = (t.eval_every > 0 && (step + 1) % t.eval_every == 0) || last;
+        let eval_now = (t.eval_every > 0 && p.step % t.eval_every == 0) || last;
         if eval_now && !session.eval.is_empty() {
-            let rec = eval_record(session, step + 1, epoch_f, tokens, &start)?;
+            let rec = eval_record(session, p.step, p.epoch_f, p.tokens, elapsed(&p))?;
             on_event(Event::Eval(&rec));
-            records.push(rec);
+            p.records.push(rec);
+        }
+        let stop = opts.stop.load(Ordering::Relaxed);
+        if last || stop || (t.save_every > 0 && p.step % t.save_every == 0) {
+            let state = trainer_state(&spec, &p, total, elapsed(&p));
+            let dir = save_checkpoint(session, &opt, &state, &opts.out_dir)?;
+            on_event(Event::Saved(&dir));
+        }
+        if stop && !last {
+            return Err(Error::Stopped);
         }
     }
     let final_dir = opts.out_dir.join("final");
-    save_adapter_atomic(session, &final_dir)?;
+    crate::export::write_final(session, &final_dir)?;
     on_event(Event::Saved(&final_dir));
-    Ok(records)
+    Ok(p.records)
+}
+
+/// The seed of the dropout RNG for optimizer step `step`: a fresh `StdRng` per step makes the
+/// RNG state a function of `(seed, step)`, which a checkpoint can record.
+fn dropout_seed(seed: u64, step: usize) -> u64 {
+    // SplitMix64's finalizer, so neighbouring steps get unrelated streams.
+    let mut z = seed
+        .wrapping_add(1)
+        .wrapping_add((step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Restores the adapter, the optimizer and the loop state of checkpoint `dir`, after checking
+/// that it belongs to a run of the same shape (the data order and step arithmetic depend on it).
+fn resume(
+    session: &mut Session,
+    dir: &Path,
+    total: usize,
+    device: &Device,
+) -> Result<(Progress, AdamW)> {
+    let state = checkpoint::load_state(dir)?;
+    let t = &session.spec.train;
+    let d = &state.data;
+    let mut differences = Vec::new();
+    let mut check = |what: &str, then: String, now: String| {
+        if then != now {
+            differences.push(format!("{what} {then} (now {now})"));
+        }
+    };
+    check(
+        "total steps",
+        state.total_steps.to_string(),
+        total.to_string(),
+    );
+    check(
+        "train pairs",
+        d.train_pairs.to_string(),
+        session.train.len().to_string(),
+    );
+    check(
+        "train.batch_size",
+        d.batch_size.to_string(),
+        t.batch_size.to_string(),
+    );
+    check(
+        "train.grad_accum",
+        d.grad_accum.to_string(),
+        t.grad_accum.to_string(),
+    );
+    check("train.seed", d.seed.to_string(), t.seed.to_string());
+    check(
+        "data.shuffle",
+        d.shuffle.to_string(),
+        session.spec.data.shuffle.to_string(),
+    );
+    if !differences.is_empty() {
+        return Err(Error::Config(format!(
+            "{} was written by a run with {}; resuming needs the same settings: restore them, or train into another output folder",
+            dir.display(),
+            differences.join(", ")
+        )));
+    }
+    let adapter = LoraAdapter::load_peft(dir, &session.base.config, device)?;
+    if adapter.r != session.spec.lora.r || adapter.alpha != session.spec.lora.alpha {
+        return Err(Error::Config(format!(
+            "{}: the checkpoint's adapter has r {} and alpha {}, the job r {} and alpha {}",
+            dir.display(),
+            adapter.r,
+            adapter.alpha,
+            session.spec.lora.r,
+            session.spec.lora.alpha
+        )));
+    }
+    session.adapter = adapter;
+    let opt = checkpoint::load_optimizer(
+        &dir.join(checkpoint::OPTIMIZER),
+        t.weight_decay,
+        state.step,
+        device,
+    )?;
+    let window_metrics = state.log_window.metrics(dir)?;
+    tracing::info!(checkpoint = %dir.display(), step = state.step, "resuming");
+    Ok((
+        Progress {
+            step: state.step,
+            epoch: d.epoch,
+            micro: d.micro_batch,
+            epoch_f: state.epoch,
+            tokens: state.tokens,
+            last_lr: state.scheduler.last_learning_rate,
+            window_losses: state.log_window.losses,
+            window_metrics,
+            records: state.log_history,
+            elapsed_before: state.elapsed_s,
+        },
+        opt,
+    ))
+}
+
+fn trainer_state(spec: &JobSpec, p: &Progress, total: usize, elapsed_s: f64) -> TrainerState {
+    let t = &spec.train;
+    TrainerState {
+        format: checkpoint::FORMAT_VERSION,
+        step: p.step,
+        total_steps: total,
+        epoch: p.epoch_f,
+        data: checkpoint::DataPosition {
+            epoch: p.epoch,
+            micro_batch: p.micro,
+            train_pairs: 0,
+            batch_size: t.batch_size,
+            grad_accum: t.grad_accum,
+            shuffle: spec.data.shuffle,
+            seed: t.seed,
+        },
+        rng: checkpoint::RngState {
+            dropout: "StdRng::seed_from_u64(splitmix64(seed + 1 + step * 0x9E3779B97F4A7C15)) per optimizer step".into(),
+            seed: t.seed,
+        },
+        scheduler: checkpoint::SchedulerState {
+            kind: t.lr_scheduler,
+            base_learning_rate: t.learning_rate,
+            warmup_steps: t.warmup_steps,
+            total_steps: total,
+            last_learning_rate: p.last_lr,
+        },
+        tokens: p.tokens,
+        elapsed_s,
+        log_window: checkpoint::LogWindow::new(&p.window_losses, &p.window_metrics),
+        log_history: p.records.clone(),
+    }
+}
+
+/// Writes `<out>/checkpoints/step-N/` atomically, then drops the checkpoints beyond
+/// `train.keep_checkpoints`.
+fn save_checkpoint(
+    session: &Session,
+    opt: &AdamW,
+    state: &TrainerState,
+    out_dir: &Path,
+) -> Result<PathBuf> {
+    let mut state = state.clone();
+    state.data.train_pairs = session.train.len();
+    let dir = checkpoint::checkpoints_dir(out_dir).join(format!("step-{}", state.step));
+    let prompts: Vec<Vec<u32>> = session
+        .eval
+        .iter()
+        .chain(&session.train)
+        .take(generate::SAMPLE_PROMPTS)
+        .map(|p| p.prompt_ids.clone())
+        .collect();
+    let samples = generate::samples(
+        &session.model,
+        Some(&session.adapter),
+        &session.base.tokenizer,
+        &prompts,
+    )?;
+    checkpoint::write_dir_atomic(&dir, |tmp| {
+        session
+            .adapter
+            .save_peft(tmp, &session.base.source.to_string_lossy())?;
+        checkpoint::save_optimizer(opt, &tmp.join(checkpoint::OPTIMIZER))?;
+        write_json(&tmp.join(checkpoint::SAMPLES), &samples)?;
+        // Last: a folder with a readable state file is a complete checkpoint.
+        write_json(&tmp.join(checkpoint::TRAINER_STATE), &state)
+    })?;
+    checkpoint::rotate(out_dir, session.spec.train.keep_checkpoints)?;
+    Ok(dir)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("plain data serializes");
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 
 fn eval_record(
@@ -314,7 +558,7 @@ fn eval_record(
     step: usize,
     epoch: f64,
     tokens: usize,
-    start: &Instant,
+    elapsed_s: f64,
 ) -> Result<LogRecord> {
     Ok(LogRecord {
         step,
@@ -323,7 +567,7 @@ fn eval_record(
         grad_norm: None,
         metrics: session.evaluate(true)?,
         tokens,
-        elapsed_s: start.elapsed().as_secs_f64(),
+        elapsed_s,
     })
 }
 
@@ -340,27 +584,13 @@ fn epoch_order(n: usize, shuffle: bool, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// Writes the adapter to `<dir>.tmp`, fsyncs it, and renames it over `dir`: a crash leaves the
-/// old adapter or the new one, never half of one.
+/// Writes the adapter alone to `dir` atomically (see [`checkpoint::write_dir_atomic`]).
 pub fn save_adapter_atomic(session: &Session, dir: &Path) -> Result<()> {
-    let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    session
-        .adapter
-        .save_peft(&tmp, &session.base.source.to_string_lossy())?;
-    for f in [crate::lora::ADAPTER_CONFIG, crate::lora::ADAPTER_WEIGHTS] {
-        let p = tmp.join(f);
-        std::fs::File::open(&p)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&p, e))?;
-    }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    checkpoint::write_dir_atomic(dir, |tmp| {
+        session
+            .adapter
+            .save_peft(tmp, &session.base.source.to_string_lossy())
+    })
 }
 
 #[cfg(test)]

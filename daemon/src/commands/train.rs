@@ -45,7 +45,21 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             }
             eprintln!("{}", progress_line(rec, total));
         }
-        Event::Saved(dir) => eprintln!("adapter saved to {}", dir.display()),
+        Event::Resumed {
+            step,
+            checkpoint,
+            records,
+        } => {
+            // The file was just truncated: the history comes back from the checkpoint, so
+            // steps logged after it and before the interruption are not listed twice.
+            for rec in records {
+                if let Err(e) = writeln!(metrics, "{}", serde_json::to_string(rec).expect("json")) {
+                    write_err.get_or_insert(e);
+                }
+            }
+            eprintln!("resuming from {} after step {step}", checkpoint.display());
+        }
+        Event::Saved(dir) => eprintln!("saved {}", dir.display()),
     };
     train::train(&mut session, &opts, &mut on_event)?;
     if let Some(e) = write_err {
