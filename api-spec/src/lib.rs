@@ -4,7 +4,32 @@
 //! - [`spec`]: the job file (`job.toml`) schema with its documented defaults. The trainer, the
 //!   daemon and the client all parse job files through this one definition, so a key cannot mean
 //!   one thing on the laptop and another on the server.
+//! - [`jobs`]: `SubmitJobRequest`, `JobView` and its parts, events, metrics, checkpoints.
+//! - [`datasets`]: uploaded JSONL data, named by sha256.
+//! - [`gpus`]: devices and placement (`/v1/gpus`, `/v1/plan`).
+//! - [`health`]: the `/healthz` answer.
+//! - [`error`]: the error body every failed request carries.
+//! - `client` (feature `client`): a typed reqwest client of the v1 API.
+//!
+//! Feature `schema` derives `utoipa::ToSchema` on every type; the daemon builds
+//! `api-spec/openapi.json` from them and a test fails when the committed file differs.
 
+pub mod datasets;
+pub mod error;
+pub mod gpus;
+pub mod health;
+pub mod jobs;
 pub mod spec;
 
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use datasets::{parse_dataset_ref, DatasetView, DATASET_REF_PREFIX};
+pub use error::{ErrorBody, ErrorDetail};
+pub use gpus::{DeviceView, GpusView, PlanView};
+pub use health::HealthView;
+pub use jobs::{
+    CheckpointView, EventKind, EventView, FileView, JobError, JobList, JobState, JobView, Memory,
+    MetricRecord, Progress, SubmitJobRequest,
+};
 pub use spec::{JobSpec, SpecError};

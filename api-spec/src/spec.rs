@@ -28,6 +28,7 @@ pub enum SpecError {
 
 /// One ORPO fine-tune: what to train, on what, how.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Optional label shown in listings.
@@ -51,6 +52,7 @@ pub struct JobSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// A Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a `.gguf` file.
@@ -60,6 +62,7 @@ pub struct ModelSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     /// bf16 on CUDA, f32 on CPU (bf16 matmuls on CPU widen to f32 on every call).
@@ -71,6 +74,7 @@ pub enum Dtype {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// JSONL rows `{"prompt","chosen","rejected"}`: strings, or lists of chat messages.
@@ -112,6 +116,7 @@ impl Default for DataSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TruncationMode {
     #[default]
@@ -120,6 +125,7 @@ pub enum TruncationMode {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OrpoSpec {
     /// TRL's `beta`, the paper's lambda: the weight of the odds-ratio term.
@@ -140,6 +146,7 @@ impl Default for OrpoSpec {
 
 /// Which tokens of the chosen answer the NLL term averages over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NllScope {
     /// Prompt and completion, as TRL's ORPOTrainer (every release since v0.9.3).
@@ -150,6 +157,7 @@ pub enum NllScope {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoraSpec {
     #[serde(default = "default_r")]
@@ -189,6 +197,7 @@ pub const LORA_MODULES: [&str; 7] = [
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
     #[serde(default = "default_epochs")]
@@ -257,6 +266,7 @@ impl Default for TrainSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum LrScheduler {
     #[default]
@@ -266,6 +276,7 @@ pub enum LrScheduler {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
     #[serde(default = "yes")]
@@ -287,6 +298,7 @@ impl Default for ExportSpec {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GgufExport {
     #[default]
@@ -296,6 +308,7 @@ pub enum GgufExport {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesSpec {
     /// `auto` | `cpu` | `cuda` | `cuda:N`.

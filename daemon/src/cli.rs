@@ -17,19 +17,50 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train a job in the foreground: metrics to DIR/metrics.jsonl, the adapter to DIR/final/.
+    /// Train a job in the foreground: metrics to DIR/metrics.jsonl, checkpoints to
+    /// DIR/checkpoints/step-N/, the adapter and exports to DIR/final/. Continues from the newest
+    /// checkpoint in DIR when there is one.
     Train(TrainArgs),
     /// Evaluate the job's eval data at the base weights (or an adapter's) with TRL's metric names.
     Eval(EvalArgs),
     /// Turn a GGUF model into a Hugging Face folder (dequantized; config, safetensors, tokenizer).
     Convert(ConvertArgs),
+    /// Merge a checkpoint's adapter into its base: a Hugging Face folder and/or a GGUF file.
+    Export(ExportArgs),
+    /// Run the daemon: the job queue and the HTTP API (default 127.0.0.1:8750).
+    Serve(ServeArgs),
+    /// Run one job for the daemon (started by `orpod serve`, not by hand).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+    /// Print the OpenAPI document of the HTTP API (as committed in api-spec/openapi.json).
+    Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML config file (keys as in systemd/orpod.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, `host:port` (default 127.0.0.1:8750).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// State folder (default $STATE_DIRECTORY, $XDG_STATE_HOME/orpod or ~/.local/state/orpod).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The job's folder: job.toml in, checkpoints and final/ out.
+    #[arg(long)]
+    pub job_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// The job file (job.toml).
     pub job: PathBuf,
-    /// Output folder: metrics.jsonl and final/ (the PEFT adapter).
+    /// Output folder: metrics.jsonl, checkpoints/ and final/ (the PEFT adapter, exports).
     #[arg(long)]
     pub out: PathBuf,
 }
@@ -53,4 +84,30 @@ pub struct ConvertArgs {
     /// The Hugging Face folder to write.
     #[arg(long)]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint folder (DIR/checkpoints/step-N, DIR/final) or any PEFT adapter folder.
+    pub checkpoint: PathBuf,
+    /// Write the merged model as a Hugging Face folder (config.json, model.safetensors,
+    /// tokenizer files, generation_config.json).
+    #[arg(long, value_name = "DIR")]
+    pub merged: Option<PathBuf>,
+    /// Write the merged model as one GGUF file for llama.cpp / Ollama.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub gguf: Option<PathBuf>,
+    /// The GGUF weight type.
+    #[arg(long = "type", value_enum, default_value = "f16")]
+    pub r#type: GgufType,
+    /// The base model (default: base_model_name_or_path of the adapter's config).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GgufType {
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
 }

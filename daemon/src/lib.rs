@@ -3,10 +3,23 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (clap).
-//! - [`commands`]: one file per verb: `train`, `eval`, `convert`.
+//! - [`commands`]: one file per verb: `train`, `eval`, `convert`, `export`, `serve`, `worker`,
+//!   `openapi`.
+//! - [`server`]: `server::run(config, listener, shutdown)`, the daemon as a library call.
+//! - [`config`]: `orpod serve`'s settings and their defaults.
+//! - [`store`]: sled: jobs, queue order, events, metrics, data sets; the schema version.
+//! - [`supervisor`]: the scheduler and one `orpod worker` process per running job.
+//! - [`http`]: the v1 API routes, the one error mapping, the OpenAPI document.
+//! - [`checkpoints`]: a job's checkpoint folders as the API lists them.
 
+pub mod checkpoints;
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod supervisor;
 
 use cli::{Cli, Command};
 
@@ -16,6 +29,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Convert(args) => commands::convert::run(args),
+        Command::Export(args) => commands::export::run(args),
+        Command::Serve(args) => commands::serve::run(args),
+        Command::Worker(args) => commands::worker::run(args),
+        Command::Openapi => commands::openapi::run(),
     }
 }
 
@@ -27,4 +44,9 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Now as RFC 3339 in UTC with milliseconds, the API's time format.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

@@ -1,1 +1,219 @@
-//! Harness for the end-to-end suite: starts real daemons in temporary folders (issue 4 fills it in).
+//! Harness of the end-to-end suite: real `orpod serve` processes in temporary folders on port 0,
+//! a tiny model and preference data written on the fly, and waiting helpers.
+//!
+//! The daemon runs as a separate process (not in-process) because the suite kills it with
+//! SIGKILL and SIGTERM, and its workers must see a real parent die.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use orpo_api::client::Client;
+use orpo_api::{JobState, JobView, SubmitJobRequest};
+
+/// A running `orpod serve`.
+pub struct TestDaemon {
+    pub state_dir: PathBuf,
+    pub url: String,
+    pub client: Client,
+    exe: PathBuf,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    /// Starts `exe serve` with state in `state_dir` and `extra` TOML lines in its config file.
+    pub async fn start(exe: &Path, state_dir: &Path, extra: &str) -> TestDaemon {
+        std::fs::create_dir_all(state_dir).unwrap();
+        let config = state_dir.with_extension("toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\ncancel_grace_s = 5\nshutdown_grace_s = 20\n{extra}",
+                state_dir.to_string_lossy()
+            ),
+        )
+        .unwrap();
+        let mut d = TestDaemon {
+            state_dir: state_dir.to_path_buf(),
+            url: String::new(),
+            client: Client::new("http://127.0.0.1:1"),
+            exe: exe.to_path_buf(),
+            config,
+            child: None,
+        };
+        d.spawn().await;
+        d
+    }
+
+    async fn spawn(&mut self) {
+        let addr_file = self.state_dir.join("orpod.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.state_dir.with_extension("log"))
+            .unwrap();
+        let child = Command::new(&self.exe)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting orpod serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let addr = loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if !a.is_empty() {
+                    break a;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "orpod serve exited at start ({status}); log: {}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orpod serve did not start: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.url = format!("http://{addr}");
+        self.client = Client::new(&self.url);
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.state_dir.with_extension("log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns how long the daemon took to exit.
+    pub fn stop(&mut self) -> Duration {
+        let mut c = self.child.take().expect("running");
+        let t = Instant::now();
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().unwrap();
+        assert!(
+            status.success(),
+            "orpod serve exited with {status}: {}",
+            self.log()
+        );
+        t.elapsed()
+    }
+
+    /// Starts the daemon again on the same state folder (a new port).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill it first");
+        self.spawn().await;
+    }
+
+    /// Polls the job until `pred` holds; panics with the job after `timeout`.
+    pub async fn wait_for(
+        &self,
+        id: u64,
+        timeout: Duration,
+        what: &str,
+        pred: impl Fn(&JobView) -> bool,
+    ) -> JobView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let job = self.client.job(id).await.expect("GET job");
+            if pred(&job) {
+                return job;
+            }
+            if Instant::now() > deadline {
+                let events = self.client.events(id, None).await.unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(self.state_dir.join(format!("jobs/{id}/worker.log")))
+                        .unwrap_or_default();
+                panic!(
+                    "job {id}: timed out waiting for {what}: {job:#?}\nevents: {events:#?}\nworker.log:\n{log}\ndaemon log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, id: u64, state: JobState, timeout: Duration) -> JobView {
+        self.wait_for(id, timeout, state.as_str(), |j| j.state == state)
+            .await
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A tiny random Llama (the trainer's test model) as a GGUF file with its ChatML tokenizer.
+pub fn tiny_model(dir: &Path) -> PathBuf {
+    let path = dir.join("tiny.gguf");
+    orpo_trainer::model::testing::write_tiny_gguf(&path, orpo_trainer::model::Arch::Llama, 7)
+        .expect("writing the tiny model");
+    path
+}
+
+/// `n` preference rows of plain text.
+pub fn prefs_jsonl(n: usize) -> Vec<u8> {
+    let mut out = String::new();
+    for i in 0..n {
+        out.push_str(
+            &serde_json::json!({
+                "prompt": format!("Question {i}: what is {} plus {}?", i % 7, i % 5),
+                "chosen": format!(" The answer is {}.", i % 7 + i % 5),
+                "rejected": format!(" Maybe {} or so.", i % 3),
+            })
+            .to_string(),
+        );
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// A job file for the tiny model and an uploaded data set; `train` adds `[train]` keys.
+pub fn job_toml(model: &Path, dataset_ref: &str, train: &str) -> String {
+    format!(
+        "name = \"tiny\"\n[model]\nbase = {:?}\n[data]\ntrain = {:?}\nmax_length = 48\nmax_prompt_length = 24\n\
+         [lora]\nr = 4\nalpha = 8\n[train]\nbatch_size = 2\nlog_every = 1\n{train}\n[resources]\ndevice = \"cpu\"\n",
+        model.to_string_lossy(),
+        dataset_ref
+    )
+}
+
+/// Uploads `rows` rows and submits a tiny job with `train` settings.
+pub async fn submit_tiny(d: &TestDaemon, model: &Path, rows: usize, train: &str) -> JobView {
+    let ds = d
+        .client
+        .upload_dataset(prefs_jsonl(rows))
+        .await
+        .expect("upload");
+    d.client
+        .submit(&SubmitJobRequest {
+            job_toml: Some(job_toml(model, &ds.reference, train)),
+            owner: Some("tester".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+}

@@ -2,4 +2,8 @@
 
 pub mod convert;
 pub mod eval;
+pub mod export;
+pub mod openapi;
+pub mod serve;
 pub mod train;
+pub mod worker;

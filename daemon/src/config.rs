@@ -1,0 +1,117 @@
+//! `orpod serve`'s settings: embedded defaults, overridden by the config file
+//! (`--config FILE`, TOML), overridden by flags. Unknown keys in the file are an error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+/// The documented default address: loopback only, so a fresh install is not on the LAN until
+/// the operator says so.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
+
+/// Everything `orpod serve` (and [`crate::server::run`]) needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// `host:port`; port 0 picks a free one (tests).
+    pub listen: String,
+    /// sled database, uploaded data sets, job folders.
+    pub state_dir: PathBuf,
+    /// Folders `model.base` (and `lora.init_adapter`) must be inside; empty: anywhere.
+    pub model_roots: Vec<PathBuf>,
+    /// Jobs run at once (one worker process each) until admission control decides it.
+    pub max_running: usize,
+    /// Niceness of CPU workers, so the daemon's HTTP stays responsive beside a training job.
+    pub cpu_worker_nice: i32,
+    /// Seconds a cancelled worker gets to stop after SIGTERM before SIGKILL.
+    pub cancel_grace_s: u64,
+    /// Seconds running jobs get to checkpoint when the daemon stops (keep systemd's
+    /// `TimeoutStopSec` above this).
+    pub shutdown_grace_s: u64,
+    /// Largest data set upload accepted, in bytes.
+    pub max_upload_bytes: usize,
+    /// The program run as `<worker_exe> worker --job-dir DIR`; empty: this executable.
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: DEFAULT_LISTEN.into(),
+            state_dir: default_state_dir(),
+            model_roots: Vec::new(),
+            max_running: 1,
+            cpu_worker_nice: 10,
+            cancel_grace_s: 10,
+            shutdown_grace_s: 60,
+            max_upload_bytes: 1 << 30,
+            worker_exe: None,
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Defaults, then the file when given.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<ServeConfig> {
+        let Some(path) = file else {
+            return Ok(ServeConfig::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// The worker executable: the configured one or the running binary.
+    pub fn worker_exe(&self) -> anyhow::Result<PathBuf> {
+        match &self.worker_exe {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe().context("locating the orpod executable"),
+        }
+    }
+}
+
+/// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `$XDG_STATE_HOME/orpod`, else
+/// `~/.local/state/orpod`.
+pub fn default_state_dir() -> PathBuf {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = env("STATE_DIRECTORY") {
+        // systemd may pass several colon-separated folders; ours is the first.
+        let first = dir
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        return PathBuf::from(first);
+    }
+    if let Some(dir) = env("XDG_STATE_HOME") {
+        return dir.join("orpod");
+    }
+    let home = env("HOME").unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/state/orpod")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_overrides_defaults_and_rejects_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("orpod.toml");
+        std::fs::write(&p, "listen = \"0.0.0.0:9000\"\nmax_running = 2\n").unwrap();
+        let c = ServeConfig::load(Some(&p)).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.max_running, 2);
+        assert_eq!(c.cancel_grace_s, ServeConfig::default().cancel_grace_s);
+        std::fs::write(&p, "listn = \"x\"\n").unwrap();
+        let err = format!("{:#}", ServeConfig::load(Some(&p)).unwrap_err());
+        assert!(err.contains("listn"), "{err}");
+        assert_eq!(ServeConfig::load(None).unwrap().listen, DEFAULT_LISTEN);
+    }
+}

@@ -1,0 +1,146 @@
+//! Job routes: submit, list, view, cancel, pause, resume (`orpoctl submit | list | status |
+//! cancel | pause | resume`).
+
+use actix_web::{web, HttpResponse};
+use orpo_api::{ErrorBody, JobList, JobState, JobView, SubmitJobRequest};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::error::ApiError;
+use super::{validate, AppState};
+use crate::store::{JobFilter, NewJob};
+
+/// Submit a job
+///
+/// Checks the job file, the model path on the server and the uploaded data sets it names, then
+/// stores the job as `queued`. The answer comes only after the store has flushed the job to
+/// disk, so an acknowledged job survives a crash.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJobRequest,
+    responses((status = 201, description = "Queued", body = JobView),
+        (status = 400, description = "Malformed request or job file", body = ErrorBody),
+        (status = 422, description = "Model or data set not found", body = ErrorBody)))]
+pub async fn submit(
+    state: web::Data<AppState>,
+    req: web::Json<SubmitJobRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let spec = validate::check(&state, &req)?;
+    let owner = req
+        .owner
+        .clone()
+        .filter(|o| !o.trim().is_empty())
+        .unwrap_or_else(|| "anonymous".into());
+    let ahead = state.store.queue_len() + state.supervisor.running().len();
+    let view = state.store.insert_job(NewJob {
+        owner,
+        spec,
+        pending_reason: Some(if ahead == 0 {
+            "starting".into()
+        } else {
+            format!("waiting for a free slot ({ahead} job(s) ahead or running)")
+        }),
+    })?;
+    state.store.flush().await?;
+    state.supervisor.wake();
+    Ok(HttpResponse::Created().json(view))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    state: Option<JobState>,
+    /// Only jobs of this owner.
+    owner: Option<String>,
+    /// Page size (default 50).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]+$")]
+    cursor: Option<String>,
+}
+
+/// List jobs
+///
+/// Newest first, filtered by state and owner, a page at a time.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    state: web::Data<AppState>,
+    q: web::Query<ListQuery>,
+) -> Result<web::Json<JobList>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 1000".into(),
+        ));
+    }
+    let cursor = match &q.cursor {
+        Some(c) => Some(c.parse::<u64>().map_err(|_| {
+            ApiError::BadRequest(format!("cursor {c:?} is not one this daemon gave out"))
+        })?),
+        None => None,
+    };
+    let filter = JobFilter {
+        state: q.state,
+        owner: q.owner.clone(),
+        limit,
+        cursor,
+    };
+    let (jobs, next) = web::block(move || state.store.list_jobs(&filter))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(web::Json(JobList {
+        jobs,
+        next_cursor: next.map(|n| n.to_string()),
+    }))
+}
+
+/// Show a job
+///
+/// State, why it waits or failed, progress with ETA, the latest metrics.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<u64>,
+) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.store.job(*id)?))
+}
+
+/// Cancel a job
+///
+/// A queued or paused job is cancelled at once; a running one gets SIGTERM and, after the
+/// grace period, SIGKILL. Poll the job for its final state.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    id: web::Path<u64>,
+) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.supervisor.cancel(*id).await?))
+}
+
+/// Pause a job
+///
+/// A running job finishes its step, writes a checkpoint and frees its device (`pausing`, then
+/// `paused`); a queued job leaves the queue.
+#[utoipa::path(post, path = "/v1/jobs/{id}/pause", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn pause(
+    state: web::Data<AppState>,
+    id: web::Path<u64>,
+) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.supervisor.pause(*id).await?))
+}
+
+/// Resume a job
+///
+/// Puts a paused (or interrupted) job back in the queue; it continues from its newest checkpoint.
+#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+    responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn resume(
+    state: web::Data<AppState>,
+    id: web::Path<u64>,
+) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.supervisor.resume(*id).await?))
+}

@@ -1,0 +1,116 @@
+//! The HTTP API (v1, DESIGN.md §5): one file per resource, each handler's doc comment is its
+//! OpenAPI summary and description, and [`ApiDoc`] gathers them into `api-spec/openapi.json`.
+
+pub mod checkpoints;
+pub mod datasets;
+pub mod error;
+pub mod events;
+pub mod gpus;
+pub mod health;
+pub mod jobs;
+mod validate;
+
+use std::sync::Arc;
+
+use actix_web::web;
+use utoipa::OpenApi;
+
+use crate::config::ServeConfig;
+use crate::store::Store;
+use crate::supervisor::Supervisor;
+use error::{bad_request, ApiError};
+
+/// What every handler gets (`web::Data<AppState>`).
+pub struct AppState {
+    pub store: Store,
+    pub supervisor: Arc<Supervisor>,
+    pub config: Arc<ServeConfig>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "orpod",
+        version = "1",
+        description = "ORPO fine-tune jobs with LoRA on a shared GPU box: submit, watch, pause, \
+                       cancel, download checkpoints. Errors are `{\"error\": {\"code\", \"message\"}}`."
+    ),
+    paths(
+        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::pause, jobs::resume,
+        events::metrics, events::events,
+        checkpoints::list, checkpoints::download,
+        datasets::upload,
+        gpus::gpus, gpus::plan,
+        health::healthz, health::metrics,
+    ),
+    components(schemas(orpo_api::ErrorBody, orpo_api::EventKind)),
+    tags(
+        (name = "jobs", description = "Fine-tune jobs"),
+        (name = "datasets", description = "Uploaded preference data"),
+        (name = "checkpoints", description = "Checkpoints and their files"),
+        (name = "devices", description = "Devices and placement"),
+        (name = "health", description = "Health and monitoring"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as committed in `api-spec/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    text.push('\n');
+    text
+}
+
+/// A resource whose other methods get a 405 with the `Allow` header (RFC 9110) and the API's
+/// error body.
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move || async move {
+        let mut resp = actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed(
+            format!("this route takes {allow}"),
+        ));
+        resp.headers_mut().insert(
+            actix_web::http::header::ALLOW,
+            actix_web::http::header::HeaderValue::from_static(allow),
+        );
+        resp
+    }))
+}
+
+/// Registers every route and the extractor error handlers.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(1 << 20)
+            .error_handler(|e, _| bad_request(e)),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|e, _| bad_request(e)))
+    .app_data(web::PathConfig::default().error_handler(|e, _| bad_request(e)))
+    .service(
+        resource("/v1/jobs", "GET, POST")
+            .route(web::post().to(jobs::submit))
+            .route(web::get().to(jobs::list)),
+    )
+    .service(resource("/v1/jobs/{id}", "GET").route(web::get().to(jobs::get)))
+    .service(resource("/v1/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
+    .service(resource("/v1/jobs/{id}/pause", "POST").route(web::post().to(jobs::pause)))
+    .service(resource("/v1/jobs/{id}/resume", "POST").route(web::post().to(jobs::resume)))
+    .service(resource("/v1/jobs/{id}/metrics", "GET").route(web::get().to(events::metrics)))
+    .service(resource("/v1/jobs/{id}/events", "GET").route(web::get().to(events::events)))
+    .service(resource("/v1/jobs/{id}/checkpoints", "GET").route(web::get().to(checkpoints::list)))
+    .service(
+        resource("/v1/jobs/{id}/checkpoints/{name}/files/{file}", "GET")
+            .route(web::get().to(checkpoints::download)),
+    )
+    .service(resource("/v1/datasets", "POST").route(web::post().to(datasets::upload)))
+    .service(resource("/v1/gpus", "GET").route(web::get().to(gpus::gpus)))
+    .service(resource("/v1/plan", "POST").route(web::post().to(gpus::plan)))
+    .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+    .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::NotFound(
+            "no such route; see api-spec/openapi.json".into(),
+        ))
+    }));
+}

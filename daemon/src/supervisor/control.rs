@@ -1,0 +1,88 @@
+//! The user's verbs on a job: cancel, pause, resume (`POST /v1/jobs/{id}/<verb>`). A job with a
+//! worker is stopped by signal and settles when the worker exits; one without changes at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orpo_api::{JobState, JobView};
+
+use super::{spawn, Intent, Supervisor, PAUSED};
+use crate::store::StoreError;
+
+impl Supervisor {
+    /// `POST /v1/jobs/{id}/cancel`.
+    pub async fn cancel(self: &Arc<Self>, id: u64) -> Result<JobView, StoreError> {
+        let view = self.store.job(id)?;
+        if view.state.is_terminal() {
+            return Err(StoreError::Rejected(format!(
+                "job {id} is already {}",
+                view.state
+            )));
+        }
+        if self.stop_worker(id, Intent::Cancel) {
+            let grace = Duration::from_secs(self.config.cancel_grace_s);
+            let this = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let pid = this.slots().get(&id).and_then(|s| s.pid);
+                if let Some(pid) = pid {
+                    tracing::warn!(job = id, "worker ignored SIGTERM for {grace:?}; SIGKILL");
+                    spawn::signal(pid, libc::SIGKILL);
+                }
+            });
+            return Ok(view);
+        }
+        let view = self.store.update_job(id, |v| {
+            if v.state.is_terminal() || v.state.has_worker() {
+                return Err(format!("job {id} is {}", v.state));
+            }
+            v.state = JobState::Cancelled;
+            v.pending_reason = None;
+            v.finished_at = Some(crate::now_rfc3339());
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        Ok(view)
+    }
+
+    /// `POST /v1/jobs/{id}/pause`: a running job checkpoints and stops; a queued one leaves the
+    /// queue.
+    pub async fn pause(self: &Arc<Self>, id: u64) -> Result<JobView, StoreError> {
+        let view = self.store.update_job(id, |v| {
+            match v.state {
+                JobState::Starting | JobState::Running => v.state = JobState::Pausing,
+                JobState::Queued | JobState::Interrupted => {
+                    v.state = JobState::Paused;
+                    v.pending_reason = Some(PAUSED.into());
+                }
+                s => {
+                    return Err(format!(
+                        "job {id} is {s}; only queued or running jobs pause"
+                    ))
+                }
+            }
+            Ok(())
+        })?;
+        if view.state == JobState::Pausing {
+            self.stop_worker(id, Intent::Pause);
+        }
+        self.store.flush().await?;
+        Ok(view)
+    }
+
+    /// `POST /v1/jobs/{id}/resume`: back into the queue; the worker resumes from the newest
+    /// checkpoint.
+    pub async fn resume(self: &Arc<Self>, id: u64) -> Result<JobView, StoreError> {
+        let view = self.store.update_job(id, |v| {
+            if !matches!(v.state, JobState::Paused | JobState::Interrupted) {
+                return Err(format!("job {id} is {}; only paused jobs resume", v.state));
+            }
+            v.state = JobState::Queued;
+            v.pending_reason = Some("resumed; continues from its newest checkpoint".into());
+            Ok(())
+        })?;
+        self.store.flush().await?;
+        self.wake();
+        Ok(view)
+    }
+}

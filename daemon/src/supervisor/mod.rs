@@ -1,0 +1,270 @@
+//! The supervisor: starts the next queued job when a slot is free, runs one `orpod worker`
+//! child per running job, turns the worker's JSON-lines events into store updates, and carries
+//! out cancel, pause and shutdown by signalling workers.
+//!
+//! Why a process per job: a panic, an out-of-memory abort or a SIGKILL for cancel must never take
+//! the daemon or the queue with it, and a finished job's device memory must really be free.
+//!
+//! Stopping a worker is always SIGTERM first: the worker finishes its step and writes a
+//! checkpoint (the trainer's stop flag), so pause and shutdown lose nothing; a cancel that is
+//! not done within `cancel_grace_s` gets SIGKILL.
+
+mod control;
+mod monitor;
+pub mod protocol;
+pub mod spawn;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orpo_api::{JobError, JobState, JobView};
+use tokio::sync::Notify;
+
+use crate::config::ServeConfig;
+use crate::store::{Store, StoreError};
+
+/// Why the daemon is stopping a worker; decides the job's state when the worker exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    Cancel,
+    Pause,
+    Shutdown,
+}
+
+/// A job with a worker process (or one being started).
+#[derive(Debug, Default)]
+struct Slot {
+    pid: Option<u32>,
+    intent: Option<Intent>,
+}
+
+pub struct Supervisor {
+    store: Store,
+    config: Arc<ServeConfig>,
+    /// Jobs with a worker. A std mutex: it is never held across an await.
+    slots: Mutex<HashMap<u64, Slot>>,
+    wake: Notify,
+    stopping: AtomicBool,
+}
+
+impl Supervisor {
+    pub fn new(store: Store, config: Arc<ServeConfig>) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            store,
+            config,
+            slots: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Job ids with a worker now.
+    pub fn running(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.slots().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Wakes the scheduler (a job was queued or a slot freed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Puts jobs a previous daemon left with a worker back in the queue. Their workers got
+    /// SIGTERM when that daemon died (PR_SET_PDEATHSIG) and checkpointed; a new worker resumes
+    /// from the newest checkpoint. A job that was being paused stays paused.
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        let stale: Vec<JobView> = self
+            .store
+            .all_jobs()
+            .filter(|j| {
+                j.as_ref()
+                    .map(|v| v.state.has_worker() || v.state == JobState::Interrupted)
+                    .unwrap_or(true)
+            })
+            .collect::<Result<_, _>>()?;
+        for job in &stale {
+            if job.state == JobState::Pausing {
+                self.store.update_job(job.id, |v| {
+                    v.state = JobState::Paused;
+                    v.pending_reason = Some(PAUSED.into());
+                    Ok(())
+                })?;
+                continue;
+            }
+            if job.state != JobState::Interrupted {
+                self.store.update_job(job.id, |v| {
+                    v.state = JobState::Interrupted;
+                    v.pending_reason = Some("the daemon stopped while the job ran".into());
+                    Ok(())
+                })?;
+            }
+            self.store.update_job(job.id, |v| {
+                v.state = JobState::Queued;
+                v.pending_reason = Some(
+                    "requeued after a daemon restart; resumes from its newest checkpoint".into(),
+                );
+                Ok(())
+            })?;
+        }
+        self.store.flush().await?;
+        Ok(stale.len())
+    }
+
+    /// The scheduler loop: fills free slots from the queue until [`Supervisor::shutdown`].
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            while self.slots().len() < self.config.max_running.max(1) {
+                match self.store.next_queued() {
+                    Ok(Some(id)) => {
+                        if let Err(e) = self.clone().start(id).await {
+                            tracing::error!(job = id, "starting the job failed: {e:#}");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("reading the queue: {e}");
+                        break;
+                    }
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
+        }
+    }
+
+    /// Moves a queued job to `starting` and spawns its worker.
+    async fn start(self: Arc<Self>, id: u64) -> anyhow::Result<()> {
+        self.slots().insert(id, Slot::default());
+        let device = cpu_or(&self.store.job(id)?.spec.resources.device);
+        let view = self.store.update_job(id, |v| {
+            if v.state != JobState::Queued {
+                return Err(format!("job is {}", v.state));
+            }
+            v.state = JobState::Starting;
+            v.pending_reason = None;
+            v.error = None;
+            v.attempts += 1;
+            v.device = Some(device.clone());
+            v.started_at.get_or_insert_with(crate::now_rfc3339);
+            Ok(())
+        });
+        let view = match view {
+            Ok(v) => v,
+            Err(e) => {
+                self.slots().remove(&id);
+                return Err(e.into());
+            }
+        };
+        let dir = spawn::job_dir(&self.config.state_dir, id);
+        let nice = (device == "cpu").then_some(self.config.cpu_worker_nice);
+        let child = self.config.worker_exe().and_then(|exe| {
+            spawn::write_job_file(&self.config.state_dir, &dir, &view.spec)?;
+            spawn::spawn_worker(&exe, &dir, nice)
+        });
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                self.slots().remove(&id);
+                self.store.update_job(id, |v| {
+                    v.state = JobState::Failed;
+                    v.finished_at = Some(crate::now_rfc3339());
+                    v.error = Some(JobError {
+                        kind: "spawn".into(),
+                        message: format!("{e:#}"),
+                    });
+                    Ok(())
+                })?;
+                return Ok(());
+            }
+        };
+        let pid = child.id();
+        let early_intent = {
+            let mut slots = self.slots();
+            let slot = slots.entry(id).or_default();
+            slot.pid = pid;
+            slot.intent
+        };
+        if let (Some(_), Some(pid)) = (early_intent, pid) {
+            spawn::signal(pid, libc::SIGTERM);
+        }
+        tracing::info!(job = id, pid, "worker started");
+        tokio::spawn(monitor::watch(self.clone(), id, child));
+        Ok(())
+    }
+
+    /// Asks the job's worker to stop for `intent`; false when the job has no worker.
+    fn stop_worker(&self, id: u64, intent: Intent) -> bool {
+        let pid = {
+            let mut slots = self.slots();
+            let Some(slot) = slots.get_mut(&id) else {
+                return false;
+            };
+            // A cancel overrides a pause or shutdown already under way, not the other way round.
+            if slot.intent != Some(Intent::Cancel) {
+                slot.intent = Some(intent);
+            }
+            slot.pid
+        };
+        if let Some(pid) = pid {
+            spawn::signal(pid, libc::SIGTERM);
+        }
+        true
+    }
+
+    fn intent(&self, id: u64) -> Option<Intent> {
+        self.slots().get(&id).and_then(|s| s.intent)
+    }
+
+    /// Stops scheduling, asks every worker to checkpoint and stop, and waits up to
+    /// `shutdown_grace_s` before killing what is left. Their jobs become `interrupted` and are
+    /// requeued when the daemon starts again.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.wake();
+        for id in self.running() {
+            self.stop_worker(id, Intent::Shutdown);
+        }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(self.config.shutdown_grace_s);
+        while !self.slots().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left: Vec<(u64, Option<u32>)> = self.slots().iter().map(|(k, s)| (*k, s.pid)).collect();
+        for (id, pid) in left {
+            tracing::warn!(job = id, "worker did not stop in time; SIGKILL");
+            if let Some(pid) = pid {
+                spawn::signal(pid, libc::SIGKILL);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.slots().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!("flushing the store at shutdown: {e}");
+        }
+    }
+}
+
+const PAUSED: &str = "paused; `resume` puts it back in the queue";
+
+/// The device a job will run on, as far as the daemon can tell before the worker loads it:
+/// CUDA only in a build with the `cuda` feature.
+fn cpu_or(setting: &str) -> String {
+    match setting {
+        "cpu" => "cpu".into(),
+        "auto" if cfg!(feature = "cuda") => "cuda:0".into(),
+        "auto" => "cpu".into(),
+        "cuda" => "cuda:0".into(),
+        other => other.into(),
+    }
+}

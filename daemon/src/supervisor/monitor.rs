@@ -1,0 +1,233 @@
+//! Follows one worker: its stdout events become store updates, its exit becomes the job's next
+//! state.
+
+use std::sync::Arc;
+
+use orpo_api::{EventKind, JobError, JobState, JobView, MetricRecord};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::protocol::{Outcome, WorkerEvent};
+use super::{Intent, Supervisor, PAUSED};
+
+/// Runs until the worker exits, then settles the job's state and frees its slot.
+pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::process::Child) {
+    let mut outcome = None;
+    if let Some(stdout) = child.stdout.take() {
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => match serde_json::from_str::<WorkerEvent>(&line) {
+                    Ok(event) => {
+                        if let Err(e) = apply(&sup, id, event, &mut outcome) {
+                            tracing::error!(job = id, "recording a worker event: {e}");
+                        }
+                    }
+                    Err(_) => tracing::warn!(job = id, "worker wrote a non-event line: {line}"),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(job = id, "reading worker output: {e}");
+                    break;
+                }
+            }
+        }
+    }
+    let status = child.wait().await;
+    let intent = sup.intent(id);
+    let status_text = match &status {
+        Ok(s) => s.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(job = id, ?intent, ?outcome, "worker exited: {status_text}");
+    if let Err(e) = settle(&sup, id, intent, outcome, &status_text) {
+        tracing::error!(job = id, "settling the job after its worker exited: {e}");
+    }
+    sup.slots().remove(&id);
+    if let Err(e) = sup.store.flush().await {
+        tracing::error!("flushing the store: {e}");
+    }
+    sup.wake();
+}
+
+fn apply(
+    sup: &Supervisor,
+    id: u64,
+    event: WorkerEvent,
+    outcome: &mut Option<Outcome>,
+) -> Result<(), crate::store::StoreError> {
+    let store = &sup.store;
+    match event {
+        WorkerEvent::Log { message } => {
+            store.append_event(id, EventKind::Log, &message, None, None)?;
+        }
+        WorkerEvent::Started {
+            total_steps,
+            device,
+            train_pairs,
+            eval_pairs,
+            trainable_parameters,
+        } => {
+            let msg = format!(
+                "training {total_steps} steps on {train_pairs} pairs ({eval_pairs} eval), \
+                 {trainable_parameters} LoRA parameters, on {device}"
+            );
+            store.append_event(id, EventKind::Log, &msg, None, None)?;
+            store.update_job(id, |v| {
+                if v.state == JobState::Starting {
+                    v.state = JobState::Running;
+                }
+                v.progress.total_steps = total_steps;
+                v.device = Some(device.clone());
+                Ok(())
+            })?;
+        }
+        WorkerEvent::Resumed {
+            step,
+            checkpoint,
+            records,
+        } => {
+            store.replace_metrics(id, &records)?;
+            store.append_event(
+                id,
+                EventKind::Log,
+                &format!("resumed from {checkpoint} after step {step}"),
+                None,
+                Some(checkpoint),
+            )?;
+            let last_train = records
+                .iter()
+                .rev()
+                .find(|r| r.learning_rate.is_some())
+                .cloned();
+            let last_eval = records
+                .iter()
+                .rev()
+                .find(|r| r.learning_rate.is_none())
+                .cloned();
+            store.update_job(id, |v| {
+                if let Some(r) = &last_train {
+                    update_progress(v, r);
+                }
+                v.metrics = last_train.clone();
+                v.eval_metrics = last_eval.clone();
+                Ok(())
+            })?;
+        }
+        WorkerEvent::Step { record } => {
+            store.append_metric(id, &record)?;
+            // A transaction, not a read-modify-write: a pause or cancel may change the state
+            // between the two.
+            store.update_job(id, |v| {
+                update_progress(v, &record);
+                v.metrics = Some(record.clone());
+                Ok(())
+            })?;
+        }
+        WorkerEvent::Eval { record } => {
+            store.append_metric(id, &record)?;
+            store.append_event(
+                id,
+                EventKind::Metrics,
+                &format!("evaluated at step {}", record.step),
+                None,
+                None,
+            )?;
+            store.update_job(id, |v| {
+                v.eval_metrics = Some(record.clone());
+                Ok(())
+            })?;
+        }
+        WorkerEvent::Saved { path } => {
+            let name = std::path::Path::new(&path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or(path.clone());
+            store.append_event(
+                id,
+                EventKind::Checkpoint,
+                &format!("checkpoint {name} written"),
+                None,
+                Some(name),
+            )?;
+        }
+        WorkerEvent::Finished => *outcome = Some(Outcome::Finished),
+        WorkerEvent::Stopped => *outcome = Some(Outcome::Stopped),
+        WorkerEvent::Failed { kind, message } => *outcome = Some(Outcome::Failed { kind, message }),
+    }
+    Ok(())
+}
+
+/// Progress from a step record. `elapsed_s` counts the training time of earlier attempts too
+/// (the trainer keeps it in its checkpoints), so the mean time per step spans them all.
+fn update_progress(view: &mut JobView, rec: &MetricRecord) {
+    let p = &mut view.progress;
+    p.step = rec.step;
+    p.epoch = rec.epoch;
+    p.tokens = rec.tokens;
+    p.elapsed_s = rec.elapsed_s;
+    p.eta_s = (rec.step > 0 && p.total_steps >= rec.step)
+        .then(|| rec.elapsed_s / rec.step as f64 * (p.total_steps - rec.step) as f64);
+}
+
+/// The job's state after its worker exited: what the worker said, read against what the
+/// daemon had asked of it.
+fn settle(
+    sup: &Supervisor,
+    id: u64,
+    intent: Option<Intent>,
+    outcome: Option<Outcome>,
+    status: &str,
+) -> Result<(), crate::store::StoreError> {
+    let log = super::spawn::job_dir(&sup.config.state_dir, id).join("worker.log");
+    sup.store.update_job(id, |v| {
+        let now = crate::now_rfc3339();
+        let mut fail = |kind: &str, message: String| {
+            v.state = JobState::Failed;
+            v.error = Some(JobError {
+                kind: kind.into(),
+                message,
+            });
+        };
+        match (&outcome, intent) {
+            (Some(Outcome::Finished), _) => {
+                v.state = JobState::Succeeded;
+                v.progress.eta_s = Some(0.0);
+            }
+            (_, Some(Intent::Cancel)) => v.state = JobState::Cancelled,
+            (Some(Outcome::Failed { kind, message }), _) => fail(kind, message.clone()),
+            (Some(Outcome::Stopped), Some(Intent::Pause)) => {
+                v.state = JobState::Paused;
+                v.pending_reason = Some(PAUSED.into());
+            }
+            (_, Some(Intent::Shutdown)) => {
+                v.state = JobState::Interrupted;
+                v.pending_reason =
+                    Some("the daemon stopped; the job resumes from its newest checkpoint".into());
+            }
+            (Some(Outcome::Stopped), _) => fail(
+                "crashed",
+                "the worker was stopped by a signal from outside the daemon".into(),
+            ),
+            (None, Some(Intent::Pause)) => fail(
+                "crashed",
+                format!(
+                    "the worker exited ({status}) while pausing; see {}",
+                    log.display()
+                ),
+            ),
+            (None, None) => fail(
+                "crashed",
+                format!(
+                    "the worker exited ({status}) without a result; see {}",
+                    log.display()
+                ),
+            ),
+        }
+        if v.state.is_terminal() {
+            v.finished_at = Some(now);
+            v.pending_reason = None;
+        }
+        Ok(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! What a worker tells the daemon: one JSON object per line on its stdout. The worker's stderr
+//! is not parsed; it goes to the job's `worker.log`.
+
+use orpo_api::MetricRecord;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkerEvent {
+    /// A human-readable progress line.
+    Log { message: String },
+    /// Training began (after loading and tokenizing).
+    Started {
+        total_steps: usize,
+        train_pairs: usize,
+        eval_pairs: usize,
+        trainable_parameters: usize,
+        device: String,
+    },
+    /// The run continues from checkpoint `checkpoint` after `step` steps; `records` is the
+    /// metric history up to it, which replaces what the store holds (a worker whose daemon died
+    /// logged steps nobody recorded).
+    Resumed {
+        step: usize,
+        checkpoint: String,
+        records: Vec<MetricRecord>,
+    },
+    /// A logged training step.
+    Step { record: MetricRecord },
+    /// An evaluation.
+    Eval { record: MetricRecord },
+    /// A checkpoint (or the final adapter) was written to `path`.
+    Saved { path: String },
+    /// The run completed; the last line of a successful worker.
+    Finished,
+    /// The run stopped on request (SIGTERM) after writing a checkpoint.
+    Stopped,
+    /// The run failed; `kind` as in `JobError`.
+    Failed { kind: String, message: String },
+}
+
+impl WorkerEvent {
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("worker events serialise")
+    }
+}
+
+/// How a worker ended, from its last event (none when it died without one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Finished,
+    Stopped,
+    Failed { kind: String, message: String },
+}
