@@ -153,6 +153,7 @@ def trl_worker(config_path):
             self.rss_after_step = []
             self.gc_active = None
             self.train_begin_t = None
+            self.step_load = []
 
         def on_train_begin(self, args, state, control, model=None, **kw):
             mods = list(model.modules()) if model is not None else []
@@ -164,10 +165,12 @@ def trl_worker(config_path):
         def on_step_begin(self, args, state, control, **kw):
             trainer.step_tokens = 0
             trainer.step_shapes = []
+            self.begin_point = cpu_point()
             self.begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kw):
             now = time.perf_counter()
+            self.step_load += step_load([self.begin_point, cpu_point()])
             self.step_s.append(now - self.begin)
             self.interval_s.append(now - self.last_end)
             self.last_end = now
@@ -216,6 +219,7 @@ def trl_worker(config_path):
         "side": "trl",
         "step_s": timer.step_s,
         "interval_s": timer.interval_s,
+        "step_load": timer.step_load,
         "tokens_per_step": timer.tokens,
         "batch_shapes": timer.shapes[:1],
         "tokenized_lengths": lens,
@@ -329,13 +333,17 @@ def make_rows(tok, max_length, n_rows, seed=0):
 class Monitor(threading.Thread):
     """Samples a child's VmRSS/VmHWM; notes both when `marker` first shows up in `log`."""
 
-    def __init__(self, pid, log=None, marker=None, period=0.05):
+    def __init__(self, pid, log=None, marker=None, metrics=None, period=0.05):
         super().__init__(daemon=True)
         self.pid, self.log, self.marker, self.period = pid, log, marker, period
+        self.metrics = metrics
         self.stop = threading.Event()
         self.samples = []
         self.at_marker = None
         self.t0 = time.perf_counter()
+        # (child CPU s, machine busy CPU s) when training starts and when each metrics line appears
+        self.boundaries = []
+        self._lines = 0
 
     def run(self):
         while not self.stop.is_set():
@@ -348,8 +356,18 @@ class Monitor(threading.Thread):
                 try:
                     if self.marker in Path(self.log).read_text(errors="replace"):
                         self.at_marker = {"t": t, "rss_mib": s.get("VmRSS"), "hwm_mib": s.get("VmHWM")}
+                        self.boundaries.append(cpu_point(self.pid))
                 except FileNotFoundError:
                     pass
+            if self.metrics and self.at_marker is not None:
+                try:
+                    n = Path(self.metrics).read_text().count("\n")
+                except FileNotFoundError:
+                    n = 0
+                if n > self._lines:
+                    pt = cpu_point(self.pid)
+                    self.boundaries += [pt] * (n - self._lines)
+                    self._lines = n
             self.stop.wait(self.period)
 
     def timeline(self, points=60):
@@ -364,14 +382,14 @@ class Monitor(threading.Thread):
         return [[round(t, 2), round(r or 0, 1)] for t, r, _ in keep]
 
 
-def run_child(argv, log_path, timeout, marker=None):
+def run_child(argv, log_path, timeout, marker=None, metrics=None):
     """Runs argv with stdout+stderr to log_path; returns (rc, wall_s, rusage, monitor)."""
     busy0, _ = cpu_jiffies()
     with open(log_path, "w") as log:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env(),
                              stdin=subprocess.DEVNULL)
-        mon = Monitor(p.pid, log_path, marker)
+        mon = Monitor(p.pid, log_path, marker, metrics)
         mon.start()
         deadline = t0 + timeout
         while True:
@@ -392,6 +410,31 @@ def run_child(argv, log_path, timeout, marker=None):
     # cores' worth of CPU that other processes used while the child ran
     mon.others = max(0.0, machine_cpu_s - (ru.ru_utime + ru.ru_stime)) / wall
     return p.returncode, wall, ru, mon
+
+
+def proc_cpu_s(pid="self"):
+    """utime + stime of a process (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_point(pid="self"):
+    """(wall s, the process's CPU s, the whole machine's busy CPU s) now."""
+    try:
+        own = proc_cpu_s(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        own = float("nan")
+    return (time.perf_counter(), own, cpu_jiffies()[0] / os.sysconf("SC_CLK_TCK"))
+
+
+def step_load(points):
+    """Per interval between consecutive cpu_points: (own cores, other processes' cores)."""
+    out = []
+    for (t0, c0, b0), (t1, c1, b1) in zip(points, points[1:]):
+        dt = max(t1 - t0, 1e-9)
+        out.append(((c1 - c0) / dt, max(0.0, (b1 - b0) - (c1 - c0)) / dt))
+    return out
 
 
 def cpu_jiffies():
@@ -466,13 +509,27 @@ device = "cpu"
 """)
 
 
-def summarize(step_s, tokens, warmup):
-    kept = step_s[warmup:]
-    kept_tok = tokens[warmup:]
+QUIET = 0.25  # a step is "quiet" when other processes used at most this many cores during it
+
+
+def summarize(r, warmup):
+    kept = r["step_s"][warmup:]
+    kept_tok = r["tokens_per_step"][warmup:]
     med = statistics.median(kept)
     tok_step = statistics.median(kept_tok) if kept_tok else float("nan")
-    return {"s_per_step": med, "step_tokens": tok_step, "tokens_per_s": tok_step / med,
-            "min_s": min(kept), "max_s": max(kept)}
+    out = {"s_per_step": med, "step_tokens": tok_step, "tokens_per_s": tok_step / med,
+           "min_s": min(kept), "max_s": max(kept), "own_cores": None, "other_cores_steps": None,
+           "quiet_s_per_step": None, "quiet_steps": 0}
+    load = r.get("step_load")
+    if load and len(load) == len(r["step_s"]):
+        kl = load[warmup:]
+        out["own_cores"] = statistics.median(x[0] for x in kl)
+        out["other_cores_steps"] = statistics.median(x[1] for x in kl)
+        quiet = [t for t, (_, o) in zip(kept, kl) if o <= QUIET]
+        out["quiet_steps"] = len(quiet)
+        if quiet:
+            out["quiet_s_per_step"] = statistics.median(quiet)
+    return out
 
 
 def run_orpod(a, work, data, L, gc, tag):
@@ -485,7 +542,7 @@ def run_orpod(a, work, data, L, gc, tag):
     log = d / "log.txt"
     load0 = os.getloadavg()[0]
     rc, wall, ru, mon = run_child([str(a.orpod), "train", str(job), "--out", str(out)], log, a.timeout,
-                                  marker="training ")
+                                  marker="training ", metrics=out / "metrics.jsonl")
     res = {"side": "orpod", "rc": rc, "wall_s": wall, "log": str(log), "loadavg_before": load0,
            "loadavg_after": os.getloadavg()[0]}
     res["peak_rss_mib"] = ru.ru_maxrss / 1024.0
@@ -505,6 +562,8 @@ def run_orpod(a, work, data, L, gc, tag):
     res["steps_logged"] = [r["step"] for r in recs]
     res["train_s"] = el[-1]
     res["loss"] = [r["loss"] for r in recs]
+    if len(mon.boundaries) == len(recs) + 1:
+        res["step_load"] = step_load(mon.boundaries)
     if res["steps_logged"] != list(range(1, a.steps + 1)):
         res["error"] = f"expected steps 1..{a.steps} in metrics.jsonl, got {res['steps_logged']}"
     return res
@@ -548,6 +607,10 @@ def ensure_hf_dir(a):
         shutil.rmtree(d, ignore_errors=True)
         tmp.rename(d)
     return d
+
+
+def fmt(x, spec):
+    return "-" if x is None or (isinstance(x, float) and x != x) else format(x, spec)
 
 
 def memory_summary(r):
@@ -657,10 +720,11 @@ def main():
                         print(f"  {side} FAILED: {r['error']}", flush=True)
                         crashed = True
                     else:
-                        r.update(summarize(r["step_s"], r["tokens_per_step"], a.warmup))
-                        print(f"    {r['s_per_step']:.3f} s/step, {r['tokens_per_s']:.0f} tok/s, "
-                              f"peak RSS {r['peak_rss_mib']:.0f} MiB, cpu/wall "
-                              f"{r['cpu_s'] / r['wall_s']:.2f}, other processes {r['other_cores']:.2f} cores",
+                        r.update(summarize(r, a.warmup))
+                        print(f"    {r['s_per_step']:.3f} s/step ({fmt(r['quiet_s_per_step'], '.3f')} over "
+                              f"{r['quiet_steps']} quiet steps), {r['tokens_per_s']:.0f} tok/s, "
+                              f"peak RSS {r['peak_rss_mib']:.0f} MiB; during the steps: own cores "
+                              f"{fmt(r['own_cores'], '.2f')}, other processes {fmt(r['other_cores_steps'], '.2f')}",
                               flush=True)
                     tries.append(r)
                 ok = [r for r in tries if "error" not in r]
@@ -676,11 +740,12 @@ def main():
     # ---- table ----
     lines = []
     hdr = (f"{'length':>6} {'ckpt':>4} {'side':>6} {'s/step':>8} {'tokens/s':>9} {'peak RSS MiB':>12} "
-           f"{'tokens/step':>11} {'cpu/wall':>8} {'others':>6} {'loss@1':>8}")
+           f"{'tokens/step':>11} {'cores':>5} {'others':>6} {'quiet s/step':>13} {'loss@1':>8}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     verdicts = []
     mem_lines = []
+    noisy = False
     for e in report["runs"]:
         L, gc = e["max_length"], e["checkpointing"]
         ck = "on" if gc else "off"
@@ -697,9 +762,11 @@ def main():
             data_ok &= tok_ok
             tok_txt = ",".join(map(str, toks)) + ("" if tok_ok else "!")
             loss1 = r["loss"][0] if r.get("loss") else float("nan")
+            quiet = f"{fmt(r['quiet_s_per_step'], '.3f')} ({r['quiet_steps']})"
+            noisy |= (r["other_cores_steps"] or 0) > QUIET
             lines.append(f"{L:>6} {ck:>4} {name:>6} {r['s_per_step']:>8.3f} {r['tokens_per_s']:>9.1f} "
-                         f"{r['peak_rss_mib']:>12.0f} {tok_txt:>11} {r['cpu_s'] / r['wall_s']:>8.2f} "
-                         f"{r['other_cores']:>6.2f} {loss1:>8.4f}")
+                         f"{r['peak_rss_mib']:>12.0f} {tok_txt:>11} {fmt(r['own_cores'], '.2f'):>5} "
+                         f"{fmt(r['other_cores_steps'], '.2f'):>6} {quiet:>13} {loss1:>8.4f}")
             mem_lines.append(f"  L={L} ckpt {ck} {name}: " + memory_summary(r))
         t, o = e.get("trl"), e.get("orpod")
         if t and o and "error" not in t and "error" not in o:
@@ -719,6 +786,10 @@ def main():
                          f"s/step {'PASS' if rs <= step_t else 'FAIL'} (<= {step_t:.1f}), "
                          f"RSS {'PASS' if rr <= rss_t else 'FAIL'} (<= {rss_t:.1f}); "
                          f"tokens/step {'same' if same else 'DIFFER'}, step-1 loss {'same' if same_loss else 'DIFFERS'}")
+            if t.get("quiet_s_per_step") and o.get("quiet_s_per_step"):
+                rq = o["quiet_s_per_step"] / t["quiet_s_per_step"]
+                e["ratios"]["quiet_s_per_step"] = rq
+                lines.append(f"{'':>6} {'':>4} {'':>6} {rq:>8.3f}   (s/step over the quiet steps only)")
             verdicts.append((rs <= step_t) and (rr <= rss_t))
         lines.append("")
     print()
@@ -726,8 +797,12 @@ def main():
     if verdicts:
         print(f"\ntargets met in {sum(verdicts)}/{len(verdicts)} settings "
               f"(s/step: median of steps {a.warmup + 1}..{a.steps}; TRL on_step_begin->on_step_end, "
-              f"orpod elapsed_s diffs; cpu/wall: the side's CPU time / wall time; others: cores' worth "
-              f"of CPU other processes used meanwhile)")
+              f"orpod elapsed_s diffs)")
+        print(f"cores / others: medians over those steps of the cores' worth of CPU the side used / other "
+              f"processes used; quiet s/step: median over the steps where others <= {QUIET} (how many)")
+    if noisy:
+        print("NOISY: other processes used CPU during the timed steps; the s/step figures are not reliable "
+              "(compare the quiet column, or rerun when the machine is idle)")
     if mem_lines:
         print("memory (MiB, VmRSS sampled every 50 ms; peak = ru_maxrss):")
         print("\n".join(mem_lines))

@@ -19,8 +19,8 @@ use candle_core::{DType, Device, Tensor};
 use orpo_api::spec::GgufExport;
 use serde_json::Value as Json;
 
-use crate::model::gguf::{gguf_name, permute};
-use crate::model::{Arch, BaseModel, Llama3RopeScaling, ModelConfig};
+use crate::model::gguf::{gguf_name, llama3_divisors, permute};
+use crate::model::{Arch, BaseModel, ModelConfig};
 use crate::tokenizer::TokenizerInfo;
 use crate::{Error, Result};
 
@@ -203,28 +203,6 @@ fn tensor_order(name: &str) -> (usize, usize, String) {
         Some((n, rest)) => (1, n, rest.to_string()),
         None => (2, 0, name.to_string()),
     }
-}
-
-/// llama.cpp `convert_hf_to_gguf.py` (`LlamaModel.generate_extra_tensors`): the divisor of each
-/// rotary frequency under Llama 3 scaling, stored as `rope_freqs.weight`.
-fn llama3_divisors(s: &Llama3RopeScaling, theta: f64, head_dim: usize) -> Vec<f64> {
-    let old = s.original_max_position_embeddings as f64;
-    let (low_wavelen, high_wavelen) = (old / s.low_freq_factor, old / s.high_freq_factor);
-    (0..head_dim / 2)
-        .map(|i| {
-            let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
-            let wavelen = 2.0 * std::f64::consts::PI / freq;
-            if wavelen < high_wavelen {
-                1.0
-            } else if wavelen > low_wavelen {
-                s.factor
-            } else {
-                let smooth =
-                    (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
-                1.0 / ((1.0 - smooth) / s.factor + smooth)
-            }
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

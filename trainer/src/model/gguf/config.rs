@@ -107,7 +107,7 @@ fn llama3_scaling(
 
 /// llama.cpp `convert_hf_to_gguf.py` (LlamaModel.generate_extra_tensors): the divisor of each
 /// rotary frequency under Llama 3 scaling.
-fn llama3_divisors(s: &Llama3RopeScaling, theta: f64, head_dim: usize) -> Vec<f64> {
+pub(crate) fn llama3_divisors(s: &Llama3RopeScaling, theta: f64, head_dim: usize) -> Vec<f64> {
     let old = s.original_max_position_embeddings as f64;
     let (low_wavelen, high_wavelen) = (old / s.low_freq_factor, old / s.high_freq_factor);
     (0..head_dim / 2)

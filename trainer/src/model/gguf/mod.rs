@@ -11,6 +11,8 @@
 //! rebuilds the tokenizer and `meta` gives typed access to the metadata.
 
 mod config;
+
+pub(crate) use config::llama3_divisors;
 mod meta;
 mod names;
 mod tokenizer;
