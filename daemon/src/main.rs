@@ -4,6 +4,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    orpo_trainer::runtime::tune_for_training();
     orpod::init_tracing();
     let cli = orpod::cli::Cli::parse();
     match orpod::run(cli) {

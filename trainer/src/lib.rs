@@ -15,6 +15,7 @@
 //! - [`train`]: the training and evaluation loops.
 //! - [`checkpoint`]: `step-N/` checkpoints (adapter, optimizer, trainer state), written
 //!   atomically, and exact resumption from them.
+//! - [`runtime`]: process-wide CPU settings (candle's thread spinning, glibc's allocator).
 //! - [`generate`]: greedy completions for each checkpoint's `samples.json`.
 //! - [`export`]: merged Hugging Face folders and GGUF files for llama.cpp.
 
@@ -28,6 +29,7 @@ pub mod loss;
 pub mod model;
 pub mod ops;
 pub mod optim;
+pub mod runtime;
 pub mod template;
 pub mod tokenizer;
 pub mod train;
