@@ -1,6 +1,14 @@
 //! A typed client of the v1 API (feature `client`): one method per route, errors decoded from
 //! the daemon's error body. `orpoctl` and the end-to-end tests use it.
+//!
+//! Long answers are handed over as streams rather than read whole: [`Client::follow_events`]
+//! parses the server-sent events of `GET /v1/jobs/{id}/events?follow=true`, and
+//! [`Client::download_from`] returns the response of a (ranged) checkpoint download, so a caller
+//! can write it to disk chunk by chunk and show progress.
 
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
@@ -31,6 +39,15 @@ impl ClientError {
             ClientError::Http(_) => None,
         }
     }
+
+    /// No daemon answered at all (connection refused, no route, timed out connecting): the
+    /// caller should say which address it tried, not report an HTTP error.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            ClientError::Http(e) => e.is_connect() || (e.is_timeout() && e.status().is_none()),
+            ClientError::Api { .. } => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -59,6 +76,35 @@ impl Client {
         }
     }
 
+    /// A client that sends `Authorization: Bearer <token>` with every request when a token is
+    /// given, and gives up connecting after `connect_timeout` (a LAN host that is off should
+    /// not hang the command for minutes).
+    pub fn with_token(
+        base_url: &str,
+        token: Option<&str>,
+        connect_timeout: Duration,
+    ) -> Result<Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| ClientError::Api {
+                    status: 0,
+                    code: "bad_token".into(),
+                    message: "the token has characters a header cannot carry".into(),
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(connect_timeout)
+            .build()?;
+        Ok(Client {
+            base: base_url.trim_end_matches('/').to_string(),
+            http,
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -76,6 +122,19 @@ impl Client {
     pub async fn upload_dataset(&self, bytes: Vec<u8>) -> Result<DatasetView> {
         let req = self.http.post(self.url("/v1/datasets")).body(bytes);
         decode(req.send().await?).await
+    }
+
+    /// The stored data set with this sha256, or `None` when the server does not have it.
+    pub async fn dataset(&self, sha256: &str) -> Result<Option<DatasetView>> {
+        let resp = self
+            .http
+            .get(self.url(&format!("/v1/datasets/{sha256}")))
+            .send()
+            .await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        decode(resp).await.map(Some)
     }
 
     pub async fn submit(&self, req: &SubmitJobRequest) -> Result<JobView> {
@@ -152,6 +211,50 @@ impl Client {
         decode(req.send().await?).await
     }
 
+    /// Follows a job's events as server-sent events: every event with `seq > since`, then new
+    /// ones as they happen. The stream ends after the job reaches a final state.
+    pub async fn follow_events(
+        &self,
+        id: u64,
+        since: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<EventView>> + Unpin> {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/v1/jobs/{id}/events")))
+            .query(&[("follow", "true")]);
+        if let Some(s) = since {
+            req = req.query(&[("since", s)]);
+        }
+        let resp = check(req.send().await?).await?;
+        let bytes = resp.bytes_stream();
+        // SSE frames end with a blank line; a frame can span chunks, so bytes are buffered
+        // until one is complete. Only `data:` lines matter: each carries one EventView.
+        let events = futures_util::stream::unfold(
+            (bytes, Vec::<u8>::new(), std::collections::VecDeque::new()),
+            |(mut bytes, mut buf, mut ready)| async move {
+                loop {
+                    if let Some(item) = ready.pop_front() {
+                        return Some((item, (bytes, buf, ready)));
+                    }
+                    match bytes.next().await {
+                        Some(Ok(chunk)) => {
+                            buf.extend_from_slice(&chunk);
+                            while let Some(end) = frame_end(&buf) {
+                                let frame: Vec<u8> = buf.drain(..end).collect();
+                                if let Some(ev) = parse_frame(&frame) {
+                                    ready.push_back(ev);
+                                }
+                            }
+                        }
+                        Some(Err(e)) => return Some((Err(e.into()), (bytes, buf, ready))),
+                        None => return None,
+                    }
+                }
+            },
+        );
+        Ok(Box::pin(events))
+    }
+
     pub async fn checkpoints(&self, id: u64) -> Result<Vec<CheckpointView>> {
         let url = self.url(&format!("/v1/jobs/{id}/checkpoints"));
         decode(self.http.get(url).send().await?).await
@@ -176,6 +279,26 @@ impl Client {
         Ok(resp.bytes().await?.to_vec())
     }
 
+    /// Starts a download of one checkpoint file at byte `offset` (a `Range` request when it is
+    /// not 0). The answer is 206 when the server honoured the range, 200 when it sends the
+    /// whole file; read it with `chunk()`.
+    pub async fn download_from(
+        &self,
+        id: u64,
+        checkpoint: &str,
+        file: &str,
+        offset: u64,
+    ) -> Result<reqwest::Response> {
+        let url = self.url(&format!(
+            "/v1/jobs/{id}/checkpoints/{checkpoint}/files/{file}"
+        ));
+        let mut req = self.http.get(url);
+        if offset > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+        }
+        check(req.send().await?).await
+    }
+
     pub async fn gpus(&self) -> Result<GpusView> {
         decode(self.http.get(self.url("/v1/gpus")).send().await?).await
     }
@@ -190,6 +313,36 @@ impl Client {
         )
         .await
     }
+}
+
+/// Where the first complete SSE frame of `buf` ends (after its blank line).
+fn frame_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The event in one SSE frame (its `data:` lines joined), if it has one.
+fn parse_frame(frame: &[u8]) -> Option<Result<EventView>> {
+    let text = String::from_utf8_lossy(frame);
+    let data: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .map(|d| d.strip_prefix(' ').unwrap_or(d))
+        .collect();
+    if data.is_empty() {
+        return None;
+    }
+    Some(
+        serde_json::from_str(&data.join("\n")).map_err(|e| ClientError::Api {
+            status: 200,
+            code: "bad_event".into(),
+            message: format!("the daemon sent an event this client cannot read: {e}"),
+        }),
+    )
 }
 
 /// Turns a non-2xx answer into [`ClientError::Api`].
