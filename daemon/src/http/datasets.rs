@@ -1,10 +1,11 @@
 //! `POST /v1/datasets`: upload a JSONL preference file. Every row is checked (with its line
 //! number) before anything is stored; the bytes are kept under their sha256, so uploading the
-//! same file again stores nothing new.
+//! same file again stores nothing new. `GET /v1/datasets/{sha256}` tells a client whether the
+//! server already has a file, so `orpoctl submit` can skip uploading it.
 
 use actix_web::{web, HttpResponse};
 use futures_util::StreamExt;
-use orpo_api::{DatasetView, ErrorBody, DATASET_REF_PREFIX};
+use orpo_api::{parse_dataset_ref, DatasetView, ErrorBody, DATASET_REF_PREFIX};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
@@ -67,6 +68,31 @@ pub async fn upload(
     } else {
         HttpResponse::Ok().json(view)
     })
+}
+
+/// Look up a data set
+///
+/// The stored data set with this sha256 (lower-case hex), or 404 when the server does not have
+/// it: upload it with `POST /v1/datasets`.
+#[utoipa::path(get, path = "/v1/datasets/{sha256}", tag = "datasets",
+    params(("sha256" = String, Path, description = "Hex sha256 of the file")),
+    responses((status = 200, body = DatasetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get(
+    state: web::Data<AppState>,
+    sha256: web::Path<String>,
+) -> Result<web::Json<DatasetView>, ApiError> {
+    let reference = format!("{DATASET_REF_PREFIX}{sha256}");
+    if parse_dataset_ref(&reference).is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "{sha256:?} is not a sha256: expected 64 lower-case hex digits"
+        )));
+    }
+    match state.store.dataset(&sha256)? {
+        Some(view) => Ok(web::Json(view)),
+        None => Err(ApiError::NotFound(format!(
+            "no data set with sha256 {sha256}; upload it with POST /v1/datasets"
+        ))),
+    }
 }
 
 /// Lower-case hex.

@@ -39,7 +39,7 @@ pub struct AppState {
         jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::pause, jobs::resume,
         events::metrics, events::events,
         checkpoints::list, checkpoints::download,
-        datasets::upload,
+        datasets::upload, datasets::get,
         gpus::gpus, gpus::plan,
         health::healthz, health::metrics,
     ),
@@ -104,6 +104,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(checkpoints::download)),
     )
     .service(resource("/v1/datasets", "POST").route(web::post().to(datasets::upload)))
+    .service(resource("/v1/datasets/{sha256}", "GET").route(web::get().to(datasets::get)))
     .service(resource("/v1/gpus", "GET").route(web::get().to(gpus::gpus)))
     .service(resource("/v1/plan", "POST").route(web::post().to(gpus::plan)))
     .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
