@@ -1,2 +1,4 @@
-//! `orpoctl`: the client of the orpod daemon.
-fn main() {}
+//! `orpoctl`: the client of the orpod daemon (the verbs live in the library).
+fn main() -> std::process::ExitCode {
+    orpoctl::main()
+}

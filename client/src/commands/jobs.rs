@@ -1,0 +1,290 @@
+//! `orpoctl list | status | metrics | cancel | pause | resume`: reading jobs and changing their
+//! state. The renderers are pure functions of the views (and the clock), so their output is
+//! pinned by the tests below.
+
+use std::time::SystemTime;
+
+use orpo_api::client::ListJobs;
+use orpo_api::{CheckpointView, JobState, JobView, MetricRecord};
+
+use crate::conn::{ApiResult as _, Conn};
+use crate::display::{self, Table};
+use crate::Outcome;
+
+/// The metrics shown in `status` and the `metrics` table, in this order (TRL's names).
+pub const KEY_METRICS: [&str; 6] = [
+    "loss",
+    "nll_loss",
+    "log_odds_ratio",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+];
+
+pub async fn list(
+    conn: &Conn,
+    state: Option<JobState>,
+    owner: Option<String>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<Outcome> {
+    let q = ListJobs {
+        state,
+        owner,
+        limit: Some(limit),
+        cursor: None,
+    };
+    let page = conn.client.list(&q).await.or_explain(conn)?;
+    if json {
+        return super::print_json(&page.jobs);
+    }
+    if page.jobs.is_empty() {
+        eprintln!(
+            "no jobs{}; submit one with `orpoctl submit job.toml`",
+            match state {
+                Some(s) => format!(" in state {s}"),
+                None => String::new(),
+            }
+        );
+        return Ok(Outcome::Ok);
+    }
+    print!("{}", render_list(&page.jobs, SystemTime::now()));
+    if page.next_cursor.is_some() {
+        eprintln!("(more jobs: use --limit or --state to see others)");
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn render_list(jobs: &[JobView], now: SystemTime) -> String {
+    let mut t = Table::new(&[
+        "ID", "NAME", "OWNER", "STATE", "PROGRESS", "DEVICE", "MEMORY", "AGE",
+    ]);
+    for j in jobs {
+        t.row(vec![
+            j.id.to_string(),
+            display::or_dash(Some(&j.name)),
+            j.owner.clone(),
+            j.state.to_string(),
+            display::progress(&j.progress),
+            display::or_dash(j.device.as_deref()),
+            memory_cell(j),
+            display::age(&j.created_at, now),
+        ]);
+    }
+    t.render()
+}
+
+/// The peak when one was seen, else the estimate marked with `~`.
+fn memory_cell(j: &JobView) -> String {
+    match (j.memory.peak_bytes, j.memory.estimate_bytes) {
+        (Some(p), _) => display::bytes(p),
+        (None, Some(e)) => format!("~{}", display::bytes(e)),
+        (None, None) => "-".into(),
+    }
+}
+
+pub async fn status(conn: &Conn, id: u64, json: bool) -> anyhow::Result<Outcome> {
+    let job = conn.client.job(id).await.or_explain(conn)?;
+    if json {
+        return super::print_json(&job);
+    }
+    let ckpts = conn.client.checkpoints(id).await.or_explain(conn)?;
+    print!("{}", render_status(&job, &ckpts, SystemTime::now()));
+    Ok(Outcome::Ok)
+}
+
+pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| out.push_str(&format!("{k:<11} {v}\n"));
+    kv(
+        "job",
+        format!("{} ({})", j.id, display::or_dash(Some(&j.name))),
+    );
+    kv("owner", j.owner.clone());
+    kv("state", j.state.to_string());
+    if let Some(r) = &j.pending_reason {
+        kv("waiting", r.clone());
+    }
+    if let Some(e) = &j.error {
+        kv("error", format!("{}: {}", e.kind, e.message));
+    }
+    kv("device", display::or_dash(j.device.as_deref()));
+    let p = &j.progress;
+    let mut prog = format!("{}, epoch {:.2}", display::progress(p), p.epoch);
+    if p.tokens > 0 {
+        prog.push_str(&format!(", {} tokens", p.tokens));
+    }
+    if p.elapsed_s > 0.0 {
+        prog.push_str(&format!(", {} elapsed", display::duration(p.elapsed_s)));
+    }
+    if let Some(eta) = p.eta_s.filter(|_| !j.state.is_terminal()) {
+        prog.push_str(&format!(", ETA {}", display::duration(eta)));
+    }
+    kv("progress", prog);
+    let b = |v: Option<u64>| v.map(display::bytes).unwrap_or_else(|| "-".into());
+    kv(
+        "memory",
+        format!(
+            "estimate {}, peak {}",
+            b(j.memory.estimate_bytes),
+            b(j.memory.peak_bytes)
+        ),
+    );
+    kv("model", j.spec.model.base.clone());
+    kv("data", data_line(j));
+    kv(
+        "created",
+        format!(
+            "{} ({} ago)",
+            j.created_at,
+            display::age(&j.created_at, now)
+        ),
+    );
+    if let Some(t) = &j.started_at {
+        kv("started", t.clone());
+    }
+    if let Some(t) = &j.finished_at {
+        kv("finished", t.clone());
+    }
+    kv("attempts", j.attempts.to_string());
+    if let Some(m) = &j.metrics {
+        out.push_str(&format!("\nlatest metrics (step {}):\n", m.step));
+        out.push_str(&metric_lines(m));
+    }
+    if let Some(m) = &j.eval_metrics {
+        out.push_str(&format!("\neval metrics (step {}):\n", m.step));
+        out.push_str(&metric_lines(m));
+    }
+    if !ckpts.is_empty() {
+        out.push_str("\ncheckpoints:\n");
+        for c in ckpts {
+            let size: u64 = c.files.iter().map(|f| f.size_bytes).sum();
+            out.push_str(&format!(
+                "  {:<10} {} files, {}\n",
+                c.name,
+                c.files.len(),
+                display::bytes(size)
+            ));
+        }
+    }
+    out
+}
+
+fn data_line(j: &JobView) -> String {
+    let short = |r: &str| {
+        orpo_api::parse_dataset_ref(r)
+            .map(|h| format!("sha256:{}", &h[..12]))
+            .unwrap_or_else(|| r.to_string())
+    };
+    let mut s = format!("train {}", short(&j.spec.data.train));
+    if !j.spec.data.eval.is_empty() {
+        s.push_str(&format!(", eval {}", short(&j.spec.data.eval)));
+    }
+    s
+}
+
+fn metric_lines(m: &MetricRecord) -> String {
+    let mut out = String::new();
+    for (k, v) in &m.metrics {
+        out.push_str(&format!("  {k:<22} {}\n", display::metric(Some(*v))));
+    }
+    if let Some(lr) = m.learning_rate {
+        out.push_str(&format!(
+            "  {:<22} {}\n",
+            "learning_rate",
+            display::metric(Some(lr))
+        ));
+    }
+    if let Some(g) = m.grad_norm {
+        out.push_str(&format!(
+            "  {:<22} {}\n",
+            "grad_norm",
+            display::metric(Some(g))
+        ));
+    }
+    out
+}
+
+pub async fn metrics(conn: &Conn, id: u64, last: usize, json: bool) -> anyhow::Result<Outcome> {
+    let records = conn.client.metrics(id, None).await.or_explain(conn)?;
+    if json {
+        return super::print_json(&records);
+    }
+    if records.is_empty() {
+        let job = conn.client.job(id).await.or_explain(conn)?;
+        eprintln!("job {id} has logged no steps yet (it is {})", job.state);
+        return Ok(Outcome::Ok);
+    }
+    print!("{}", render_metrics(&records, last));
+    Ok(Outcome::Ok)
+}
+
+/// The last `last` training records as a table; evaluation records get their own rows with
+/// `eval` in the STEP column, as TRL's log shows them between steps.
+pub fn render_metrics(records: &[MetricRecord], last: usize) -> String {
+    let mut header = vec!["STEP", "EPOCH"];
+    header.extend(KEY_METRICS);
+    header.extend(["LR", "GRAD_NORM"]);
+    let mut t = Table::new(&header);
+    for r in &records[records.len().saturating_sub(last)..] {
+        let eval = r.learning_rate.is_none();
+        let mut row = vec![
+            if eval {
+                format!("{} eval", r.step)
+            } else {
+                r.step.to_string()
+            },
+            format!("{:.2}", r.epoch),
+        ];
+        for k in KEY_METRICS {
+            let key = if eval {
+                format!("eval_{k}")
+            } else {
+                k.to_string()
+            };
+            row.push(display::metric(r.metrics.get(&key).copied()));
+        }
+        row.push(display::metric(r.learning_rate));
+        row.push(display::metric(r.grad_norm));
+        t.row(row);
+    }
+    t.render()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Verb {
+    Cancel,
+    Pause,
+    Resume,
+}
+
+pub async fn control(conn: &Conn, id: u64, verb: Verb) -> anyhow::Result<Outcome> {
+    let c = &conn.client;
+    let job = match verb {
+        Verb::Cancel => c.cancel(id).await,
+        Verb::Pause => c.pause(id).await,
+        Verb::Resume => c.resume(id).await,
+    }
+    .or_explain(conn)?;
+    match (verb, job.state) {
+        // Cancel answers before the worker is gone: say it is on its way.
+        (Verb::Cancel, st) if !st.is_terminal() => {
+            println!("cancelling job {id} (it was {st})");
+            eprintln!("`orpoctl status {id}` shows when it has stopped");
+        }
+        (Verb::Pause, st) => {
+            println!("job {id} is {st}");
+            eprintln!("it checkpoints and frees its device; `orpoctl resume {id}` queues it again");
+        }
+        (_, st) => {
+            println!("job {id} is {st}");
+            if let Some(r) = &job.pending_reason {
+                eprintln!("{r}");
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}
+
+#[cfg(test)]
+mod tests;

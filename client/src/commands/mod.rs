@@ -1,0 +1,60 @@
+//! One module per verb group; [`run`] resolves the settings and dispatches.
+
+pub mod checkpoints;
+pub mod gpus;
+pub mod jobs;
+pub mod submit;
+pub mod watch;
+
+use clap::CommandFactory as _;
+
+use crate::cli::{Cli, Command};
+use crate::conn::Conn;
+use crate::{config, Outcome};
+
+pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    if let Command::Completions { shell } = cli.command {
+        // Needs no server: completions are generated from the clap definitions.
+        let mut cmd = Cli::command();
+        clap_complete::generate(shell, &mut cmd, "orpoctl", &mut std::io::stdout());
+        return Ok(Outcome::Ok);
+    }
+    let conn = Conn::new(config::resolve(&cli.global)?)?;
+    match cli.command {
+        Command::Submit {
+            job,
+            watch,
+            name,
+            priority,
+            json,
+        } => submit::submit(&conn, &job, name, priority, json, watch).await,
+        Command::Plan { job, json } => submit::plan(&conn, &job, json).await,
+        Command::List {
+            state,
+            owner,
+            limit,
+            json,
+        } => jobs::list(&conn, state, owner, limit, json).await,
+        Command::Status { id, json } => jobs::status(&conn, id, json).await,
+        Command::Metrics { id, last, json } => jobs::metrics(&conn, id, last, json).await,
+        Command::Cancel { id } => jobs::control(&conn, id, jobs::Verb::Cancel).await,
+        Command::Pause { id } => jobs::control(&conn, id, jobs::Verb::Pause).await,
+        Command::Resume { id } => jobs::control(&conn, id, jobs::Verb::Resume).await,
+        Command::Watch { id } => watch::watch(&conn, id).await,
+        Command::Logs { id, follow, json } => watch::logs(&conn, id, follow, json).await,
+        Command::Checkpoints { id, json } => checkpoints::list(&conn, id, json).await,
+        Command::Download {
+            id,
+            checkpoint,
+            output,
+        } => checkpoints::download(&conn, id, checkpoint.as_deref(), &output).await,
+        Command::Gpus { json } => gpus::gpus(&conn, json).await,
+        Command::Completions { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Prints a value as pretty JSON on stdout (the `--json` of every read verb).
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<Outcome> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,166 @@
+//! `orpoctl submit` and `orpoctl plan`: check the job file here first (unknown keys, types,
+//! ranges, missing data files, with line and column), upload the data files it names unless the
+//! server already has them (by sha256), then queue the job or ask where it would run.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use orpo_api::{parse_dataset_ref, JobSpec, SubmitJobRequest};
+use sha2::{Digest, Sha256};
+
+use crate::conn::{ApiResult as _, Conn};
+use crate::{display, Outcome, UsageError};
+
+/// Reads and checks the job file; every problem here is the user's to fix (exit 2).
+pub fn load(path: &Path) -> anyhow::Result<JobSpec> {
+    let spec = JobSpec::load(path).map_err(|e| UsageError(e.to_string()))?;
+    if !matches!(spec.data.chat_template.as_str(), "auto" | "none") {
+        return Err(UsageError(format!(
+            "invalid job file {}: data.chat_template: template files are not uploaded; use \
+             \"auto\" (the model's own template) or \"none\"",
+            path.display()
+        ))
+        .into());
+    }
+    for (key, value) in [
+        ("data.train", &spec.data.train),
+        ("data.eval", &spec.data.eval),
+    ] {
+        if value.is_empty() || parse_dataset_ref(value).is_some() {
+            continue;
+        }
+        if !Path::new(value).is_file() {
+            return Err(UsageError(format!(
+                "invalid job file {}: {key}: {value} does not exist (relative paths are relative \
+                 to the job file)",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    Ok(spec)
+}
+
+/// Replaces local data paths by `sha256:` references, uploading what the server lacks.
+pub async fn upload_data(conn: &Conn, spec: &mut JobSpec) -> anyhow::Result<()> {
+    for (key, value) in [
+        ("data.train", &mut spec.data.train),
+        ("data.eval", &mut spec.data.eval),
+    ] {
+        if value.is_empty() || parse_dataset_ref(value).is_some() {
+            continue;
+        }
+        let bytes = tokio::fs::read(value.as_str())
+            .await
+            .with_context(|| format!("reading {key} {value}"))?;
+        let sha: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let file = Path::new(value.as_str())
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| value.clone());
+        let view = match conn.client.dataset(&sha).await.or_explain(conn)? {
+            Some(view) => {
+                eprintln!(
+                    "{key}: {file} is already on the server ({} rows, sha256 {})",
+                    view.rows,
+                    &sha[..12]
+                );
+                view
+            }
+            None => {
+                let size = bytes.len() as u64;
+                let view = conn
+                    .client
+                    .upload_dataset(bytes)
+                    .await
+                    // The daemon names the upload `upload.jsonl` in row errors; the
+                    // user knows it by its own name.
+                    .map_err(|e| conn.error(e))
+                    .map_err(|e| {
+                        anyhow::anyhow!("{}", format!("{e:#}").replace("upload.jsonl", &file))
+                    })
+                    .with_context(|| format!("uploading {key} {value}"))?;
+                eprintln!(
+                    "{key}: uploaded {file} ({}, {} rows)",
+                    display::bytes(size),
+                    view.rows
+                );
+                view
+            }
+        };
+        *value = view.reference;
+    }
+    Ok(())
+}
+
+pub async fn submit(
+    conn: &Conn,
+    path: &Path,
+    name: Option<String>,
+    priority: Option<i32>,
+    json: bool,
+    watch: bool,
+) -> anyhow::Result<Outcome> {
+    let mut spec = load(path)?;
+    if let Some(n) = name {
+        spec.name = n;
+    }
+    if let Some(p) = priority {
+        spec.priority = p;
+    }
+    upload_data(conn, &mut spec).await?;
+    let job = conn
+        .client
+        .submit(&SubmitJobRequest {
+            spec: Some(spec),
+            owner: Some(conn.settings.owner.clone()),
+            ..Default::default()
+        })
+        .await
+        .or_explain(conn)?;
+    if json {
+        super::print_json(&job)?;
+    } else {
+        let reason = job
+            .pending_reason
+            .as_deref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
+        println!(
+            "submitted job {} ({}), {}{reason}",
+            job.id, job.name, job.state
+        );
+        if !watch {
+            eprintln!(
+                "follow it with `orpoctl watch {}`; `orpoctl status {}` shows everything",
+                job.id, job.id
+            );
+        }
+    }
+    if watch {
+        return super::watch::watch(conn, job.id).await;
+    }
+    Ok(Outcome::Ok)
+}
+
+pub async fn plan(conn: &Conn, path: &Path, json: bool) -> anyhow::Result<Outcome> {
+    let mut spec = load(path)?;
+    upload_data(conn, &mut spec).await?;
+    let plan = conn
+        .client
+        .plan(&SubmitJobRequest {
+            spec: Some(spec),
+            owner: Some(conn.settings.owner.clone()),
+            ..Default::default()
+        })
+        .await
+        .or_explain(conn)?;
+    if json {
+        return super::print_json(&plan);
+    }
+    print!("{}", super::gpus::render_plan(&plan));
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,164 @@
+//! Output helpers: plain aligned tables (no box drawing, so they paste into chat and grep
+//! well, like `cargo tree` or `pueue status --color never`), human sizes, durations, ages and
+//! the loss sparkline.
+
+use std::time::SystemTime;
+
+/// A table with a header row; columns are as wide as their widest cell, two spaces apart.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.header.len();
+        let mut width = vec![0; cols];
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, c) in r.iter().enumerate().take(cols) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, c) in r.iter().enumerate().take(cols) {
+                line.push_str(c);
+                if i + 1 < cols {
+                    let pad = width[i] - c.chars().count() + 2;
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// 1.5 GiB, 340.0 MiB, 12.0 KiB, 512 B (binary units, as nvidia-smi and the daemon use).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// 42s, 3m05s, 1h02m, 2d03h.
+pub fn duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+/// How long ago an RFC 3339 time was, coarsely (`5s`, `3m`, `2h`, `4d`), for tables.
+pub fn age(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(t) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return "?".into();
+    };
+    let s = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `3/6 (50%)`; `-` before the step count is known.
+pub fn progress(p: &orpo_api::Progress) -> String {
+    if p.total_steps == 0 {
+        return "-".into();
+    }
+    format!(
+        "{}/{} ({}%)",
+        p.step,
+        p.total_steps,
+        p.step * 100 / p.total_steps
+    )
+}
+
+/// A metric value: 4 significant-ish decimals, or `-`.
+pub fn metric(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v.is_finite() && v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e5) => {
+            format!("{v:.3e}")
+        }
+        Some(v) => format!("{v:.4}"),
+        None => "-".into(),
+    }
+}
+
+/// The last `width` values as block characters scaled between their min and max.
+pub fn sparkline(values: &[f64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let vals: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    let vals = &vals[vals.len().saturating_sub(width)..];
+    let (lo, hi) = vals
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    vals.iter()
+        .map(|&v| {
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+            BARS[((t * 7.0).round() as usize).min(7)]
+        })
+        .collect()
+}
+
+pub fn or_dash(s: Option<&str>) -> String {
+    s.filter(|s| !s.is_empty()).unwrap_or("-").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_durations_and_sparklines() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        assert_eq!(bytes(1536 << 10), "1.5 MiB");
+        assert_eq!(duration(42.4), "42s");
+        assert_eq!(duration(185.0), "3m05s");
+        assert_eq!(duration(3720.0), "1h02m");
+        assert_eq!(sparkline(&[3.0, 2.0, 1.0], 10), "█▅▁");
+        assert_eq!(sparkline(&[1.0, 1.0], 10), "▅▅");
+        assert_eq!(sparkline(&[1.0, 2.0, 3.0], 2), "▁█");
+    }
+
+    #[test]
+    fn tables_align_and_trim() {
+        let mut t = Table::new(&["ID", "NAME"]);
+        t.row(vec!["1".into(), "a".into()]);
+        t.row(vec!["10".into(), "".into()]);
+        assert_eq!(t.render(), "ID  NAME\n1   a\n10\n");
+    }
+}
