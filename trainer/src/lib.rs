@@ -16,12 +16,14 @@
 //! - [`checkpoint`]: `step-N/` checkpoints (adapter, optimizer, trainer state), written
 //!   atomically, and exact resumption from them.
 //! - [`runtime`]: process-wide CPU settings (candle's thread spinning, glibc's allocator).
+//! - [`estimate`]: the peak memory of a job before it runs, from the config alone.
 //! - [`generate`]: greedy completions for each checkpoint's `samples.json`.
 //! - [`export`]: merged Hugging Face folders and GGUF files for llama.cpp.
 
 pub mod checkpoint;
 pub mod data;
 pub mod error;
+pub mod estimate;
 pub mod export;
 pub mod generate;
 pub mod lora;

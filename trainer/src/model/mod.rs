@@ -56,6 +56,27 @@ pub fn load_base(path: &Path, dtype: DType, device: &Device) -> Result<BaseModel
     Ok(model)
 }
 
+/// The config of the model `load_base` would load from `path`, read without loading any
+/// weights (config.json, or the GGUF header).
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            ModelConfig::from_hf_file(&path.join("config.json"))
+        } else {
+            gguf::read_config(&single_gguf_in(path)?)
+        }
+    } else if path.is_file() {
+        gguf::read_config(path)
+    } else if let Some(snapshot) = hf_cache_snapshot(path) {
+        ModelConfig::from_hf_file(&snapshot.join("config.json"))
+    } else {
+        Err(Error::model(
+            path,
+            "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
+        ))
+    }
+}
+
 /// An `org/name` model id resolved offline in the Hugging Face cache
 /// (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`): the snapshot that
 /// `refs/main` names, or the only snapshot there is. Nothing is downloaded.

@@ -63,6 +63,25 @@ pub(crate) fn load(path: &Path, dtype: DType, device: &Device) -> Result<BaseMod
     })
 }
 
+/// The model config from the GGUF header alone: metadata and tensor infos are read, tensor data
+/// is not (except the small `rope_freqs` vector of Llama 3 files). The memory estimate uses it
+/// before a job is admitted, when loading gigabytes of weights is what we must not do.
+pub(crate) fn read_config(path: &Path) -> Result<ModelConfig> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = Content::read(&mut reader)
+        .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
+    let meta = Meta {
+        path,
+        md: &content.metadata,
+    };
+    let rope_freqs = match content.tensor_infos.contains_key(ROPE_FREQS) {
+        true => Some(dequantize(path, &mut reader, &content, ROPE_FREQS)?.to_vec1::<f32>()?),
+        false => None,
+    };
+    config_from_metadata(&meta, &content, rope_freqs.as_deref())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Weights
 
