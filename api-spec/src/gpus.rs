@@ -1,7 +1,20 @@
-//! Devices and placement: `GET /v1/gpus` and `POST /v1/plan`. Until admission control lands the
-//! daemon reports the CPU host (its RAM from /proc/meminfo) and places every job there.
+//! Devices and placement: `GET /v1/gpus` (what each device has free, who uses it) and
+//! `POST /v1/plan` (a job's memory estimate and where it would run now).
 
 use serde::{Deserialize, Serialize};
+
+/// A process using a device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ProcessView {
+    pub pid: u32,
+    /// Memory it holds on the device; absent where the driver does not say.
+    pub used_bytes: Option<u64>,
+    /// Its command name, where readable.
+    pub name: Option<String>,
+    /// The job whose worker it is, when it is one of this daemon's.
+    pub job: Option<u64>,
+}
 
 /// One device jobs can run on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -11,28 +24,97 @@ pub struct DeviceView {
     pub device: String,
     pub name: String,
     pub total_bytes: u64,
+    /// NVML's free memory; `MemAvailable` for the CPU host.
     pub free_bytes: u64,
     pub used_bytes: u64,
     /// Jobs of this daemon running there.
     pub running_jobs: Vec<u64>,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// GPU busy percent over the driver's last sample period.
+    #[serde(default)]
+    pub utilization_percent: Option<u32>,
+    /// Percent of that period the memory was read or written.
+    #[serde(default)]
+    pub memory_utilization_percent: Option<u32>,
+    #[serde(default)]
+    pub temperature_c: Option<u32>,
+    /// Processes using the GPU (this daemon's workers and everyone else's); empty for the CPU.
+    #[serde(default)]
+    pub processes: Vec<ProcessView>,
+    /// Memory running jobs will still take: their estimates less what their workers hold now.
+    #[serde(default)]
+    pub promised_bytes: u64,
+    /// What a new job may use now: free, less promised, less the daemon's headroom.
+    #[serde(default)]
+    pub available_bytes: u64,
+    /// Whether this daemon places jobs here (a build without CUDA lists GPUs but does not).
+    #[serde(default)]
+    pub takes_jobs: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct GpusView {
     pub devices: Vec<DeviceView>,
+    /// Memory kept free on every device beyond a job's estimate.
+    #[serde(default)]
+    pub headroom_bytes: u64,
+    /// How the inventory is read when that is worth saying: CPU-only (no NVIDIA driver), fake
+    /// GPUs from the config, a build without CUDA.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A job's peak memory estimate and its parts, in bytes. `total_bytes = weights + lora +
+/// optimizer + activations + max(workspace, logits) + overhead`, or `eval_peak_bytes` when that
+/// is larger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct EstimateView {
+    pub total_bytes: u64,
+    /// The frozen base model in its dtype.
+    pub weights_bytes: u64,
+    /// LoRA parameters (f32).
+    pub lora_bytes: u64,
+    /// LoRA gradients, accumulated gradients and AdamW's two moments.
+    pub optimizer_bytes: u64,
+    /// Activations kept for the backward pass over `batch_size × 2 × max_length` tokens.
+    pub activations_bytes: u64,
+    /// One layer's backward working set (attention probabilities; the recomputed layer under
+    /// gradient checkpointing).
+    pub workspace_bytes: u64,
+    /// The output head's logits slice (1024 rows × vocabulary, f32).
+    pub logits_bytes: u64,
+    /// The process (CPU) or the CUDA context, cuBLAS and kernels (GPU).
+    pub overhead_bytes: u64,
+    /// An evaluation forward's peak; 0 when the job does not evaluate.
+    pub eval_peak_bytes: u64,
+    /// Tokens of a full micro-batch.
+    pub tokens: u64,
 }
 
 /// `POST /v1/plan`: the job is checked as a submit would check it, nothing is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct PlanView {
-    /// Where it would run now.
+    /// Where it would run now, or the device it would wait for.
     pub device: String,
-    /// Absent until the memory estimator lands.
+    /// The estimated peak memory (`estimate.total_bytes`).
     pub estimate_bytes: Option<u64>,
+    /// Free memory of `device` now.
     pub free_bytes: u64,
-    /// Whether a submit now would start at once (nothing else queued or running).
+    /// Whether a submit now would start at once.
     pub starts_now: bool,
+    /// Why it would wait, in numbers, or where it would start.
     pub reason: String,
+    /// The estimate's parts.
+    #[serde(default)]
+    pub estimate: Option<EstimateView>,
+    /// Memory kept free beyond the estimate on every device.
+    #[serde(default)]
+    pub headroom_bytes: u64,
+    /// Queued jobs that run before it (higher priority, or the same and submitted earlier).
+    #[serde(default)]
+    pub queued_ahead: usize,
 }

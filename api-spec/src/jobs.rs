@@ -137,7 +137,9 @@ pub struct MetricRecord {
     pub metrics: BTreeMap<String, f64>,
 }
 
-/// Memory of the job: the estimate admission used, and the peak seen.
+/// Memory of the job: the estimate admission used, and the peak measured while it ran (the
+/// worker's peak resident set on the CPU, its memory as NVML reports it on a GPU; the highest
+/// over all attempts), so each finished job shows how good its estimate was.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Memory {

@@ -26,7 +26,7 @@ pub mod client;
 
 pub use datasets::{parse_dataset_ref, DatasetView, DATASET_REF_PREFIX};
 pub use error::{ErrorBody, ErrorDetail};
-pub use gpus::{DeviceView, GpusView, PlanView};
+pub use gpus::{DeviceView, EstimateView, GpusView, PlanView, ProcessView};
 pub use health::HealthView;
 pub use jobs::{
     CheckpointView, EventKind, EventView, FileView, JobError, JobList, JobState, JobView, Memory,

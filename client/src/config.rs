@@ -4,7 +4,7 @@
 //! ```toml
 //! server = "http://gpu-box:8750"
 //! token = "..."
-//! owner = "alice"      # shown in `orpoctl list`; defaults to $USER
+//! owner = "alice"      # shown in `orpoctl list`; defaults to $USER (or $LOGNAME)
 //! ```
 
 use std::path::PathBuf;
@@ -77,6 +77,7 @@ pub fn resolve(global: &Global) -> anyhow::Result<Settings> {
     let owner = file
         .owner
         .or_else(|| env("USER"))
+        .or_else(|| env("LOGNAME"))
         .unwrap_or_else(|| "anonymous".into());
     Ok(Settings {
         server,

@@ -34,6 +34,34 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Print the OpenAPI document of the HTTP API (as committed in api-spec/openapi.json).
     Openapi,
+    /// Check the memory estimate against measured peaks: trains a matrix of small configs on the
+    /// CPU, each in its own process, and prints estimate, measured peak RSS and error.
+    Calibrate(CalibrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// The base model (a .gguf file or a Hugging Face folder), e.g. SmolLM2-135M-Instruct.
+    pub model: PathBuf,
+    /// Values of data.max_length.
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    pub lengths: Vec<usize>,
+    /// Values of train.batch_size (preference pairs).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub batches: Vec<usize>,
+    /// Values of lora.r.
+    #[arg(long, value_delimiter = ',', default_value = "8,16")]
+    pub ranks: Vec<usize>,
+    /// Values of train.gradient_checkpointing.
+    #[arg(long, value_delimiter = ',', default_value = "false,true")]
+    pub checkpointing: Vec<bool>,
+    /// Optimizer steps per config (AdamW's moments exist from the second on).
+    #[arg(long, default_value_t = 2)]
+    pub steps: usize,
+    /// Keep each config's run and measured peak here; a later call with the same configs
+    /// reuses the peaks instead of training again (default: a temporary folder).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

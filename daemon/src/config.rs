@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use crate::devices::FakeGpu;
+
 /// The documented default address: loopback only, so a fresh install is not on the LAN until
 /// the operator says so.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8750";
@@ -20,8 +22,19 @@ pub struct ServeConfig {
     pub state_dir: PathBuf,
     /// Folders `model.base` (and `lora.init_adapter`) must be inside; empty: anywhere.
     pub model_roots: Vec<PathBuf>,
-    /// Jobs run at once (one worker process each) until admission control decides it.
+    /// The most jobs running at once (one worker process each), whatever the memory; admission
+    /// starts a job only when a device also has the memory its estimate needs.
     pub max_running: usize,
+    /// MiB kept free on every device beyond a job's estimate: room for the estimate's error and
+    /// for other users' processes to grow.
+    pub headroom_mib: u64,
+    /// Let smaller jobs start past a job that runs first but does not fit yet. Off: strict
+    /// queue order, a big job at the head holds everyone back until it fits.
+    pub backfill: bool,
+    /// GPUs that exist only in the config, for tests of admission without a GPU: `[[fake_gpus]]`
+    /// with `name`, `total_mib`, `used_mib`, and `[[fake_gpus.processes]]` (`pid`, `name`,
+    /// `used_mib`). Jobs placed on them run on the CPU. Empty: read real GPUs through NVML.
+    pub fake_gpus: Vec<FakeGpu>,
     /// Niceness of CPU workers, so the daemon's HTTP stays responsive beside a training job.
     pub cpu_worker_nice: i32,
     /// Seconds a cancelled worker gets to stop after SIGTERM before SIGKILL.
@@ -42,6 +55,9 @@ impl Default for ServeConfig {
             state_dir: default_state_dir(),
             model_roots: Vec::new(),
             max_running: 1,
+            headroom_mib: 512,
+            backfill: true,
+            fake_gpus: Vec::new(),
             cpu_worker_nice: 10,
             cancel_grace_s: 10,
             shutdown_grace_s: 60,
@@ -113,5 +129,23 @@ mod tests {
         let err = format!("{:#}", ServeConfig::load(Some(&p)).unwrap_err());
         assert!(err.contains("listn"), "{err}");
         assert_eq!(ServeConfig::load(None).unwrap().listen, DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn fake_gpus_with_foreign_processes_parse() {
+        let c: ServeConfig = toml::from_str(
+            "headroom_mib = 256\nbackfill = false\n\
+             [[fake_gpus]]\nname = \"RTX 4090\"\ntotal_mib = 24564\nused_mib = 20000\n\
+             [[fake_gpus.processes]]\npid = 4242\nname = \"ollama\"\nused_mib = 19000\n\
+             [[fake_gpus]]\ntotal_mib = 12288\n",
+        )
+        .unwrap();
+        assert_eq!(c.headroom_mib, 256);
+        assert!(!c.backfill);
+        assert_eq!(c.fake_gpus.len(), 2);
+        assert_eq!(c.fake_gpus[0].processes[0].used_mib, 19000);
+        assert_eq!(c.fake_gpus[1].used_mib, 0);
+        assert_eq!(c.fake_gpus[1].name, "Fake GPU");
+        assert!(toml::from_str::<ServeConfig>("[[fake_gpus]]\ntotal = 1\n").is_err());
     }
 }

@@ -4,11 +4,12 @@
 //! # Layout
 //! - [`cli`]: the command line (clap).
 //! - [`commands`]: one file per verb: `train`, `eval`, `convert`, `export`, `serve`, `worker`,
-//!   `openapi`.
+//!   `openapi`, `calibrate`.
 //! - [`server`]: `server::run(config, listener, shutdown)`, the daemon as a library call.
 //! - [`config`]: `orpod serve`'s settings and their defaults.
 //! - [`store`]: sled: jobs, queue order, events, metrics, data sets; the schema version.
 //! - [`supervisor`]: the scheduler and one `orpod worker` process per running job.
+//! - [`devices`]: GPUs (NVML) and the CPU host, what each has free; the admission policy.
 //! - [`http`]: the v1 API routes, the one error mapping, the OpenAPI document.
 //! - [`checkpoints`]: a job's checkpoint folders as the API lists them.
 
@@ -16,6 +17,7 @@ pub mod checkpoints;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod devices;
 pub mod http;
 pub mod server;
 pub mod store;
@@ -33,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::run(args),
         Command::Worker(args) => commands::worker::run(args),
         Command::Openapi => commands::openapi::run(),
+        Command::Calibrate(args) => commands::calibrate::run(args),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The end-to-end suite: one test binary (link time), each test starting real `orpod serve`
 //! processes in temporary folders on port 0 and talking to them over HTTP with the typed client.
 //!
+//! - `admission`: jobs admitted against the host's RAM and against fake GPUs, the reasons they
+//!   wait, `/v1/gpus`, `/v1/plan`, the measured peak beside the estimate.
 //! - `jobs`: a job's life on the tiny model (submit, view, metrics, events, checkpoints,
 //!   download with Range, list filters and cursors), cancel.
 //! - `pause`: pause checkpoints and frees the slot; resume continues from the checkpoint.
@@ -9,6 +11,7 @@
 //! - `openapi`: the committed api-spec/openapi.json is what the code generates.
 //! - `systemd`: the unit file names the real binary and flags.
 
+mod admission;
 mod errors;
 mod jobs;
 mod openapi;

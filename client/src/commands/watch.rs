@@ -29,6 +29,8 @@ pub async fn watch(conn: &Conn, id: u64) -> anyhow::Result<Outcome> {
     let detach = tokio::signal::ctrl_c();
     tokio::pin!(detach);
     let mut since = None;
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A dropped connection (daemon restart, Wi-Fi) is retried a few times from the last seq.
     let mut retries = 0;
     loop {
@@ -50,6 +52,13 @@ pub async fn watch(conn: &Conn, id: u64) -> anyhow::Result<Outcome> {
             let next = tokio::select! {
                 n = stream.next() => n,
                 _ = &mut detach => return Ok(view.detach()),
+                // Training steps are not events (only evaluations are), so progress and new
+                // metric records are polled while the events stream in.
+                _ = poll.tick() => {
+                    let job = conn.client.job(id).await.or_explain(conn)?;
+                    view.update(conn, &job).await?;
+                    continue;
+                }
             };
             match next {
                 Some(Ok(ev)) => {
@@ -119,7 +128,9 @@ struct Watcher {
 impl Watcher {
     fn new(id: u64, tty: bool) -> Watcher {
         let bar = if tty {
-            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
+            // No length until the worker has counted the steps: indicatif then draws no bar
+            // rather than a full one.
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
         };
@@ -187,7 +198,9 @@ impl Watcher {
             self.last_step = Some(r.step);
         }
         let p = &job.progress;
-        self.bar.set_length(p.total_steps as u64);
+        if p.total_steps > 0 {
+            self.bar.set_length(p.total_steps as u64);
+        }
         self.bar.set_position(p.step as u64);
         self.bar.set_message(status_message(job, &self.losses));
         Ok(())
@@ -210,6 +223,9 @@ fn status_message(job: &JobView, losses: &[f64]) -> String {
         return format!("{} {why}", job.state).trim_end().to_string();
     }
     let mut parts = Vec::new();
+    if job.metrics.is_none() {
+        parts.push("running the first step".to_string());
+    }
     if let Some(m) = &job.metrics {
         let g = |k: &str| m.metrics.get(k).copied();
         parts.push(format!(

@@ -1,5 +1,6 @@
 //! One module per `orpod` verb.
 
+pub mod calibrate;
 pub mod convert;
 pub mod eval;
 pub mod export;

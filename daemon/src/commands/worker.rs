@@ -20,6 +20,7 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     }
     let _lock = lock_job_dir(&args.job_dir)?;
     let result = train_job(&args, &stop);
+    emit_memory();
     let event = match &result {
         Ok(()) => WorkerEvent::Finished,
         Err(e) => match e.downcast_ref::<orpo_trainer::Error>() {
@@ -101,7 +102,11 @@ fn train_job(args: &crate::cli::WorkerArgs, stop: &Arc<AtomicBool>) -> anyhow::R
             },
             _ => return,
         };
+        let step = matches!(out, WorkerEvent::Step { .. } | WorkerEvent::Eval { .. });
         emit(&out);
+        if step {
+            emit_memory();
+        }
     };
     train::train(&mut session, &opts, &mut on_event)?;
     Ok(())
@@ -125,6 +130,13 @@ fn emit(event: &WorkerEvent) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", event.to_line());
     let _ = out.flush();
+}
+
+/// The peak resident set so far: the measured peak a CPU job's estimate is compared with.
+fn emit_memory() {
+    if let Some(peak_rss_bytes) = crate::devices::host::own_peak_rss() {
+        emit(&WorkerEvent::Memory { peak_rss_bytes });
+    }
 }
 
 fn log(message: String) {

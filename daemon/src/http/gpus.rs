@@ -1,96 +1,119 @@
-//! Devices and placement (`orpoctl gpus | plan`). Until admission control (NVML per GPU) lands,
-//! the daemon knows one device: the CPU host, with its memory from /proc/meminfo.
+//! Devices and placement (`orpoctl gpus | plan`): every device with what it has free and who uses
+//! it, and for a job not yet submitted, its memory estimate and where it would run now.
 
 use actix_web::web;
-use orpo_api::{DeviceView, ErrorBody, GpusView, JobState, PlanView, SubmitJobRequest};
+use orpo_api::{
+    DeviceView, ErrorBody, EstimateView, GpusView, PlanView, ProcessView, SubmitJobRequest,
+};
+use orpo_trainer::estimate::MemoryEstimate;
 
 use super::error::ApiError;
 use super::{validate, AppState};
 
 /// List devices
 ///
-/// Each device with its total, free and used memory and this daemon's jobs running on it.
+/// Each device (GPUs through NVML, and the CPU host with its RAM) with its total, free and used
+/// memory, utilization and temperature, the processes using it, the memory still promised to
+/// this daemon's jobs that are loading, and what a new job could use now.
 #[utoipa::path(get, path = "/v1/gpus", tag = "devices", responses((status = 200, body = GpusView)))]
 pub async fn gpus(state: web::Data<AppState>) -> Result<web::Json<GpusView>, ApiError> {
-    Ok(web::Json(GpusView {
-        devices: vec![cpu_host(&state)?],
-    }))
+    let sup = state.supervisor.clone();
+    let view = web::block(move || -> anyhow::Result<GpusView> {
+        let policy = sup.policy();
+        let running = sup.running_on();
+        let jobs_by_pid: Vec<(u32, u64)> = sup
+            .running()
+            .into_iter()
+            .filter_map(|id| Some((sup.worker_pid(id)?, id)))
+            .collect();
+        let devices = sup
+            .device_states()?
+            .into_iter()
+            .map(|d| DeviceView {
+                promised_bytes: d.promised_bytes(),
+                available_bytes: d.available_bytes(&policy),
+                takes_jobs: d.takes_jobs,
+                running_jobs: running.get(&d.reading.device).cloned().unwrap_or_default(),
+                processes: d
+                    .reading
+                    .processes
+                    .iter()
+                    .map(|p| ProcessView {
+                        pid: p.pid,
+                        used_bytes: p.used_bytes,
+                        name: p.name.clone(),
+                        job: jobs_by_pid
+                            .iter()
+                            .find(|(pid, _)| *pid == p.pid)
+                            .map(|(_, id)| *id),
+                    })
+                    .collect(),
+                device: d.reading.device,
+                name: d.reading.name,
+                uuid: d.reading.uuid,
+                total_bytes: d.reading.total_bytes,
+                free_bytes: d.reading.free_bytes,
+                used_bytes: d.reading.used_bytes,
+                utilization_percent: d.reading.utilization_percent,
+                memory_utilization_percent: d.reading.memory_utilization_percent,
+                temperature_c: d.reading.temperature_c,
+            })
+            .collect();
+        Ok(GpusView {
+            devices,
+            headroom_bytes: policy.headroom_bytes,
+            note: sup.devices.note.clone(),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(web::Json(view))
 }
 
 /// Plan a job
 ///
-/// Checks the job as a submit would (nothing is stored) and says where it would run now and
-/// whether it would start at once.
+/// Checks the job as a submit would (nothing is stored), estimates its peak memory from the
+/// model's config (no weights are loaded) with a breakdown, and says which device would take it
+/// now, or why none would, in numbers.
 #[utoipa::path(post, path = "/v1/plan", tag = "devices", request_body = SubmitJobRequest,
     responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn plan(
     state: web::Data<AppState>,
     req: web::Json<SubmitJobRequest>,
 ) -> Result<web::Json<PlanView>, ApiError> {
-    validate::check(&state, &req)?;
-    let host = cpu_host(&state)?;
-    let running = state.supervisor.running().len();
-    let queued = state.store.queue_len();
-    let free_slots = state.config.max_running.max(1).saturating_sub(running);
-    let starts_now = free_slots > 0 && queued == 0;
-    let reason = if starts_now {
-        "a slot is free and nothing is queued: it would start at once".to_string()
-    } else {
-        format!(
-            "{running} job(s) running (max_running {}), {queued} queued ahead of it",
-            state.config.max_running
-        )
-    };
+    let spec = validate::check(&state, &req)?;
+    let sup = state.supervisor.clone();
+    let plan = web::block(move || sup.plan(&spec))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| match e.downcast_ref::<orpo_trainer::Error>() {
+            // The model's config is unreadable or of an architecture we do not train.
+            Some(err) => ApiError::InvalidJob(format!("model.base: {err}")),
+            None => ApiError::Internal(e),
+        })?;
     Ok(web::Json(PlanView {
-        device: host.device,
-        estimate_bytes: None,
-        free_bytes: host.free_bytes,
-        starts_now,
-        reason,
+        device: plan.device,
+        estimate_bytes: Some(plan.estimate.total_bytes),
+        free_bytes: plan.free_bytes,
+        starts_now: plan.starts_now,
+        reason: plan.reason,
+        estimate: Some(estimate_view(&plan.estimate)),
+        headroom_bytes: state.supervisor.policy().headroom_bytes,
+        queued_ahead: plan.queued_ahead,
     }))
 }
 
-fn cpu_host(state: &AppState) -> Result<DeviceView, ApiError> {
-    let (total, free) = meminfo().map_err(ApiError::Internal)?;
-    let running_jobs = state
-        .supervisor
-        .running()
-        .into_iter()
-        .filter(|id| {
-            state
-                .store
-                .job(*id)
-                .map(|v| v.state == JobState::Running || v.state == JobState::Starting)
-                .unwrap_or(false)
-        })
-        .collect();
-    Ok(DeviceView {
-        device: "cpu".into(),
-        name: format!(
-            "CPU host ({} cores)",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        ),
-        total_bytes: total,
-        free_bytes: free,
-        used_bytes: total.saturating_sub(free),
-        running_jobs,
-    })
-}
-
-/// `(MemTotal, MemAvailable)` in bytes.
-fn meminfo() -> anyhow::Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/meminfo")?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(name))
-            .ok_or_else(|| anyhow::anyhow!("/proc/meminfo has no {name}"))?;
-        let kib: u64 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("/proc/meminfo: unreadable {name}"))?;
-        Ok(kib * 1024)
-    };
-    Ok((field("MemTotal:")?, field("MemAvailable:")?))
+fn estimate_view(e: &MemoryEstimate) -> EstimateView {
+    EstimateView {
+        total_bytes: e.total_bytes,
+        weights_bytes: e.weights_bytes,
+        lora_bytes: e.lora_bytes,
+        optimizer_bytes: e.optimizer_bytes,
+        activations_bytes: e.activations_bytes,
+        workspace_bytes: e.workspace_bytes,
+        logits_bytes: e.logits_bytes,
+        overhead_bytes: e.overhead_bytes,
+        eval_peak_bytes: e.eval_peak_bytes,
+        tokens: e.tokens,
+    }
 }

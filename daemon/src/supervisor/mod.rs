@@ -1,5 +1,5 @@
-//! The supervisor: starts the next queued job when a slot is free, runs one `orpod worker`
-//! child per running job, turns the worker's JSON-lines events into store updates, and carries
+//! The supervisor: starts queued jobs the admission policy lets in (`admit`: memory on a device,
+//! `max_running`), runs one `orpod worker` child per running job, turns the worker's JSON-lines events into store updates, and carries
 //! out cancel, pause and shutdown by signalling workers.
 //!
 //! Why a process per job: a panic, an out-of-memory abort or a SIGKILL for cancel must never take
@@ -9,12 +9,13 @@
 //! checkpoint (the trainer's stop flag), so pause and shutdown lose nothing; a cancel that is
 //! not done within `cancel_grace_s` gets SIGKILL.
 
+mod admit;
 mod control;
 mod monitor;
 pub mod protocol;
 pub mod spawn;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +24,10 @@ use orpo_api::{JobError, JobState, JobView};
 use tokio::sync::Notify;
 
 use crate::config::ServeConfig;
+use crate::devices::Devices;
 use crate::store::{Store, StoreError};
+
+pub use admit::Plan;
 
 /// Why the daemon is stopping a worker; decides the job's state when the worker exits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +42,9 @@ pub enum Intent {
 struct Slot {
     pid: Option<u32>,
     intent: Option<Intent>,
+    /// Where admission placed it (`cpu`, `cuda:N`) and the memory it was admitted with.
+    device: Option<String>,
+    estimate: u64,
 }
 
 pub struct Supervisor {
@@ -47,17 +54,43 @@ pub struct Supervisor {
     slots: Mutex<HashMap<u64, Slot>>,
     wake: Notify,
     stopping: AtomicBool,
+    pub devices: Devices,
+    /// Jobs whose model could not be read for an estimate (not retried every round).
+    unestimated: Mutex<HashSet<u64>>,
 }
 
 impl Supervisor {
     pub fn new(store: Store, config: Arc<ServeConfig>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             store,
-            config,
             slots: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
+            devices: Devices::detect(&config),
+            unestimated: Mutex::new(HashSet::new()),
+            config,
         })
+    }
+
+    fn unestimated(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.unestimated.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Job ids with a worker on each device now.
+    pub fn running_on(&self) -> HashMap<String, Vec<u64>> {
+        let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+        for (id, slot) in self.slots().iter() {
+            if let Some(d) = &slot.device {
+                out.entry(d.clone()).or_default().push(*id);
+            }
+        }
+        out.values_mut().for_each(|v| v.sort_unstable());
+        out
+    }
+
+    /// The pid of a job's worker, if it has one.
+    pub fn worker_pid(&self, id: u64) -> Option<u32> {
+        self.slots().get(&id).and_then(|s| s.pid)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Slot>> {
@@ -117,34 +150,30 @@ impl Supervisor {
         Ok(stale.len())
     }
 
-    /// The scheduler loop: fills free slots from the queue until [`Supervisor::shutdown`].
+    /// The scheduler loop: a round of admission on every wake-up (a submit, a worker's exit)
+    /// and every two seconds, since other people's processes free memory without telling us.
     pub async fn run(self: Arc<Self>) {
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            while self.slots().len() < self.config.max_running.max(1) {
-                match self.store.next_queued() {
-                    Ok(Some(id)) => {
-                        if let Err(e) = self.clone().start(id).await {
-                            tracing::error!(job = id, "starting the job failed: {e:#}");
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::error!("reading the queue: {e}");
-                        break;
-                    }
-                }
+            if let Err(e) = self.schedule().await {
+                tracing::error!("scheduling: {e:#}");
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
         }
     }
 
-    /// Moves a queued job to `starting` and spawns its worker.
-    async fn start(self: Arc<Self>, id: u64) -> anyhow::Result<()> {
-        self.slots().insert(id, Slot::default());
-        let device = cpu_or(&self.store.job(id)?.spec.resources.device);
+    /// Moves a queued job to `starting` on `device` and spawns its worker.
+    async fn start(self: Arc<Self>, id: u64, device: String, estimate: u64) -> anyhow::Result<()> {
+        self.slots().insert(
+            id,
+            Slot {
+                device: Some(device.clone()),
+                estimate,
+                ..Slot::default()
+            },
+        );
         let view = self.store.update_job(id, |v| {
             if v.state != JobState::Queued {
                 return Err(format!("job is {}", v.state));
@@ -165,9 +194,15 @@ impl Supervisor {
             }
         };
         let dir = spawn::job_dir(&self.config.state_dir, id);
-        let nice = (device == "cpu").then_some(self.config.cpu_worker_nice);
+        // A fake GPU exists only in the config: its jobs run on the CPU.
+        let run_on = if self.devices.is_fake() {
+            "cpu".to_string()
+        } else {
+            device.clone()
+        };
+        let nice = (run_on == "cpu").then_some(self.config.cpu_worker_nice);
         let child = self.config.worker_exe().and_then(|exe| {
-            spawn::write_job_file(&self.config.state_dir, &dir, &view.spec)?;
+            spawn::write_job_file(&self.config.state_dir, &dir, &view.spec, &run_on)?;
             spawn::spawn_worker(&exe, &dir, nice)
         });
         let child = match child {
@@ -256,15 +291,3 @@ impl Supervisor {
 }
 
 const PAUSED: &str = "paused; `resume` puts it back in the queue";
-
-/// The device a job will run on, as far as the daemon can tell before the worker loads it:
-/// CUDA only in a build with the `cuda` feature.
-fn cpu_or(setting: &str) -> String {
-    match setting {
-        "cpu" => "cpu".into(),
-        "auto" if cfg!(feature = "cuda") => "cuda:0".into(),
-        "auto" => "cpu".into(),
-        "cuda" => "cuda:0".into(),
-        other => other.into(),
-    }
-}

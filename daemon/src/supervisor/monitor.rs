@@ -77,7 +77,10 @@ fn apply(
                     v.state = JobState::Running;
                 }
                 v.progress.total_steps = total_steps;
-                v.device = Some(device.clone());
+                // A job on a fake GPU keeps that name; its worker runs on the CPU.
+                if !sup.devices.is_fake() {
+                    v.device = Some(device.clone());
+                }
                 Ok(())
             })?;
         }
@@ -113,7 +116,22 @@ fn apply(
                 Ok(())
             })?;
         }
+        WorkerEvent::Memory { peak_rss_bytes } => {
+            // On the CPU (fake GPUs included, whose workers run there) the worker's RSS is
+            // the memory it takes from the device; on a GPU it is not, NVML says (below).
+            let on_cpu = sup.devices.is_fake() || job_device(sup, id).as_deref() == Some("cpu");
+            if on_cpu {
+                raise_peak(store, id, peak_rss_bytes)?;
+            }
+        }
         WorkerEvent::Step { record } => {
+            if let (Some(device), Some(pid)) = (job_device(sup, id), sup.worker_pid(id)) {
+                if device != "cpu" {
+                    if let Some(bytes) = sup.devices.process_memory(&device, pid) {
+                        raise_peak(store, id, bytes)?;
+                    }
+                }
+            }
             store.append_metric(id, &record)?;
             // A transaction, not a read-modify-write: a pause or cancel may change the state
             // between the two.
@@ -154,6 +172,26 @@ fn apply(
         WorkerEvent::Stopped => *outcome = Some(Outcome::Stopped),
         WorkerEvent::Failed { kind, message } => *outcome = Some(Outcome::Failed { kind, message }),
     }
+    Ok(())
+}
+
+/// Where the job's worker runs, as admission placed it.
+fn job_device(sup: &Supervisor, id: u64) -> Option<String> {
+    sup.slots().get(&id).and_then(|s| s.device.clone())
+}
+
+/// Records `bytes` as the job's measured peak if it is above the one recorded (over attempts).
+fn raise_peak(
+    store: &crate::store::Store,
+    id: u64,
+    bytes: u64,
+) -> Result<(), crate::store::StoreError> {
+    store.update_job(id, |v| {
+        if v.memory.peak_bytes.is_none_or(|p| p < bytes) {
+            v.memory.peak_bytes = Some(bytes);
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 

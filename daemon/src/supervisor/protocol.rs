@@ -29,6 +29,8 @@ pub enum WorkerEvent {
     Step { record: MetricRecord },
     /// An evaluation.
     Eval { record: MetricRecord },
+    /// The worker's peak resident set so far (`VmHWM`), after each logged step and evaluation.
+    Memory { peak_rss_bytes: u64 },
     /// A checkpoint (or the final adapter) was written to `path`.
     Saved { path: String },
     /// The run completed; the last line of a successful worker.

@@ -19,11 +19,17 @@ pub fn dataset_path(state_dir: &Path, sha256: &str) -> PathBuf {
 }
 
 /// Writes `<dir>/job.toml` for the worker: the spec as submitted, with `sha256:` references
-/// replaced by the stored files. Written to a temporary file and renamed, so a worker never
-/// reads half of one.
-pub fn write_job_file(state_dir: &Path, dir: &Path, spec: &JobSpec) -> anyhow::Result<PathBuf> {
+/// replaced by the stored files and `resources.device` set to the device admission chose.
+/// Written to a temporary file and renamed, so a worker never reads half of one.
+pub fn write_job_file(
+    state_dir: &Path,
+    dir: &Path,
+    spec: &JobSpec,
+    device: &str,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut spec = spec.clone();
+    spec.resources.device = device.to_string();
     for field in [&mut spec.data.train, &mut spec.data.eval] {
         if let Some(hex) = parse_dataset_ref(field) {
             *field = dataset_path(state_dir, hex).to_string_lossy().into_owned();
@@ -60,6 +66,8 @@ pub fn spawn_worker(
     cmd.arg("worker")
         .arg("--job-dir")
         .arg(dir)
+        // CUDA's device N is then NVML's index N, the one admission placed the job on.
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));

@@ -1,0 +1,216 @@
+//! The scheduler's round: read the devices, count what running jobs will still take, run the
+//! admission policy over the queue, start what it admits and write each waiting job's reason.
+//! `POST /v1/plan` runs the same policy for a job that is not stored.
+
+use std::sync::Arc;
+
+use orpo_api::{JobSpec, JobState};
+use orpo_trainer::estimate::{estimate_job, MemoryEstimate};
+
+use super::Supervisor;
+use crate::devices::admission::{admit, Candidate, Decision, DeviceState, Policy};
+
+/// Id of the job being planned in [`Supervisor::plan`]; never a stored job's id.
+const PLANNED: u64 = u64::MAX;
+
+/// What `POST /v1/plan` learns.
+pub struct Plan {
+    pub estimate: MemoryEstimate,
+    /// The device it would start on, or the best one it waits for.
+    pub device: String,
+    pub free_bytes: u64,
+    pub starts_now: bool,
+    pub reason: String,
+    pub queued_ahead: usize,
+}
+
+impl Supervisor {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            headroom_bytes: self.config.headroom_mib << 20,
+            backfill: self.config.backfill,
+            max_running: self.config.max_running.max(1),
+        }
+    }
+
+    /// Every device with the memory promised to this daemon's running jobs: each job's estimate
+    /// less what its worker holds now (a job still loading has not taken its memory yet).
+    pub fn device_states(&self) -> anyhow::Result<Vec<DeviceState>> {
+        let readings = self.devices.read()?;
+        let running: Vec<(u64, Option<u32>, String, u64)> = self
+            .slots()
+            .iter()
+            .filter_map(|(id, s)| Some((*id, s.pid, s.device.clone()?, s.estimate)))
+            .collect();
+        Ok(readings
+            .into_iter()
+            .map(|reading| {
+                let here = running.iter().filter(|(_, _, d, _)| *d == reading.device);
+                let promised = here
+                    .clone()
+                    .map(|(id, pid, dev, est)| {
+                        let held = pid
+                            .and_then(|p| self.devices.process_memory(dev, p))
+                            .unwrap_or(0);
+                        (*id, est.saturating_sub(held))
+                    })
+                    .filter(|(_, b)| *b > 0)
+                    .collect();
+                DeviceState {
+                    takes_jobs: !reading.is_gpu() || self.devices.gpus_take_jobs(),
+                    our_pids: running.iter().filter_map(|(_, p, _, _)| *p).collect(),
+                    promised,
+                    reading,
+                }
+            })
+            .collect())
+    }
+
+    /// Whether a job with this `resources.device` is estimated for a GPU (bf16, CUDA context).
+    fn on_gpu(&self, pin: &str) -> bool {
+        pin != "cpu" && self.devices.gpus_take_jobs()
+    }
+
+    /// The estimate of a stored job, computed once and kept in its view.
+    fn job_estimate(&self, id: u64, spec: &JobSpec, stored: Option<u64>) -> Option<u64> {
+        if stored.is_some() {
+            return stored;
+        }
+        if self.unestimated().contains(&id) {
+            return None;
+        }
+        match estimate_job(spec, self.on_gpu(&spec.resources.device)) {
+            Ok(e) => {
+                let bytes = e.total_bytes;
+                let _ = self.store.update_job(id, |v| {
+                    v.memory.estimate_bytes = Some(bytes);
+                    Ok(())
+                });
+                Some(bytes)
+            }
+            Err(e) => {
+                tracing::warn!(job = id, "no memory estimate, admitting without one: {e}");
+                self.unestimated().insert(id);
+                None
+            }
+        }
+    }
+
+    /// One scheduling round.
+    pub(super) async fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
+        let queued = self.store.queued()?;
+        if queued.is_empty() {
+            return Ok(());
+        }
+        let mut candidates = Vec::with_capacity(queued.len());
+        for id in queued {
+            let view = self.store.job(id)?;
+            let estimate = self.job_estimate(id, &view.spec, view.memory.estimate_bytes);
+            candidates.push(Candidate {
+                id,
+                estimate,
+                pin: view.spec.resources.device.clone(),
+            });
+        }
+        let devices = self.device_states()?;
+        let running = self.slots().len();
+        for decision in admit(&candidates, &devices, running, &self.policy()) {
+            match decision {
+                Decision::Start { id, device } => {
+                    let estimate = candidates
+                        .iter()
+                        .find(|c| c.id == id)
+                        .and_then(|c| c.estimate)
+                        .unwrap_or(0);
+                    if let Err(e) = self.clone().start(id, device, estimate).await {
+                        tracing::error!(job = id, "starting the job failed: {e:#}");
+                    }
+                }
+                Decision::Wait { id, reason } => {
+                    let _ = self.store.update_job(id, |v| {
+                        if v.state == JobState::Queued && v.pending_reason.as_ref() != Some(&reason)
+                        {
+                            v.pending_reason = Some(reason.clone());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where `spec` would run if it were submitted now, behind the queued jobs of its priority
+    /// or higher, and why not if it would wait.
+    pub fn plan(&self, spec: &JobSpec) -> anyhow::Result<Plan> {
+        let estimate = estimate_job(spec, self.on_gpu(&spec.resources.device))?;
+        let mut candidates = Vec::new();
+        let mut inserted = false;
+        for id in self.store.queued()? {
+            let view = self.store.job(id)?;
+            if !inserted && view.spec.priority < spec.priority {
+                inserted = true;
+                candidates.push(planned(spec, &estimate));
+            }
+            candidates.push(Candidate {
+                id,
+                estimate: self.job_estimate(id, &view.spec, view.memory.estimate_bytes),
+                pin: view.spec.resources.device.clone(),
+            });
+        }
+        let queued_ahead = if inserted {
+            candidates.iter().position(|c| c.id == PLANNED).unwrap_or(0)
+        } else {
+            candidates.len()
+        };
+        if !inserted {
+            candidates.push(planned(spec, &estimate));
+        }
+        let devices = self.device_states()?;
+        let decisions = admit(&candidates, &devices, self.slots().len(), &self.policy());
+        let (device, starts_now, reason) = match decisions.into_iter().find(|d| match d {
+            Decision::Start { id, .. } | Decision::Wait { id, .. } => *id == PLANNED,
+        }) {
+            Some(Decision::Start { device, .. }) => {
+                let why = format!("it would start now on {device}");
+                (device, true, why)
+            }
+            Some(Decision::Wait { reason, .. }) => (waits_for(spec, &devices), false, reason),
+            None => unreachable!("every candidate gets a decision"),
+        };
+        let free_bytes = devices
+            .iter()
+            .find(|d| d.reading.device == device)
+            .map_or(0, |d| d.reading.free_bytes);
+        Ok(Plan {
+            estimate,
+            device,
+            free_bytes,
+            starts_now,
+            reason,
+            queued_ahead,
+        })
+    }
+}
+
+fn planned(spec: &JobSpec, estimate: &MemoryEstimate) -> Candidate {
+    Candidate {
+        id: PLANNED,
+        estimate: Some(estimate.total_bytes),
+        pin: spec.resources.device.clone(),
+    }
+}
+
+/// The device a waiting job is waiting for: its pin, else the usable GPU with the most free
+/// memory, else the CPU.
+fn waits_for(spec: &JobSpec, devices: &[DeviceState]) -> String {
+    let pin = spec.resources.device.as_str();
+    if pin != "auto" && pin != "cuda" {
+        return pin.to_string();
+    }
+    devices
+        .iter()
+        .filter(|d| d.takes_jobs && d.reading.is_gpu())
+        .max_by_key(|d| d.reading.free_bytes)
+        .map_or_else(|| "cpu".to_string(), |d| d.reading.device.clone())
+}

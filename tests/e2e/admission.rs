@@ -1,0 +1,189 @@
+//! Admission on a real daemon: against the host's RAM on this CPU-only machine, and against fake
+//! GPUs from the config (whose workers run on the CPU), with the reasons a waiting job gives,
+//! `GET /v1/gpus`, `POST /v1/plan`, and the measured peak next to the estimate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use orpo_api::{JobState, JobView, SubmitJobRequest};
+use orpo_tests::{job_toml, prefs_jsonl, TestDaemon};
+
+use crate::{exe, fixture};
+
+/// Two fake cards: cuda:0 nearly full with someone's Ollama, cuda:1 idle.
+const FAKE_GPUS: &str = r#"
+max_running = 4
+headroom_mib = 256
+[[fake_gpus]]
+name = "RTX 4090"
+total_mib = 24576
+used_mib = 24000
+[[fake_gpus.processes]]
+pid = 4242
+name = "ollama"
+used_mib = 23000
+[[fake_gpus]]
+name = "RTX 3060"
+total_mib = 12288
+used_mib = 300
+"#;
+
+async fn submit_on(d: &TestDaemon, model: &Path, device: &str, train: &str) -> JobView {
+    d.client
+        .submit(&request(d, model, device, train).await)
+        .await
+        .expect("submit")
+}
+
+async fn request(d: &TestDaemon, model: &Path, device: &str, train: &str) -> SubmitJobRequest {
+    let ds = d.client.upload_dataset(prefs_jsonl(8)).await.unwrap();
+    let toml = job_toml(model, &ds.reference, train)
+        .replace("device = \"cpu\"", &format!("device = {device:?}"));
+    SubmitJobRequest {
+        job_toml: Some(toml),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn cpu_only_host_admits_against_ram_and_records_the_peak() {
+    let (tmp, model) = fixture();
+    let d = TestDaemon::start(exe(), &tmp.path().join("state"), "").await;
+    let gpus = d.client.gpus().await.unwrap();
+    assert_eq!(gpus.devices.len(), 1, "{gpus:?}");
+    let cpu = &gpus.devices[0];
+    assert_eq!(cpu.device, "cpu");
+    assert!(cpu.takes_jobs && cpu.total_bytes > 0 && cpu.free_bytes <= cpu.total_bytes);
+    assert_eq!(
+        cpu.available_bytes,
+        cpu.free_bytes.saturating_sub(512 << 20)
+    );
+    assert!(
+        gpus.note.as_deref().unwrap_or("").contains("CPU-only"),
+        "{gpus:?}"
+    );
+    let log = d.log();
+    assert_eq!(log.matches("CPU-only").count(), 1, "said once: {log}");
+
+    let plan = d
+        .client
+        .plan(&request(&d, &model, "auto", "max_steps = 2").await)
+        .await
+        .unwrap();
+    assert!(plan.starts_now, "{plan:?}");
+    assert_eq!(plan.device, "cpu");
+    let est = plan.estimate.as_ref().expect("breakdown");
+    assert_eq!(plan.estimate_bytes, Some(est.total_bytes));
+    assert!(est.weights_bytes > 0 && est.activations_bytes > 0 && est.logits_bytes > 0);
+    // batch_size 2 pairs × 2 rows × max_length 48.
+    assert_eq!(est.tokens, 2 * 2 * 48);
+
+    let job = submit_on(&d, &model, "auto", "max_steps = 2").await;
+    let done = d
+        .wait_state(job.id, JobState::Succeeded, Duration::from_secs(120))
+        .await;
+    assert_eq!(done.device.as_deref(), Some("cpu"));
+    let (estimate, peak) = (done.memory.estimate_bytes, done.memory.peak_bytes);
+    assert_eq!(
+        estimate,
+        Some(est.total_bytes),
+        "admitted with the planned estimate"
+    );
+    // The worker's peak RSS: more than its executable, less than the machine.
+    assert!(
+        peak.is_some_and(|p| p > 10 << 20 && p < cpu.total_bytes),
+        "{:?}",
+        done.memory
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_does_not_fit_in_ram_waits_and_says_so() {
+    let (tmp, model) = fixture();
+    // A headroom larger than any machine's RAM: nothing fits.
+    let d = TestDaemon::start(exe(), &tmp.path().join("state"), "headroom_mib = 100000000").await;
+    let job = submit_on(&d, &model, "auto", "max_steps = 2").await;
+    let waiting = d
+        .wait_for(job.id, Duration::from_secs(20), "a memory reason", |j| {
+            j.pending_reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("needs "))
+        })
+        .await;
+    let reason = waiting.pending_reason.unwrap();
+    assert!(reason.contains("GiB headroom); cpu: "), "{reason}");
+    assert!(
+        reason.contains("; cpu: ") && reason.contains(" free"),
+        "{reason}"
+    );
+    assert_eq!(waiting.state, JobState::Queued);
+    assert!(waiting.memory.estimate_bytes.is_some());
+    let plan = d
+        .client
+        .plan(&request(&d, &model, "cpu", "").await)
+        .await
+        .unwrap();
+    assert!(!plan.starts_now);
+    assert_eq!(plan.queued_ahead, 1);
+    assert!(plan.reason.starts_with("needs "), "{plan:?}");
+}
+
+#[tokio::test]
+async fn fake_gpus_place_pin_and_explain() {
+    let (tmp, model) = fixture();
+    let d = TestDaemon::start(exe(), &tmp.path().join("state"), FAKE_GPUS).await;
+    let gpus = d.client.gpus().await.unwrap();
+    let names: Vec<&str> = gpus.devices.iter().map(|g| g.device.as_str()).collect();
+    assert_eq!(names, ["cuda:0", "cuda:1", "cpu"]);
+    assert_eq!(gpus.devices[0].processes[0].name.as_deref(), Some("ollama"));
+    assert_eq!(gpus.devices[0].free_bytes, 576 << 20);
+    assert_eq!(gpus.headroom_bytes, 256 << 20);
+
+    // Pinned to the full card: waits, naming the other user's process.
+    let pinned = submit_on(&d, &model, "cuda:0", "max_steps = 2").await;
+    let waiting = d
+        .wait_for(pinned.id, Duration::from_secs(20), "a memory reason", |j| {
+            j.pending_reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("needs "))
+        })
+        .await;
+    let reason = waiting.pending_reason.unwrap();
+    assert!(
+        reason.contains("cuda:0: 576 MiB free, 1 other process(es) use 22.5 GiB (ollama (4242))"),
+        "{reason}"
+    );
+    assert!(!reason.contains("cuda:1"), "{reason}");
+
+    // Auto: backfills past it onto the idle card, runs (on the CPU) and finishes.
+    let auto = submit_on(&d, &model, "auto", "max_steps = 4").await;
+    let running = d
+        .wait_for(auto.id, Duration::from_secs(60), "running", |j| {
+            matches!(j.state, JobState::Running | JobState::Succeeded)
+        })
+        .await;
+    assert_eq!(running.device.as_deref(), Some("cuda:1"));
+    let done = d
+        .wait_state(auto.id, JobState::Succeeded, Duration::from_secs(120))
+        .await;
+    assert_eq!(done.device.as_deref(), Some("cuda:1"));
+    assert!(done.memory.estimate_bytes.is_some() && done.memory.peak_bytes.is_some());
+
+    // A plan pinned to a card that does not exist says which do.
+    let plan = d
+        .client
+        .plan(&request(&d, &model, "cuda:5", "").await)
+        .await
+        .unwrap();
+    assert!(!plan.starts_now);
+    assert!(
+        plan.reason
+            .contains("no such device here (this daemon places jobs on cuda:0, cuda:1, cpu)"),
+        "{plan:?}"
+    );
+    // The pinned job still waits.
+    assert_eq!(
+        d.client.job(pinned.id).await.unwrap().state,
+        JobState::Queued
+    );
+}
