@@ -77,12 +77,13 @@ pub fn admit(
     let mut running = running;
     let mut blocked_by: Option<u64> = None;
     let mut out = Vec::with_capacity(queue.len());
-    for job in queue {
+    for (ahead, job) in queue.iter().enumerate() {
         if running >= policy.max_running.max(1) {
             out.push(Decision::Wait {
                 id: job.id,
                 reason: format!(
-                    "{running} job(s) running, the daemon's limit (max_running = {})",
+                    "waiting for a free slot: {running} job(s) running (max_running = {}), \
+                     {ahead} queued ahead",
                     policy.max_running
                 ),
             });

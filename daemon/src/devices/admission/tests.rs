@@ -227,7 +227,7 @@ fn max_running_caps_whatever_the_memory() {
     assert_eq!(started(&out), [(1, "cuda:0")]);
     assert_eq!(
         reason(&out, 2),
-        "2 job(s) running, the daemon's limit (max_running = 2)"
+        "waiting for a free slot: 2 job(s) running (max_running = 2), 1 queued ahead"
     );
 }
 
