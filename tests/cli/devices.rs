@@ -27,11 +27,13 @@ async fn gpus_and_plan_show_where_jobs_would_run() {
     let job = s.job_file("plan", 4, "max_steps = 1");
     let out = s.run(&["plan", job.to_str().unwrap()]).expect(0);
     for key in [
-        "device      cpu\n",
-        "estimate    ",
-        "free        ",
-        "starts now  yes\n",
-        "reason      ",
+        "device        cpu\n",
+        "estimate      ",
+        "  weights     ",
+        "free          ",
+        "queued ahead  0\n",
+        "starts now    yes\n",
+        "reason        ",
     ] {
         assert!(out.stdout.contains(key), "{key:?}: {out:#?}");
     }

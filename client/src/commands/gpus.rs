@@ -1,13 +1,7 @@
 //! `orpoctl gpus` and the answer of `orpoctl plan`: where jobs can run, how much memory is
-//! free there, who uses it, and a job's memory estimate.
-//!
-//! The admission-control fields (`available_bytes`, utilization, processes, the estimate's
-//! breakdown, `queued_ahead`, ...) are read from the view's JSON by name, each only when present:
-//! they are being added to `orpo-api` while this client is written, and this way one renderer
-//! shows what any daemon version sends. Once they are settled, typed access can replace it.
+//! free there and for a new job, who uses it, and a job's memory estimate with its parts.
 
 use orpo_api::{GpusView, PlanView};
-use serde_json::Value;
 
 use crate::conn::{ApiResult as _, Conn};
 use crate::display::{self, Table};
@@ -22,31 +16,11 @@ pub async fn gpus(conn: &Conn, json: bool) -> anyhow::Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-fn u64_at(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(Value::as_u64)
-}
-
-fn bytes_at(v: &Value, key: &str) -> Option<String> {
-    u64_at(v, key).map(display::bytes)
-}
-
 pub fn render_gpus(view: &GpusView) -> String {
-    let v = serde_json::to_value(view).expect("views serialise");
-    let devices = v["devices"].as_array().cloned().unwrap_or_default();
-    let has = |k: &str| {
-        devices
-            .iter()
-            .any(|d| d.get(k).is_some_and(|x| !x.is_null()))
-    };
-    let (avail, util, temp) = (
-        has("available_bytes"),
-        has("utilization_percent"),
-        has("temperature_c"),
-    );
-    let mut header = vec!["DEVICE", "NAME", "TOTAL", "USED", "FREE"];
-    if avail {
-        header.push("AVAILABLE");
-    }
+    // Utilization and temperature come from NVML only: no columns of dashes on a CPU host.
+    let util = view.devices.iter().any(|d| d.utilization_percent.is_some());
+    let temp = view.devices.iter().any(|d| d.temperature_c.is_some());
+    let mut header = vec!["DEVICE", "NAME", "TOTAL", "USED", "FREE", "AVAILABLE"];
     if util {
         header.push("UTIL");
     }
@@ -56,46 +30,43 @@ pub fn render_gpus(view: &GpusView) -> String {
     header.push("JOBS");
     let mut t = Table::new(&header);
     let mut procs = String::new();
-    for d in &devices {
-        let dev = d["device"].as_str().unwrap_or("?").to_string();
+    for d in &view.devices {
         let mut row = vec![
-            dev.clone(),
-            d["name"].as_str().unwrap_or("").to_string(),
-            bytes_at(d, "total_bytes").unwrap_or_default(),
-            bytes_at(d, "used_bytes").unwrap_or_default(),
-            bytes_at(d, "free_bytes").unwrap_or_default(),
+            d.device.clone(),
+            d.name.clone(),
+            display::bytes(d.total_bytes),
+            display::bytes(d.used_bytes),
+            display::bytes(d.free_bytes),
+            if d.takes_jobs {
+                display::bytes(d.available_bytes)
+            } else {
+                "- (no jobs)".into()
+            },
         ];
-        if avail {
-            row.push(bytes_at(d, "available_bytes").unwrap_or_else(|| "-".into()));
-        }
         if util {
-            row.push(u64_at(d, "utilization_percent").map_or("-".into(), |u| format!("{u}%")));
+            row.push(
+                d.utilization_percent
+                    .map_or("-".into(), |u| format!("{u}%")),
+            );
         }
         if temp {
-            row.push(u64_at(d, "temperature_c").map_or("-".into(), |c| format!("{c}°C")));
+            row.push(d.temperature_c.map_or("-".into(), |c| format!("{c}°C")));
         }
-        let jobs: Vec<String> = d["running_jobs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_u64)
-            .map(|j| j.to_string())
-            .collect();
+        let jobs: Vec<String> = d.running_jobs.iter().map(|j| j.to_string()).collect();
         row.push(if jobs.is_empty() {
             "-".into()
         } else {
             jobs.join(",")
         });
         t.row(row);
-        for p in d["processes"].as_array().into_iter().flatten() {
+        for p in &d.processes {
             procs.push_str(&format!(
-                "  {dev}  pid {}  {}  {}{}\n",
-                u64_at(p, "pid").unwrap_or(0),
-                p["name"].as_str().unwrap_or("?"),
-                bytes_at(p, "used_bytes").unwrap_or_else(|| "-".into()),
-                u64_at(p, "job")
-                    .map(|j| format!("  (job {j})"))
-                    .unwrap_or_default()
+                "  {}  pid {}  {}  {}{}\n",
+                d.device,
+                p.pid,
+                p.name.as_deref().unwrap_or("?"),
+                p.used_bytes.map_or("-".into(), display::bytes),
+                p.job.map(|j| format!("  (job {j})")).unwrap_or_default()
             ));
         }
     }
@@ -104,16 +75,21 @@ pub fn render_gpus(view: &GpusView) -> String {
         out.push_str("\nprocesses:\n");
         out.push_str(&procs);
     }
-    if let Some(note) = v.get("note").and_then(Value::as_str) {
-        out.push_str(&format!("\nnote: {note}\n"));
+    if view.headroom_bytes > 0 {
+        out.push_str(&format!(
+            "\nAVAILABLE is free memory less what running jobs will still take and a headroom of {}.\n",
+            display::bytes(view.headroom_bytes)
+        ));
+    }
+    if let Some(note) = &view.note {
+        out.push_str(&format!("note: {note}\n"));
     }
     out
 }
 
 pub fn render_plan(p: &PlanView) -> String {
-    let v = serde_json::to_value(p).expect("views serialise");
     let mut out = String::new();
-    let mut kv = |k: &str, val: String| out.push_str(&format!("{k:<11} {val}\n"));
+    let mut kv = |k: &str, val: String| out.push_str(&format!("{k:<13} {val}\n"));
     kv("device", p.device.clone());
     kv(
         "estimate",
@@ -121,30 +97,26 @@ pub fn render_plan(p: &PlanView) -> String {
             .map(display::bytes)
             .unwrap_or_else(|| "- (the server gave no estimate)".into()),
     );
-    if let Some(e) = v.get("estimate").filter(|e| e.is_object()) {
+    if let Some(e) = &p.estimate {
         let parts = [
-            ("weights", "weights_bytes"),
-            ("lora", "lora_bytes"),
-            ("optimizer", "optimizer_bytes"),
-            ("activations", "activations_bytes"),
-            ("workspace", "workspace_bytes"),
-            ("logits", "logits_bytes"),
-            ("overhead", "overhead_bytes"),
-            ("eval peak", "eval_peak_bytes"),
+            ("weights", e.weights_bytes),
+            ("lora", e.lora_bytes),
+            ("optimizer", e.optimizer_bytes),
+            ("activations", e.activations_bytes),
+            ("workspace", e.workspace_bytes),
+            ("logits", e.logits_bytes),
+            ("overhead", e.overhead_bytes),
+            ("eval peak", e.eval_peak_bytes),
         ];
-        for (label, key) in parts {
-            if let Some(b) = u64_at(e, key).filter(|b| *b > 0) {
-                kv(&format!("  {label}"), display::bytes(b));
-            }
+        for (label, b) in parts.into_iter().filter(|(_, b)| *b > 0) {
+            kv(&format!("  {label}"), display::bytes(b));
         }
     }
     kv("free", display::bytes(p.free_bytes));
-    if let Some(h) = u64_at(&v, "headroom_bytes").filter(|h| *h > 0) {
-        kv("headroom", display::bytes(h));
+    if p.headroom_bytes > 0 {
+        kv("headroom", display::bytes(p.headroom_bytes));
     }
-    if let Some(q) = u64_at(&v, "queued_ahead") {
-        kv("queued", format!("{q} ahead"));
-    }
+    kv("queued ahead", p.queued_ahead.to_string());
     kv("starts now", if p.starts_now { "yes" } else { "no" }.into());
     kv("reason", p.reason.clone());
     out
@@ -152,84 +124,108 @@ pub fn render_plan(p: &PlanView) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! These hold whether or not `orpo-api` has the admission fields yet: a field the types do
-    //! not have is dropped when the JSON is read, and its column or line is then absent.
+    use orpo_api::{DeviceView, EstimateView, ProcessView};
+
     use super::*;
 
-    #[test]
-    fn gpus_table_shows_what_the_server_sends() {
-        let view: GpusView = serde_json::from_value(serde_json::json!({
-            "devices": [{
-                "device": "cuda:0", "name": "RTX 3090", "total_bytes": 24u64 << 30,
-                "free_bytes": 10u64 << 30, "used_bytes": 14u64 << 30, "running_jobs": [3, 4],
-                "available_bytes": 9u64 << 30, "utilization_percent": 97, "temperature_c": 71,
-                "processes": [{"pid": 4242, "used_bytes": 2u64 << 30, "name": "python", "job": null}]
-            }]
-        }))
-        .unwrap();
-        let text = render_gpus(&view);
-        assert!(
-            text.starts_with("DEVICE  NAME      TOTAL     USED      FREE      "),
-            "{text}"
-        );
-        let row = text.lines().nth(1).unwrap();
-        assert!(
-            row.starts_with("cuda:0  RTX 3090  24.0 GiB  14.0 GiB  10.0 GiB  ")
-                && row.ends_with("3,4"),
-            "{text}"
-        );
-        let sent = serde_json::to_value(&view).unwrap();
-        if sent["devices"][0].get("available_bytes").is_some() {
-            assert!(row.contains("  9.0 GiB    97%   71°C  3,4"), "{text}");
-            assert!(
-                text.contains("\nprocesses:\n  cuda:0  pid 4242  python  2.0 GiB\n"),
-                "{text}"
-            );
+    fn device(dev: &str, name: &str) -> DeviceView {
+        DeviceView {
+            device: dev.into(),
+            name: name.into(),
+            total_bytes: 24 << 30,
+            free_bytes: 10 << 30,
+            used_bytes: 14 << 30,
+            running_jobs: vec![],
+            uuid: None,
+            utilization_percent: None,
+            memory_utilization_percent: None,
+            temperature_c: None,
+            processes: vec![],
+            promised_bytes: 0,
+            available_bytes: 9 << 30,
+            takes_jobs: true,
         }
     }
 
     #[test]
-    fn plan_shows_the_estimate_or_says_there_is_none() {
-        let plan: PlanView = serde_json::from_value(serde_json::json!({
-            "device": "cpu", "estimate_bytes": null, "free_bytes": 1u64 << 30,
-            "starts_now": true, "reason": "cpu is idle"
-        }))
-        .unwrap();
-        let text = render_plan(&plan);
-        assert!(text.starts_with("device      cpu\nestimate    - (the server gave no estimate)\nfree        1.0 GiB\n"), "{text}");
-        assert!(
-            text.ends_with("starts now  yes\nreason      cpu is idle\n"),
-            "{text}"
-        );
+    fn gpus_table_with_processes() {
+        let mut gpu = device("cuda:0", "RTX 3090");
+        gpu.running_jobs = vec![3, 4];
+        gpu.utilization_percent = Some(97);
+        gpu.temperature_c = Some(71);
+        gpu.processes = vec![
+            ProcessView {
+                pid: 4242,
+                used_bytes: Some(2 << 30),
+                name: Some("python".into()),
+                job: None,
+            },
+            ProcessView {
+                pid: 77,
+                used_bytes: None,
+                name: Some("orpod".into()),
+                job: Some(3),
+            },
+        ];
+        let mut cpu = device("cpu", "CPU host (2 cores)");
+        cpu.takes_jobs = false;
+        let view = GpusView {
+            devices: vec![gpu, cpu],
+            headroom_bytes: 512 << 20,
+            note: None,
+        };
+        assert_eq!(
+            render_gpus(&view),
+            "\
+DEVICE  NAME                TOTAL     USED      FREE      AVAILABLE    UTIL  TEMP  JOBS
+cuda:0  RTX 3090            24.0 GiB  14.0 GiB  10.0 GiB  9.0 GiB      97%   71°C  3,4
+cpu     CPU host (2 cores)  24.0 GiB  14.0 GiB  10.0 GiB  - (no jobs)  -     -     -
 
-        let plan: PlanView = serde_json::from_value(serde_json::json!({
-            "device": "cuda:0", "estimate_bytes": 3u64 << 30, "free_bytes": 2u64 << 30,
-            "starts_now": false, "reason": "needs 3.0 GiB; cuda:0 has 2.0 GiB free",
-            "estimate": {"total_bytes": 3u64 << 30, "weights_bytes": 2u64 << 30, "lora_bytes": 1u64 << 20,
-                "optimizer_bytes": 0, "activations_bytes": 0, "workspace_bytes": 0, "logits_bytes": 0,
-                "overhead_bytes": 0, "eval_peak_bytes": 0, "tokens": 0},
-            "queued_ahead": 2
-        }))
-        .unwrap();
-        let text = render_plan(&plan);
-        assert!(
-            text.starts_with("device      cuda:0\nestimate    3.0 GiB\n"),
-            "{text}"
+processes:
+  cuda:0  pid 4242  python  2.0 GiB
+  cuda:0  pid 77  orpod  -  (job 3)
+
+AVAILABLE is free memory less what running jobs will still take and a headroom of 512.0 MiB.
+"
         );
-        assert!(
-            text.ends_with("starts now  no\nreason      needs 3.0 GiB; cuda:0 has 2.0 GiB free\n"),
-            "{text}"
+    }
+
+    #[test]
+    fn plan_with_and_without_an_estimate() {
+        let mut plan = PlanView {
+            device: "cuda:0".into(),
+            estimate_bytes: Some(3 << 30),
+            free_bytes: 2 << 30,
+            starts_now: false,
+            reason: "needs 3.0 GiB; cuda:0 has 2.0 GiB free".into(),
+            estimate: Some(EstimateView {
+                total_bytes: 3 << 30,
+                weights_bytes: 2 << 30,
+                lora_bytes: 1 << 20,
+                overhead_bytes: 512 << 20,
+                ..Default::default()
+            }),
+            headroom_bytes: 0,
+            queued_ahead: 2,
+        };
+        assert_eq!(
+            render_plan(&plan),
+            "\
+device        cuda:0
+estimate      3.0 GiB
+  weights     2.0 GiB
+  lora        1.0 MiB
+  overhead    512.0 MiB
+free          2.0 GiB
+queued ahead  2
+starts now    no
+reason        needs 3.0 GiB; cuda:0 has 2.0 GiB free
+"
         );
-        if serde_json::to_value(&plan)
-            .unwrap()
-            .get("estimate")
-            .is_some()
-        {
-            assert!(
-                text.contains("\n  weights   2.0 GiB\n  lora      1.0 MiB\n"),
-                "{text}"
-            );
-            assert!(text.contains("\nqueued      2 ahead\n"), "{text}");
-        }
+        plan.estimate_bytes = None;
+        plan.estimate = None;
+        assert!(
+            render_plan(&plan).contains("\nestimate      - (the server gave no estimate)\nfree ")
+        );
     }
 }
