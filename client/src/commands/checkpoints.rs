@@ -184,3 +184,47 @@ async fn fetch_file(
         .with_context(|| format!("renaming {} to {}", part.display(), dest.display()))?;
     Ok(got)
 }
+
+#[cfg(test)]
+mod tests {
+    use orpo_api::FileView;
+
+    use super::*;
+
+    fn ckpt(name: &str, step: Option<usize>) -> CheckpointView {
+        CheckpointView {
+            name: name.into(),
+            step,
+            modified_at: "2026-11-27T11:59:00Z".into(),
+            files: vec![FileView {
+                name: "adapter_model.safetensors".into(),
+                size_bytes: 3 << 20,
+            }],
+        }
+    }
+
+    #[test]
+    fn table_and_default_pick() {
+        let list = [
+            ckpt("step-2", Some(2)),
+            ckpt("step-10", Some(10)),
+            ckpt("final", None),
+        ];
+        assert_eq!(
+            render_list(&list),
+            "\
+NAME     STEP  FILES  SIZE     MODIFIED
+step-2   2     1      3.0 MiB  2026-11-27T11:59:00Z
+step-10  10    1      3.0 MiB  2026-11-27T11:59:00Z
+final    -     1      3.0 MiB  2026-11-27T11:59:00Z
+"
+        );
+        assert_eq!(pick(&list, None).unwrap().name, "final");
+        assert_eq!(
+            pick(&list[..2], None).unwrap().name,
+            "step-10",
+            "newest by step, not by name"
+        );
+        assert!(pick(&list, Some("step-3")).is_none());
+    }
+}

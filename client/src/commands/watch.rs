@@ -300,3 +300,47 @@ pub fn log_line(ev: &EventView) -> String {
     };
     format!("{}  {kind:<10}  {}", ev.time, ev.message)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_message_of_a_running_job() {
+        let mut job: JobView = serde_json::from_value(serde_json::json!({
+            "id": 1, "name": "n", "owner": "o", "state": "running", "pending_reason": null,
+            "device": "cpu", "progress": {"step": 3, "total_steps": 10, "epoch": 0.3,
+            "tokens": 1200, "elapsed_s": 6.0, "eta_s": 14.0}, "metrics": null,
+            "eval_metrics": null, "memory": {"estimate_bytes": null, "peak_bytes": null},
+            "error": null, "attempts": 1, "created_at": "2026-11-27T11:58:30Z",
+            "started_at": null, "finished_at": null,
+            "spec": {"model": {"base": "m"}, "data": {"train": "t"}}
+        }))
+        .unwrap();
+        assert_eq!(
+            status_message(&job, &[]),
+            "running the first step | 200 tok/s | ETA 14s"
+        );
+        job.metrics = Some(MetricRecord {
+            metrics: [
+                ("loss", 0.75),
+                ("rewards/accuracies", 0.5),
+                ("rewards/margins", 0.25),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+            ..Default::default()
+        });
+        assert_eq!(
+            status_message(&job, &[1.0, 0.9, 0.75]),
+            "loss 0.7500 acc 0.50 margin 0.2500 | 200 tok/s | ETA 14s █▅▁"
+        );
+        job.state = JobState::Queued;
+        job.pending_reason = Some("needs 6.1 GiB; cuda:0 has 3.2 GiB free".into());
+        assert_eq!(
+            status_message(&job, &[]),
+            "queued needs 6.1 GiB; cuda:0 has 3.2 GiB free"
+        );
+    }
+}
