@@ -35,7 +35,7 @@ pub struct Global {
 pub enum Command {
     /// Check a job file, upload its data, queue the job
     Submit {
-        /// The job file (DESIGN.md §3; see examples/job.toml)
+        /// The job file (every key is shown in examples/job.toml; paths are relative to it)
         job: PathBuf,
         /// Follow the job after submitting it (as `orpoctl watch`)
         #[arg(long, short)]
@@ -118,7 +118,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a job file and ask where it would run now, without queueing it
+    /// Check a job file and ask where it would run now and what memory it needs, without queueing it
     Plan {
         job: PathBuf,
         #[arg(long)]
