@@ -3,10 +3,14 @@
 //! Two defaults of the libraries underneath cost a CPU step a third of its time on a small
 //! machine (measured with `perf` on SmolLM2-135M, 2 cores, 4 pairs x 128 tokens):
 //!
-//! - candle's barrier pool (its threads for element-wise ops) spins 25,000 times after each op
-//!   before it parks. The next op is usually a matmul on rayon's threads, so the spinning thread
-//!   takes a core from it: 11% of all CPU samples were that spin loop. We let it park almost at
-//!   once (`CANDLE_BARRIER_POOL_SPIN_LIMIT`, unless the user set it).
+//! - candle's barrier pool (its own threads for element-wise ops, beside rayon's for matmuls)
+//!   spins 25,000 times after each op before it parks, and the calling thread spin-waits for it
+//!   at the end of each op. On two cores the spinning took a core from the next matmul: 11% of
+//!   all CPU samples were that spin loop, and with a short spin 14% were the caller waiting for
+//!   the pool to wake. We run candle's element-wise ops on the calling thread
+//!   (`CANDLE_NUM_THREADS=1`, unless the user set it); the kernels of `ops` that are worth
+//!   parallelising use rayon's pool, whose threads are idle between matmuls. user+sys for 3
+//!   steps went from 87 to 62 core-s.
 //! - glibc serves allocations above its mmap threshold with fresh `mmap`s and gives them back on
 //!   free, so every activation-sized tensor costs page faults and zeroing: 13% of the process's
 //!   CPU time was in the kernel. A fixed 32 MiB threshold (glibc's largest) and no trimming keep
@@ -15,10 +19,10 @@
 /// Applies the settings above. Call it first thing in `main`, before any thread exists: it
 /// writes the environment.
 pub fn tune_for_training() {
-    const SPIN: &str = "CANDLE_BARRIER_POOL_SPIN_LIMIT";
-    if std::env::var_os(SPIN).is_none() {
+    const THREADS: &str = "CANDLE_NUM_THREADS";
+    if std::env::var_os(THREADS).is_none() {
         // SAFETY: called from `main` before any other thread is started.
-        unsafe { std::env::set_var(SPIN, "64") };
+        unsafe { std::env::set_var(THREADS, "1") };
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; glibc ignores values it rejects.

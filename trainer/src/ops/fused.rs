@@ -46,7 +46,8 @@ pub fn lora_linear(
         y = y.broadcast_add(bias)?;
     }
     let u = lora_input(&xd, lora.dropout_mask)?.matmul(&a.t()?)?;
-    let y = (y + (u.matmul(&b.t()?)? * scale)?.to_dtype(dtype)?)?;
+    // The scale goes on B (`[out, r]`), not on the `[tokens, out]` product: one pass fewer.
+    let y = (y + u.matmul(&(&b * scale)?.t()?)?.to_dtype(dtype)?)?;
     let (w, mask) = (w.clone(), lora.dropout_mask.cloned());
     let y = with_backward3(
         "lora-linear",

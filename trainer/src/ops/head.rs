@@ -1,13 +1,21 @@
 //! The loss end of the model: log-probs of the target tokens through the frozen output head, and
 //! ORPO's odds-ratio term.
 
-use candle_core::{DType, Result, Tensor, D};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, D};
+use rayon::prelude::*;
 
 use super::{with_backward1, with_backward2};
 
-/// Rows of hidden states per chunk in [`target_logprobs`]: bounds the `[rows, vocab]` logits
-/// held at once (1024 x 128k vocab x 4 bytes = 512 MiB for Llama 3; 200 MiB for SmolLM2).
-const HEAD_CHUNK_ROWS: usize = 1024;
+/// Bytes of f32 logits per chunk in [`target_logprobs`]. Under glibc's largest mmap threshold
+/// (32 MiB, see `runtime`), so each chunk's buffers come back from the heap instead of fresh
+/// page-faulted memory: 128 rows for SmolLM2's 49k vocabulary, 64 for Llama 3's 128k.
+const HEAD_CHUNK_BYTES: usize = 24 << 20;
+
+fn chunk_rows(vocab: usize) -> usize {
+    (HEAD_CHUNK_BYTES / (vocab * 4)).clamp(64, 1024)
+}
 
 /// `log_softmax(h @ w^T)[target]` for each row of `h: [m, hidden]`, with `w: [vocab, hidden]` the
 /// frozen output head. Logits are made a chunk of rows at a time, in f32, and never kept.
@@ -16,23 +24,49 @@ const HEAD_CHUNK_ROWS: usize = 1024;
 /// scalar, so the forward pass computes the whole Jacobian of each row at once,
 /// `d lp / d h = (onehot(target) - softmax(logits)) @ w` (`[m, hidden]`, small), and the backward
 /// pass only scales it: the head costs two vocabulary-sized matmuls, as in PyTorch, with no
-/// `[m, vocab]` tensor alive between the passes.
+/// `[m, vocab]` tensor alive between the passes. On the CPU the softmax part is one kernel that
+/// turns each chunk of logits into `onehot - softmax` in place ([`SoftmaxRows`]).
 pub fn target_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    target_logprobs_chunked(h, w, targets, chunk_rows(w.dim(0)?))
+}
+
+pub(super) fn target_logprobs_chunked(
+    h: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    rows: usize,
+) -> Result<Tensor> {
     let m = h.dim(0)?;
     let hd = h.detach();
     let need_grad = h.track_op();
     let (mut parts, mut jac) = (Vec::new(), Vec::new());
-    for start in (0..m).step_by(HEAD_CHUNK_ROWS) {
-        let len = HEAD_CHUNK_ROWS.min(m - start);
+    for start in (0..m).step_by(rows) {
+        let len = rows.min(m - start);
         let logits = head_logits(&hd.narrow(0, start, len)?, w)?;
-        let t = targets.narrow(0, start, len)?.unsqueeze(1)?;
-        let lse = logsumexp(&logits)?;
-        parts.push((logits.gather(&t, 1)?.squeeze(1)? - &lse)?);
-        if need_grad {
+        let t = targets.narrow(0, start, len)?;
+        let dlogits = if logits.device().is_cpu() {
+            let op = SoftmaxRows {
+                targets: t.to_vec1::<u32>()?,
+                grad: need_grad,
+                lp: Mutex::new(Vec::new()),
+            };
+            logits.inplace_op1(&op)?;
+            let lp = std::mem::take(&mut *op.lp.lock().map_err(|_| poisoned())?);
+            parts.push(Tensor::from_vec(lp, len, logits.device())?);
+            logits
+        } else {
+            let t = t.unsqueeze(1)?;
+            let lse = logsumexp(&logits)?;
+            parts.push((logits.gather(&t, 1)?.squeeze(1)? - &lse)?);
+            if !need_grad {
+                continue;
+            }
             let p = logits.broadcast_sub(&lse.unsqueeze(1)?)?.exp()?;
             drop(logits);
             let ones = Tensor::ones((len, 1), DType::F32, p.device())?;
-            let dlogits = p.neg()?.scatter_add(&t, &ones, 1)?;
+            p.neg()?.scatter_add(&t, &ones, 1)?
+        };
+        if need_grad {
             jac.push(
                 dlogits
                     .to_dtype(w.dtype())?
@@ -59,6 +93,135 @@ fn logsumexp(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?;
     let sum = x.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?;
     (sum.log()? + max)?.squeeze(D::Minus1)
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("softmax-rows lock poisoned".into())
+}
+
+/// The CPU kernel of [`target_logprobs`], in place on a contiguous `[rows, vocab]` f32 chunk of
+/// logits, rows in parallel on rayon's threads: records `logits[target] - logsumexp(logits)`
+/// per row in `lp` and, when `grad`, overwrites the row with `onehot(target) - softmax`. Three
+/// passes over a row that stays in cache, where the composite path made five vocabulary-sized
+/// tensors per chunk on one thread.
+struct SoftmaxRows {
+    targets: Vec<u32>,
+    grad: bool,
+    lp: Mutex<Vec<f32>>,
+}
+
+impl InplaceOp1 for SoftmaxRows {
+    fn name(&self) -> &'static str {
+        "softmax-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("softmax-rows: logits must be f32");
+        };
+        let (Some((lo, hi)), [rows, vocab]) = (layout.contiguous_offsets(), layout.dims()) else {
+            candle_core::bail!("softmax-rows: logits must be a contiguous [rows, vocab] matrix");
+        };
+        let (rows, vocab) = (*rows, *vocab);
+        if rows != self.targets.len() || hi - lo != rows * vocab {
+            candle_core::bail!(
+                "softmax-rows: {rows} rows for {} targets",
+                self.targets.len()
+            );
+        }
+        if let Some(&t) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("softmax-rows: target {t} outside the vocabulary of {vocab}");
+        }
+        let lp: Vec<f32> = data[lo..hi]
+            .par_chunks_mut(vocab)
+            .zip(self.targets.par_iter())
+            .map(|(row, &t)| softmax_row(row, t as usize, self.grad))
+            .collect();
+        *self.lp.lock().map_err(|_| poisoned())? = lp;
+        Ok(())
+    }
+}
+
+/// One row of [`SoftmaxRows`]; the AVX2 build of the same code where the CPU has it (the loops
+/// are written in 8 lanes so they vectorize).
+fn softmax_row(row: &mut [f32], target: usize, grad: bool) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { softmax_row_avx2(row, target, grad) };
+    }
+    softmax_row_generic(row, target, grad)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_row_avx2(row: &mut [f32], target: usize, grad: bool) -> f32 {
+    softmax_row_generic(row, target, grad)
+}
+
+#[inline(always)]
+fn softmax_row_generic(row: &mut [f32], target: usize, grad: bool) -> f32 {
+    const L: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let (body, tail) = row.split_at(row.len() / L * L);
+    for c in body.chunks_exact(L) {
+        for i in 0..L {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let max = tail
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let logit = row[target];
+    // Sums in f64 lanes: 128k terms in f32 would lose digits TRL's log_softmax keeps.
+    let mut sums = [0f64; L];
+    let n = row.len() / L * L;
+    for c in row[..n].chunks_exact_mut(L) {
+        for i in 0..L {
+            let e = exp_neg(c[i] - max);
+            if grad {
+                c[i] = e;
+            }
+            sums[i] += e as f64;
+        }
+    }
+    let mut sum: f64 = sums.iter().sum();
+    for x in &mut row[n..] {
+        let e = exp_neg(*x - max);
+        if grad {
+            *x = e;
+        }
+        sum += e as f64;
+    }
+    if grad {
+        let s = (-1.0 / sum) as f32;
+        for x in row.iter_mut() {
+            *x *= s;
+        }
+        row[target] += 1.0;
+    }
+    (logit as f64 - max as f64 - sum.ln()) as f32
+}
+
+/// `e^x` for `x <= 0` (a logit minus the row's max), within 2 ulp of libm's `expf` (Cephes'
+/// polynomial after `x = n ln 2 + r`); written branch-free so the row loops vectorize. Inputs
+/// below -87 give `e^-87` (1.6e-38) instead of less: nothing a sum of at least one 1.0 can see.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = if x > -87.0 { x } else { -87.0 };
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.987_569_1e-4_f32;
+    let p = p.mul_add(r, 1.398_199_9e-3);
+    let p = p.mul_add(r, 8.333_452e-3);
+    let p = p.mul_add(r, 4.166_579_6e-2);
+    let p = p.mul_add(r, 1.666_666_5e-1);
+    let p = p.mul_add(r, 5.000_000_1e-1);
+    let e = p.mul_add(r * r, r) + 1.0;
+    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 /// `log(1 - e^x)` for `x < 0`, branching at -ln 2 as TRL's `log1mexp` (PR #4763) to avoid
@@ -111,4 +274,23 @@ pub fn odds_ratio(c: &Tensor, r: &Tensor) -> Result<(Tensor, Vec<f64>)> {
         ))
     })?;
     Ok((t, z))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_neg;
+
+    /// Against libm's `expf` over the range a logit minus its row's max takes: within 2 ulp.
+    #[test]
+    fn exp_neg_is_within_two_ulp_of_expf() {
+        let mut worst = 0f32;
+        for i in 0..=870_000 {
+            let x = -(i as f32) * 1e-4;
+            let (ours, libm) = (exp_neg(x), x.exp());
+            worst = worst.max((ours - libm).abs() / (libm * f32::EPSILON));
+        }
+        assert!(worst <= 2.0, "worst error {worst} ulp");
+        assert_eq!(exp_neg(0.0), 1.0);
+        assert!(exp_neg(-200.0) < 2e-38);
+    }
 }

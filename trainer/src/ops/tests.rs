@@ -144,6 +144,38 @@ fn target_logprobs_match_log_softmax_and_gather() {
     );
 }
 
+/// The CPU kernel over several chunks (3 rows each, the last one short) and a vocabulary that
+/// is not a multiple of its 8 lanes, against the composite log-softmax.
+#[test]
+fn target_logprobs_in_chunks_match_log_softmax_and_gather() {
+    let w = randn(&[37, 6], 9);
+    let t = Tensor::new(&[3u32, 0, 36, 7, 20, 35, 1], &Device::Cpu).unwrap();
+    check(
+        &[7, 6],
+        |h| head::target_logprobs_chunked(h, &w, &t, 3).unwrap(),
+        |h| {
+            let lsm = candle_nn::ops::log_softmax(&h.matmul(&w.t().unwrap()).unwrap(), D::Minus1)
+                .unwrap();
+            lsm.gather(&t.unsqueeze(1).unwrap(), 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+        },
+    );
+}
+
+#[test]
+fn target_logprobs_reject_targets_outside_the_vocabulary() {
+    let w = randn(&[5, 4], 3);
+    let h = randn(&[2, 4], 4);
+    let t = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+    let err = target_logprobs(&h, &w, &t).unwrap_err().to_string();
+    assert!(
+        err.contains("target 5 outside the vocabulary of 5"),
+        "{err}"
+    );
+}
+
 /// Hand-computed vectors of orpo-reference.md §1.1 (beta = 0.1, float64).
 #[test]
 fn odds_ratio_matches_the_reference_vectors() {
