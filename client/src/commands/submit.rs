@@ -78,9 +78,8 @@ pub async fn upload_data(conn: &Conn, spec: &mut JobSpec) -> anyhow::Result<()> 
                     .await
                     // The daemon names the upload `upload.jsonl` in row errors; the
                     // user knows it by its own name.
-                    .map_err(|e| conn.error(e))
                     .map_err(|e| {
-                        anyhow::anyhow!("{}", format!("{e:#}").replace("upload.jsonl", &file))
+                        anyhow::anyhow!(conn.error(e).to_string().replace("upload.jsonl", &file))
                     })
                     .with_context(|| format!("uploading {key} {value}"))?;
                 eprintln!(
