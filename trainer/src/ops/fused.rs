@@ -6,7 +6,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::basic::rope_backward;
-use super::{with_backward2, with_backward3};
+use super::{cpu, with_backward2, with_backward3};
 
 /// The adapter of one projection as [`lora_linear`] uses it.
 pub struct LoraWeights<'a> {
@@ -47,7 +47,7 @@ pub fn lora_linear(
     }
     let u = lora_input(&xd, lora.dropout_mask)?.matmul(&a.t()?)?;
     // The scale goes on B (`[out, r]`), not on the `[tokens, out]` product: one pass fewer.
-    let y = (y + u.matmul(&(&b * scale)?.t()?)?.to_dtype(dtype)?)?;
+    let y = add(&y, &u.matmul(&(&b * scale)?.t()?)?.to_dtype(dtype)?)?;
     let (w, mask) = (w.clone(), lora.dropout_mask.cloned());
     let y = with_backward3(
         "lora-linear",
@@ -63,7 +63,7 @@ pub fn lora_linear(
                 if let Some(m) = &mask {
                     dl = (dl * m)?;
                 }
-                Some((g.matmul(&w)? + dl.to_dtype(g.dtype())?)?)
+                Some(add(&g.matmul(&w)?, &dl.to_dtype(g.dtype())?)?)
             } else {
                 None
             };
@@ -227,10 +227,18 @@ impl AttnInner {
     }
 }
 
-/// `silu(gate) * up`, the SwiGLU of the MLP.
+/// `silu(gate) * up`, the SwiGLU of the MLP. On the CPU, one parallel pass each way.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let out = (gate.detach().silu()? * up.detach())?;
+    let (gd, ud) = (gate.detach(), up.detach());
+    let out = match cpu::swiglu(&gd, &ud)? {
+        Some(out) => out,
+        None => (gd.silu()? * ud)?,
+    };
     with_backward2("swiglu", gate, up, out, |gate, up, g| {
+        let keep = |x: &Tensor, d: Tensor| x.track_op().then_some(d);
+        if let Some((dgate, dup)) = cpu::swiglu_backward(&gate.detach(), &up.detach(), g)? {
+            return Ok((keep(gate, dgate), keep(up, dup)));
+        }
         let sig = candle_nn::ops::sigmoid(&gate.detach())?;
         let silu = (gate * &sig)?;
         let dup = if up.track_op() {
@@ -248,4 +256,12 @@ pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         };
         Ok((dgate, dup))
     })
+}
+
+/// `a + b`, in parallel on the CPU.
+fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    match cpu::add(a, b)? {
+        Some(y) => Ok(y),
+        None => a + b,
+    }
 }

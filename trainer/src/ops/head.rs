@@ -208,7 +208,7 @@ fn softmax_row_generic(row: &mut [f32], target: usize, grad: bool) -> f32 {
 /// polynomial after `x = n ln 2 + r`); written branch-free so the row loops vectorize. Inputs
 /// below -87 give `e^-87` (1.6e-38) instead of less: nothing a sum of at least one 1.0 can see.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(super) fn exp_neg(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = if x > -87.0 { x } else { -87.0 };
@@ -219,7 +219,7 @@ fn exp_neg(x: f32) -> f32 {
     let p = p.mul_add(r, 8.333_452e-3);
     let p = p.mul_add(r, 4.166_579_6e-2);
     let p = p.mul_add(r, 1.666_666_5e-1);
-    let p = p.mul_add(r, 5.000_000_1e-1);
+    let p = p.mul_add(r, 0.5);
     let e = p.mul_add(r * r, r) + 1.0;
     e * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }

@@ -15,6 +15,7 @@
 //! Each op is checked against the composite candle path (values and gradients) in `tests.rs`.
 
 mod basic;
+mod cpu;
 mod fused;
 mod head;
 #[cfg(test)]
