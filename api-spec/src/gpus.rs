@@ -84,7 +84,7 @@ pub struct EstimateView {
     /// One layer's backward working set (attention probabilities; the recomputed layer under
     /// gradient checkpointing).
     pub workspace_bytes: u64,
-    /// The output head's logits slice (1024 rows × vocabulary, f32).
+    /// The output head's logits slice (about 24 MiB of f32 rows × vocabulary; three such on CUDA).
     pub logits_bytes: u64,
     /// The process (CPU) or the CUDA context, cuBLAS and kernels (GPU).
     pub overhead_bytes: u64,
