@@ -158,6 +158,159 @@ fn sigmoid(x: f32) -> f32 {
     }
 }
 
+/// `softmax(scores * scale + bias)` over the last dim, in place on `scores: [b, h, t, t]` (which
+/// the caller owns alone), with `bias: [b, 1, t, t]` the additive mask; masked keys get exactly
+/// 0. Returns false, leaving `scores` alone, when the tensors are not contiguous f32 on the CPU.
+pub(super) fn masked_softmax_in_place(scores: &Tensor, bias: &Tensor, scale: f32) -> Result<bool> {
+    let (b, _, t, t2) = scores.dims4()?;
+    if bias.dims() != [b, 1, t, t2] || !scores.is_contiguous() || !scores.device().is_cpu() {
+        return Ok(false);
+    }
+    let op = RowsInPlace {
+        other: bias.clone(),
+        kind: Rows::Softmax { scale, t },
+    };
+    scores.inplace_op1(&op)?;
+    Ok(true)
+}
+
+/// The softmax gradient of attention, in place on `dp` (the gradient of the probabilities, owned
+/// by the caller): `ds = p * (dp - sum(dp * p)) * scale` per row. Returns false when not a
+/// contiguous f32 CPU pair of one shape.
+pub(super) fn softmax_backward_in_place(dp: &Tensor, p: &Tensor, scale: f32) -> Result<bool> {
+    if dp.shape() != p.shape() || !dp.is_contiguous() || !dp.device().is_cpu() {
+        return Ok(false);
+    }
+    let op = RowsInPlace {
+        other: p.clone(),
+        kind: Rows::SoftmaxBackward { scale },
+    };
+    dp.inplace_op1(&op)?;
+    Ok(true)
+}
+
+enum Rows {
+    /// `other` is the `[b, 1, t, t]` bias; rows of one batch element are `h * t` in a row.
+    Softmax { scale: f32, t: usize },
+    /// `other` is `p`, of the target's shape.
+    SoftmaxBackward { scale: f32 },
+}
+
+/// A row-wise kernel over the last dim of a contiguous f32 tensor, rows in parallel.
+struct RowsInPlace {
+    other: Tensor,
+    kind: Rows,
+}
+
+impl candle_core::InplaceOp1 for RowsInPlace {
+    fn name(&self) -> &'static str {
+        "rows-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &candle_core::Layout) -> Result<()> {
+        let (CpuStorage::F32(data), Some((lo, hi))) = (storage, layout.contiguous_offsets()) else {
+            candle_core::bail!("rows-in-place: target must be contiguous f32");
+        };
+        let n = *layout.dims().last().expect("rank >= 1");
+        let rows = &mut data[lo..hi];
+        let done = with_slices([&self.other], |[other]| match self.kind {
+            Rows::Softmax { scale, t } => {
+                // Rows of one batch element: heads * t; the bias holds t rows per element.
+                let per_batch = rows.len() / (other.len() / t);
+                rows.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+                    let (bi, qi) = (r / per_batch, r % t);
+                    let bias = &other[(bi * t + qi) * n..][..n];
+                    softmax_row(row, bias, scale);
+                });
+            }
+            Rows::SoftmaxBackward { scale } => {
+                rows.par_chunks_mut(n)
+                    .zip(other.par_chunks(n))
+                    .for_each(|(dp, p)| softmax_backward_row(dp, p, scale));
+            }
+        });
+        match done {
+            Some(()) => Ok(()),
+            None => candle_core::bail!("rows-in-place: operand must be contiguous f32"),
+        }
+    }
+}
+
+fn softmax_row(row: &mut [f32], bias: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { softmax_row_avx2(row, bias, scale) };
+    }
+    softmax_row_generic(row, bias, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_row_avx2(row: &mut [f32], bias: &[f32], scale: f32) {
+    softmax_row_generic(row, bias, scale)
+}
+
+/// Lanes of the row reductions: 8 independent accumulators so the loops vectorize.
+const L: usize = 8;
+
+#[inline(always)]
+fn softmax_row_generic(row: &mut [f32], bias: &[f32], scale: f32) {
+    let mut lanes = [f32::NEG_INFINITY; L];
+    for (i, (x, &m)) in row.iter_mut().zip(bias).enumerate() {
+        *x = x.mul_add(scale, m);
+        let l = &mut lanes[i % L];
+        *l = if *x > *l { *x } else { *l };
+    }
+    let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    if max == f32::NEG_INFINITY {
+        // Every key masked: no row of our masks does this; zeros rather than NaN.
+        row.fill(0.0);
+        return;
+    }
+    let mut sums = [0f32; L];
+    for (i, x) in row.iter_mut().enumerate() {
+        let e = if *x == f32::NEG_INFINITY {
+            0.0
+        } else {
+            super::head::exp_neg(*x - max)
+        };
+        *x = e;
+        sums[i % L] += e;
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the features were just detected.
+        return unsafe { softmax_backward_row_avx2(dp, p, scale) };
+    }
+    softmax_backward_row_generic(dp, p, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_backward_row_avx2(dp: &mut [f32], p: &[f32], scale: f32) {
+    softmax_backward_row_generic(dp, p, scale)
+}
+
+#[inline(always)]
+fn softmax_backward_row_generic(dp: &mut [f32], p: &[f32], scale: f32) {
+    let mut dots = [0f32; L];
+    for (i, (d, p)) in dp.iter().zip(p).enumerate() {
+        dots[i % L] += d * p;
+    }
+    let dot: f32 = dots.iter().sum();
+    for (d, &p) in dp.iter_mut().zip(p) {
+        *d = p * (*d - dot) * scale;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

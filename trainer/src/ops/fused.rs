@@ -171,10 +171,18 @@ impl AttnInner {
         let vh = self.split(v, nkv)?;
         let qg = qr.reshape((b, nkv, rep * t, dim))?;
         let scale = 1.0 / (dim as f64).sqrt();
-        let scores = (qg.matmul(&kr.t()?)? * scale)?.reshape((b, nh, t, t))?;
-        let p = candle_nn::ops::softmax_last_dim(
-            &scores.to_dtype(DType::F32)?.broadcast_add(&self.mask)?,
-        )?;
+        let scores = qg.matmul(&kr.t()?)?.reshape((b, nh, t, t))?;
+        let p = if scores.dtype() == DType::F32
+            && cpu::masked_softmax_in_place(&scores, &self.mask, scale as f32)?
+        {
+            scores
+        } else {
+            candle_nn::ops::softmax_last_dim(
+                &(scores * scale)?
+                    .to_dtype(DType::F32)?
+                    .broadcast_add(&self.mask)?,
+            )?
+        };
         let o = p
             .to_dtype(q.dtype())?
             .reshape((b, nkv, rep * t, t))?
@@ -207,11 +215,14 @@ impl AttnInner {
             .matmul(&s.vh.t()?)?
             .reshape((b, nh, t, t))?
             .to_dtype(DType::F32)?;
-        let dot = (&dp * &s.p)?.sum_keepdim(D::Minus1)?;
         let scale = 1.0 / (dim as f64).sqrt();
-        let ds = ((s.p * dp.broadcast_sub(&dot)?)? * scale)?
-            .to_dtype(dtype)?
-            .reshape((b, nkv, rep * t, t))?;
+        let ds = if cpu::softmax_backward_in_place(&dp, &s.p, scale as f32)? {
+            dp
+        } else {
+            let dot = (&dp * &s.p)?.sum_keepdim(D::Minus1)?;
+            ((&s.p * dp.broadcast_sub(&dot)?)? * scale)?
+        };
+        let ds = ds.to_dtype(dtype)?.reshape((b, nkv, rep * t, t))?;
         let dq = ds.matmul(&s.kr)?.reshape((b, nh, t, dim))?;
         let dk = ds.t()?.matmul(&s.qg)?;
         let dq = rope_backward(&dq, &self.cos2, &self.sin2, t)?;
