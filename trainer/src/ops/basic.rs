@@ -27,6 +27,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let w = w.clone();
     with_backward1("rms-norm", x, y, move |x, _, g| {
         // y = w * x * rstd;  dx = rstd * (gw - xhat * mean(gw * xhat)),  xhat = x * rstd.
+        if let Some(dx) = super::cpu::rms_norm_backward(x, g, &w, eps as f32)? {
+            return Ok(dx);
+        }
         let dtype = x.dtype();
         let x = x.to_dtype(DType::F32)?;
         let g = g.to_dtype(DType::F32)?;

@@ -158,6 +158,46 @@ fn sigmoid(x: f32) -> f32 {
     }
 }
 
+/// The input gradient of RMSNorm (`y = w * x * rstd`, in f32) for `x`, `g: [.., n]` and
+/// `w: [n]`: `dx = rstd * (g w - xhat * mean(g w xhat))`, `xhat = x * rstd`, one pass per row.
+pub(super) fn rms_norm_backward(
+    x: &Tensor,
+    g: &Tensor,
+    w: &Tensor,
+    eps: f32,
+) -> Result<Option<Tensor>> {
+    let n = w.dim(0)?;
+    let shape = x.shape().clone();
+    let out = with_slices([x, g], |[x, g]| {
+        with_slices([w], |[w]| {
+            let mut dx = vec![0f32; x.len()];
+            dx.par_chunks_mut(n)
+                .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+                .for_each(|(dx, (x, g))| rms_norm_backward_row(dx, x, g, w, eps));
+            dx
+        })
+    });
+    match out.flatten() {
+        Some(dx) => Ok(Some(Tensor::from_vec(dx, shape, &Device::Cpu)?)),
+        None => Ok(None),
+    }
+}
+
+fn rms_norm_backward_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+    let n = x.len() as f32;
+    let (mut ss, mut gwx) = (0f32, 0f32);
+    for ((&x, &g), &w) in x.iter().zip(g).zip(w) {
+        ss += x * x;
+        gwx += g * w * x;
+    }
+    let rstd = 1.0 / (ss / n + eps).sqrt();
+    // mean(g w xhat) * rstd, with xhat = x * rstd.
+    let k = gwx / n * rstd * rstd;
+    for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
+        *dx = rstd * (g * w - x * k);
+    }
+}
+
 /// `softmax(scores * scale + bias)` over the last dim, in place on `scores: [b, h, t, t]` (which
 /// the caller owns alone), with `bias: [b, 1, t, t]` the additive mask; masked keys get exactly
 /// 0. Returns false, leaving `scores` alone, when the tensors are not contiguous f32 on the CPU.
