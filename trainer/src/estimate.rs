@@ -39,14 +39,9 @@ use crate::lora::module_dims;
 use crate::model::{expected_weights, read_config, ModelConfig};
 use crate::Result;
 
-/// Bytes of f32 logits per chunk of the output head; mirrors `HEAD_CHUNK_BYTES` in
-/// `ops/head.rs`.
-pub const HEAD_CHUNK_BYTES: u64 = 24 << 20;
-
-/// Rows of the output head computed at once for `vocab` logits per row; mirrors `chunk_rows` in
-/// `ops/head.rs`.
+/// Rows of the output head computed at once for `vocab` logits per row: the op's own rule.
 pub fn head_chunk_rows(vocab: u64) -> u64 {
-    (HEAD_CHUNK_BYTES / (vocab * 4)).clamp(64, 1024)
+    crate::ops::head_chunk_rows(vocab as usize) as u64
 }
 
 /// RSS of an `orpod worker` before its weights: executable, tokenizer, data, thread pools.

@@ -296,29 +296,45 @@ const L: usize = 8;
 
 #[inline(always)]
 fn softmax_row_generic(row: &mut [f32], bias: &[f32], scale: f32) {
+    // Lane loops over chunks of L, then the tail: the shape LLVM vectorizes.
+    let n = row.len() / L * L;
     let mut lanes = [f32::NEG_INFINITY; L];
-    for (i, (x, &m)) in row.iter_mut().zip(bias).enumerate() {
-        *x = x.mul_add(scale, m);
-        let l = &mut lanes[i % L];
-        *l = if *x > *l { *x } else { *l };
+    for (c, m) in row[..n].chunks_exact_mut(L).zip(bias.chunks_exact(L)) {
+        for i in 0..L {
+            c[i] = c[i].mul_add(scale, m[i]);
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
     }
-    let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for (x, &m) in row[n..].iter_mut().zip(&bias[n..]) {
+        *x = x.mul_add(scale, m);
+        max = max.max(*x);
+    }
     if max == f32::NEG_INFINITY {
         // Every key masked: no row of our masks does this; zeros rather than NaN.
         row.fill(0.0);
         return;
     }
-    let mut sums = [0f32; L];
-    for (i, x) in row.iter_mut().enumerate() {
-        let e = if *x == f32::NEG_INFINITY {
+    let exp = |x: f32| {
+        if x == f32::NEG_INFINITY {
             0.0
         } else {
-            super::head::exp_neg(*x - max)
-        };
-        *x = e;
-        sums[i % L] += e;
+            super::head::exp_neg(x - max)
+        }
+    };
+    let mut sums = [0f32; L];
+    for c in row[..n].chunks_exact_mut(L) {
+        for i in 0..L {
+            c[i] = exp(c[i]);
+            sums[i] += c[i];
+        }
     }
-    let inv = 1.0 / sums.iter().sum::<f32>();
+    let mut sum: f32 = sums.iter().sum();
+    for x in row[n..].iter_mut() {
+        *x = exp(*x);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
     }
@@ -341,11 +357,15 @@ fn softmax_backward_row_avx2(dp: &mut [f32], p: &[f32], scale: f32) {
 
 #[inline(always)]
 fn softmax_backward_row_generic(dp: &mut [f32], p: &[f32], scale: f32) {
+    let n = dp.len() / L * L;
     let mut dots = [0f32; L];
-    for (i, (d, p)) in dp.iter().zip(p).enumerate() {
-        dots[i % L] += d * p;
+    for (d, p) in dp[..n].chunks_exact(L).zip(p.chunks_exact(L)) {
+        for i in 0..L {
+            dots[i] = d[i].mul_add(p[i], dots[i]);
+        }
     }
-    let dot: f32 = dots.iter().sum();
+    let tail: f32 = dp[n..].iter().zip(&p[n..]).map(|(d, p)| d * p).sum();
+    let dot = dots.iter().sum::<f32>() + tail;
     for (d, &p) in dp.iter_mut().zip(p) {
         *d = p * (*d - dot) * scale;
     }

@@ -13,7 +13,9 @@ use super::{with_backward1, with_backward2};
 /// page-faulted memory: 128 rows for SmolLM2's 49k vocabulary, 64 for Llama 3's 128k.
 const HEAD_CHUNK_BYTES: usize = 24 << 20;
 
-fn chunk_rows(vocab: usize) -> usize {
+/// Rows per chunk of [`target_logprobs`] for `vocab` logits per row (the memory estimate
+/// counts the same slice).
+pub fn head_chunk_rows(vocab: usize) -> usize {
     (HEAD_CHUNK_BYTES / (vocab * 4)).clamp(64, 1024)
 }
 
@@ -27,7 +29,7 @@ fn chunk_rows(vocab: usize) -> usize {
 /// `[m, vocab]` tensor alive between the passes. On the CPU the softmax part is one kernel that
 /// turns each chunk of logits into `onehot - softmax` in place ([`SoftmaxRows`]).
 pub fn target_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    target_logprobs_chunked(h, w, targets, chunk_rows(w.dim(0)?))
+    target_logprobs_chunked(h, w, targets, head_chunk_rows(w.dim(0)?))
 }
 
 pub(super) fn target_logprobs_chunked(

@@ -23,7 +23,7 @@ mod tests;
 
 pub use basic::{frozen_linear, masked_softmax, rms_norm, rope};
 pub use fused::{attention, lora_linear, swiglu, Heads, LoraWeights};
-pub use head::{log1mexp, log_sigmoid, odds_ratio, target_logprobs};
+pub use head::{head_chunk_rows, log1mexp, log_sigmoid, odds_ratio, target_logprobs};
 
 use std::sync::Mutex;
 
