@@ -185,7 +185,10 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> MemoryEstimate {
     // The additive mask, and what the head keeps: final norm output, the rows at label
     // positions and their Jacobian.
     let shared = rows * t * t * f32b + tokens * e * 3 * h;
-    let backward_work = 4 * rows * heads * t * t * f32b + 5 * tokens * i * f32b;
+    // Score-sized tensors alive in the attention backward: the CPU kernels work in place
+    // (probabilities, then their gradient), candle's composite path on CUDA keeps four.
+    let score_copies = if job.cuda { 4 } else { 2 };
+    let backward_work = score_copies * rows * heads * t * t * f32b + 5 * tokens * i * f32b;
     let (activations, workspace) = if job.gradient_checkpointing {
         (
             layers * tokens * e * h + shared,
