@@ -38,19 +38,11 @@ pub(crate) use tokenizer::byte_level_alphabet;
 const ROPE_FREQS: &str = "rope_freqs.weight";
 
 pub(crate) fn load(path: &Path, dtype: DType, device: &Device) -> Result<BaseModel> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    let content = Content::read(&mut reader)
-        .map_err(|e| Error::model(path, format!("not a readable GGUF file: {e}")))?;
+    let (mut reader, content, config) = read_header(path)?;
     let meta = Meta {
         path,
         md: &content.metadata,
     };
-    let rope_freqs = match content.tensor_infos.contains_key(ROPE_FREQS) {
-        true => Some(dequantize(path, &mut reader, &content, ROPE_FREQS)?.to_vec1::<f32>()?),
-        false => None,
-    };
-    let config = config_from_metadata(&meta, &content, rope_freqs.as_deref())?;
     let tokenizer = tokenizer_from_metadata(&meta, config.arch)?;
     let weights = load_weights(path, &mut reader, &content, &config, dtype, device)?;
     check_weights(path, &config, &weights)?;
@@ -67,6 +59,12 @@ pub(crate) fn load(path: &Path, dtype: DType, device: &Device) -> Result<BaseMod
 /// is not (except the small `rope_freqs` vector of Llama 3 files). The memory estimate uses it
 /// before a job is admitted, when loading gigabytes of weights is what we must not do.
 pub(crate) fn read_config(path: &Path) -> Result<ModelConfig> {
+    Ok(read_header(path)?.2)
+}
+
+/// Opens a GGUF file and reads its header and the model config in it; the reader is left for
+/// the tensor data.
+fn read_header(path: &Path) -> Result<(BufReader<File>, Content, ModelConfig)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = Content::read(&mut reader)
@@ -79,7 +77,8 @@ pub(crate) fn read_config(path: &Path) -> Result<ModelConfig> {
         true => Some(dequantize(path, &mut reader, &content, ROPE_FREQS)?.to_vec1::<f32>()?),
         false => None,
     };
-    config_from_metadata(&meta, &content, rope_freqs.as_deref())
+    let config = config_from_metadata(&meta, &content, rope_freqs.as_deref())?;
+    Ok((reader, content, config))
 }
 
 // ---------------------------------------------------------------------------------------------
