@@ -87,7 +87,7 @@ fn fill<const N: usize, const K: usize>(
     f: &(impl Fn([f32; N]) -> [f32; K] + Sync),
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::has_avx2_fma() {
         // SAFETY: the features were just detected.
         return unsafe { fill_avx2(xs, lo, dst, f) };
     }
@@ -278,7 +278,7 @@ impl candle_core::InplaceOp1 for RowsInPlace {
 
 fn softmax_row(row: &mut [f32], bias: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::has_avx2_fma() {
         // SAFETY: the features were just detected.
         return unsafe { softmax_row_avx2(row, bias, scale) };
     }
@@ -342,7 +342,7 @@ fn softmax_row_generic(row: &mut [f32], bias: &[f32], scale: f32) {
 
 fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::has_avx2_fma() {
         // SAFETY: the features were just detected.
         return unsafe { softmax_backward_row_avx2(dp, p, scale) };
     }

@@ -148,7 +148,7 @@ impl InplaceOp1 for SoftmaxRows {
 /// are written in 8 lanes so they vectorize).
 fn softmax_row(row: &mut [f32], target: usize, grad: bool) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if super::has_avx2_fma() {
         // SAFETY: the features were just detected.
         return unsafe { softmax_row_avx2(row, target, grad) };
     }

@@ -39,6 +39,13 @@ type Bwd2 = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Grads2> + Send + Syn
 type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 type Bwd3 = Box<dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync>;
 
+/// Whether the CPU kernels of `cpu` and `head` can take their AVX2 + FMA builds (detected once
+/// by std, then a cached load).
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 /// An op whose output was computed eagerly on detached inputs. Its forward hands that output to
 /// the graph (one copy); its backward is the closure. The output is taken on the forward call so
 /// the graph does not keep a second reference to it.
