@@ -48,7 +48,8 @@ pub fn greedy(
             adapter,
             train: false,
             dropout_rng: None,
-            checkpoint: None,
+            sink: None,
+            checkpoint: false,
         });
         let hidden = model.forward_hidden(&ids, &lens, mode)?;
         let last: Vec<Tensor> = lens

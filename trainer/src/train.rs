@@ -158,20 +158,17 @@ impl Session {
             self.spec.orpo.nll_scope,
             self.model.device(),
         )?;
-        let sink = self
-            .spec
-            .train
-            .gradient_checkpointing
-            .then(GradSink::default);
+        let sink = GradSink::default();
         let mode = LoraMode {
             adapter: &self.adapter,
             train: true,
             dropout_rng: Some(rng),
-            checkpoint: sink.clone(),
+            sink: Some(sink.clone()),
+            checkpoint: self.spec.train.gradient_checkpointing,
         };
         let (loss, metrics) = orpo_loss(&self.model, &batch, Some(mode), self.spec.orpo.beta)?;
         let scaled = (loss / scale_div as f64)?;
-        let grads = crate::loss::lora_gradients(&scaled, &self.adapter, sink.as_ref())?;
+        let grads = crate::loss::lora_gradients(&scaled, &self.adapter, Some(&sink))?;
         Ok((grads, metrics, batch.tokens))
     }
 
@@ -193,7 +190,8 @@ impl Session {
                 adapter: &self.adapter,
                 train: false,
                 dropout_rng: None,
-                checkpoint: None,
+                sink: None,
+                checkpoint: false,
             });
             let (_, m) = orpo_loss(&self.model, &batch, mode, self.spec.orpo.beta)?;
             if m.loss.is_finite() {

@@ -5,7 +5,9 @@
 //! default positions) but every op on the path to the loss comes from [`crate::ops`]: frozen
 //! projections give no weight gradients, rope/norm/softmax keep their backward, and the caller
 //! takes log-probs only at the positions that have labels. LoRA is applied on the target
-//! projections when an adapter is given.
+//! projections when an adapter is given. In training each decoder layer is one graph node whose
+//! backward chains the ops' backward halves by hand (`trained_layer`), with or without
+//! gradient checkpointing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,7 +53,7 @@ pub struct Llama {
     device: Device,
 }
 
-/// Gradients of LoRA tensors computed inside checkpointed layers, by tensor id. They never pass
+/// Gradients of LoRA tensors computed by the layers' own backward, by tensor id. They never pass
 /// through the outer graph, so [`crate::loss::lora_gradients`] merges them into the result.
 pub type GradSink = Arc<Mutex<HashMap<TensorId, Tensor>>>;
 
@@ -63,19 +65,23 @@ pub struct LoraMode<'a> {
     /// Source of the dropout masks of the LoRA inputs (training only). One seed is drawn per
     /// forward pass and every mask derives from it, so a recomputed layer sees the same masks.
     pub dropout_rng: Option<&'a mut dyn RngCore>,
+    /// Where the LoRA gradients land in training: each layer is one graph node with a
+    /// hand-written backward (`trained_layer`), so they never pass through candle's graph.
+    pub sink: Option<GradSink>,
     /// Gradient checkpointing: keep only each layer's input in the forward pass and recompute
-    /// the layer in the backward pass; LoRA gradients land in this sink.
-    pub checkpoint: Option<GradSink>,
+    /// the layer in the backward pass.
+    pub checkpoint: bool,
 }
 
-/// What every layer of one forward pass shares: the batch geometry, the attention mask and the
-/// rope tables.
+/// What every layer of one forward pass shares: the attention mask (causal, right padding,
+/// sliding window) and the rope tables.
 #[derive(Clone)]
 struct Pass {
     cfg: Arc<ModelConfig>,
-    mask: Tensor,
+    mask: ops::AttnMask,
     cos: Tensor,
     sin: Tensor,
+    attention: Arc<ops::Attention>,
 }
 
 /// The adapter weights one layer uses, tracked or detached.
@@ -108,17 +114,6 @@ impl LayerLora {
             pairs,
             scale: adapter.scale,
             dropout,
-        }
-    }
-
-    /// The same weights, detached: a checkpointed layer's forward records no graph.
-    fn detached(&self) -> Self {
-        LayerLora {
-            pairs: self
-                .pairs
-                .clone()
-                .map(|p| p.map(|(a, b)| (a.detach(), b.detach()))),
-            ..self.clone()
         }
     }
 }
@@ -205,15 +200,22 @@ impl Llama {
     ) -> Result<Tensor> {
         let t = ids.dim(1)?;
         let (cos, sin) = self.rope_tables(t)?;
+        let mask = ops::AttnMask::causal(lens, t, self.cfg.sliding_window, &self.device);
+        let heads = ops::Heads {
+            q: self.cfg.num_attention_heads,
+            kv: self.cfg.num_key_value_heads,
+            dim: self.cfg.head_dim,
+        };
         let pass = Pass {
             cfg: Arc::new(self.cfg.clone()),
-            mask: self.attention_bias(lens, t)?,
+            attention: Arc::new(ops::Attention::new(&mask, &cos, &sin, heads)?),
+            mask,
             cos,
             sin,
         };
         let mut h =
             candle_nn::Embedding::new(self.embed.clone(), self.cfg.hidden_size).forward(ids)?;
-        let (mut lora, checkpoint) = match lora {
+        let (mut lora, training) = match lora {
             Some(mut mode) => {
                 let dropout = match (mode.dropout_rng.as_deref_mut(), mode.adapter.dropout > 0.0) {
                     (Some(rng), true) => Some((mode.adapter.dropout, rng.next_u64())),
@@ -222,40 +224,24 @@ impl Llama {
                 let tracked = mode.train;
                 let adapter = mode.adapter;
                 let per_layer = move |l: usize| LayerLora::new(adapter, l, tracked, dropout);
-                (Some(per_layer), mode.checkpoint.take().filter(|_| tracked))
+                let sink = mode.sink.take().filter(|_| tracked);
+                (Some(per_layer), sink.map(|s| (s, mode.checkpoint)))
             }
             None => (None, None),
         };
-        if checkpoint.is_some() {
-            // A checkpointed layer records its backward only when its input is in the graph;
-            // the embedding output is not (the table is frozen), so make it a leaf.
+        if training.is_some() {
+            // A layer records its backward only when its input is in the graph; the embedding
+            // output is not (the table is frozen), so make it a leaf.
             h = Var::from_tensor(&h)?.as_tensor().clone();
         }
         for layer in &self.layers {
             let ll = lora.as_mut().map(|f| f(layer.index));
-            h = match &checkpoint {
-                Some(sink) => checkpointed_layer(layer, &pass, &h, ll, sink.clone())?,
+            h = match &training {
+                Some((sink, ckpt)) => trained_layer(layer, &pass, &h, ll, sink.clone(), *ckpt)?,
                 None => layer_forward(layer, &pass, &h, ll.as_ref())?,
             };
         }
         Ok(ops::rms_norm(&h, &self.norm, self.cfg.rms_norm_eps)?)
-    }
-
-    /// `[batch, 1, seq, seq]` additive mask: key `j` is visible from query `i` when `j <= i`, `j`
-    /// is a real token (Hugging Face masks padded keys for every query, padded queries included),
-    /// and, with a sliding window, `i - j < window`.
-    fn attention_bias(&self, lens: &[usize], t: usize) -> Result<Tensor> {
-        let window = self.cfg.sliding_window.unwrap_or(usize::MAX);
-        let mut v = Vec::with_capacity(lens.len() * t * t);
-        for &len in lens {
-            for i in 0..t {
-                for j in 0..t {
-                    let visible = j <= i && j < len && i - j < window;
-                    v.push(if visible { 0f32 } else { f32::NEG_INFINITY });
-                }
-            }
-        }
-        Ok(Tensor::from_vec(v, (lens.len(), 1, t, t), &self.device)?)
     }
 
     /// cos/sin tables `[seq, head_dim / 2]` for positions `0..seq`, computed in f32 as
@@ -340,20 +326,7 @@ fn linear(layer: &Layer, m: usize, x: &Tensor, lora: Option<&LayerLora>) -> Resu
     let Some((lora, (a, b))) = pair else {
         return Ok(ops::frozen_linear(x, &proj.w, proj.b.as_ref())?);
     };
-    let mask = match lora.dropout {
-        Some((p, seed)) => {
-            let seed = seed ^ ((layer.index * 7 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let in_f = proj.w.dim(1)?;
-            Some(dropout_mask(
-                x.elem_count() / in_f,
-                in_f,
-                p,
-                seed,
-                x.device(),
-            )?)
-        }
-        None => None,
-    };
+    let mask = module_dropout(layer, m, x, lora)?;
     let weights = ops::LoraWeights {
         a,
         b,
@@ -363,53 +336,237 @@ fn linear(layer: &Layer, m: usize, x: &Tensor, lora: Option<&LayerLora>) -> Resu
     Ok(ops::lora_linear(x, &proj.w, proj.b.as_ref(), &weights)?)
 }
 
-/// A layer under gradient checkpointing. The forward runs detached and keeps only the layer's
-/// input; the backward recomputes the layer with the graph from that input, back-propagates the
-/// output gradient through it, returns the input gradient and sends the LoRA gradients to `sink`.
-/// Activation memory is then one layer's worth instead of all layers'.
-fn checkpointed_layer(
+/// The dropout mask of module `m`'s LoRA input, from the pass's seed: the same in a forward
+/// and in the backward that recomputes it.
+fn module_dropout(layer: &Layer, m: usize, x: &Tensor, lora: &LayerLora) -> Result<Option<Tensor>> {
+    let Some((p, seed)) = lora.dropout else {
+        return Ok(None);
+    };
+    let seed = seed ^ ((layer.index * 7 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let in_f = layer.proj[m].w.dim(1)?;
+    let rows = x.elem_count() / in_f;
+    Ok(Some(dropout_mask(rows, in_f, p, seed, x.device())?))
+}
+
+/// What one layer's backward reads, as `[tokens, features]` matrices: the layer input, the
+/// first norm's output, q, k, v, the attention output (and its saved row statistics), the
+/// residual after attention, the second norm's output, gate, up and their SwiGLU. The same set
+/// candle's graph kept when each op was its own node.
+struct Acts {
+    h: Tensor,
+    x1: Tensor,
+    qkv: [Tensor; 3],
+    att: ops::AttnSaved,
+    o: Tensor,
+    h2: Tensor,
+    x2: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    s: Tensor,
+}
+
+/// The forward of one decoder layer on detached `h: [b, t, hidden]`, with what its backward
+/// needs. Records no graph.
+fn layer_acts(
+    layer: &Layer,
+    pass: &Pass,
+    h: &Tensor,
+    lora: Option<&LayerLora>,
+) -> Result<(Tensor, Acts)> {
+    let (b, t, hid) = h.dims3()?;
+    let eps = pass.cfg.rms_norm_eps;
+    let lin = |m: usize, x: &Tensor| lin_fwd(layer, m, x, lora);
+    let h = h.reshape((b * t, hid))?;
+    let x1 = ops::rms_norm(&h, &layer.input_norm, eps)?;
+    let qkv = [lin(0, &x1)?, lin(1, &x1)?, lin(2, &x1)?];
+    let [q, k, v] = qkv.each_ref().map(|x| x.reshape((b, t, ())));
+    let (o, att) = pass.attention.fwd(&q?, &k?, &v?)?;
+    let o = o.reshape((b * t, ()))?;
+    let h2 = ops::add(&h, &lin(3, &o)?)?;
+    let x2 = ops::rms_norm(&h2, &layer.post_norm, eps)?;
+    let (gate, up) = (lin(4, &x2)?, lin(5, &x2)?);
+    let s = ops::swiglu_fwd(&gate, &up)?;
+    let out = ops::add(&h2, &lin(6, &s)?)?.reshape((b, t, hid))?;
+    let acts = Acts {
+        h,
+        x1,
+        qkv,
+        att,
+        o,
+        h2,
+        x2,
+        gate,
+        up,
+        s,
+    };
+    Ok((out, acts))
+}
+
+/// The input gradient of one layer for the output gradient `g: [b, t, hidden]`, with the LoRA
+/// gradients added to `sink`. The first layer's input gradient is not needed (the embedding is
+/// frozen) and comes back as zeros.
+fn layer_backward(
+    layer: &Layer,
+    pass: &Pass,
+    acts: &Acts,
+    lora: Option<&LayerLora>,
+    g: &Tensor,
+    sink: &GradSink,
+) -> Result<Tensor> {
+    let (b, t, hid) = g.dims3()?;
+    let eps = pass.cfg.rms_norm_eps;
+    let g = g.reshape((b * t, hid))?;
+    let mut grads = Vec::new();
+    let mut lin = |m: usize, x: &Tensor, g: &Tensor, need_dx: bool| {
+        lin_bwd(layer, m, x, g, lora, need_dx, &mut grads)
+    };
+    let some = |x: Option<Tensor>| x.ok_or_else(|| internal("missing input gradient"));
+    // MLP: out = h2 + down(swiglu(gate(x2), up(x2))), x2 = norm(h2).
+    let ds = some(lin(6, &acts.s, &g, true)?)?;
+    let (dgate, dup) = ops::swiglu_bwd(&acts.gate, &acts.up, &ds)?;
+    let dx2 = ops::add(
+        &some(lin(4, &acts.x2, &dgate, true)?)?,
+        &some(lin(5, &acts.x2, &dup, true)?)?,
+    )?;
+    let dh2 = ops::add(
+        &g,
+        &ops::rms_norm_bwd(&acts.h2, &dx2, &layer.post_norm, eps)?,
+    )?;
+    // Attention: h2 = h + o_proj(attention(q(x1), k(x1), v(x1))), x1 = norm(h).
+    let do_ = some(lin(3, &acts.o, &dh2, true)?)?.reshape((b, t, ()))?;
+    let [q, k, v] = acts.qkv.each_ref().map(|x| x.reshape((b, t, ())));
+    let (dq, dk, dv) = pass
+        .attention
+        .bwd((&q?, &k?, &v?), &do_, &acts.att, [true; 3])?;
+    let input_grad = layer.index > 0;
+    let mut dx1: Option<Tensor> = None;
+    for (m, d) in [dq, dk, dv].into_iter().enumerate() {
+        let d = some(d)?.reshape((b * t, ()))?;
+        if let Some(dx) = lin(m, &acts.x1, &d, input_grad)? {
+            dx1 = Some(match dx1 {
+                Some(acc) => ops::add(&acc, &dx)?,
+                None => dx,
+            });
+        }
+    }
+    let dh = match dx1 {
+        Some(dx1) => ops::add(
+            &dh2,
+            &ops::rms_norm_bwd(&acts.h, &dx1, &layer.input_norm, eps)?,
+        )?,
+        None => dh2.zeros_like()?,
+    };
+    let mut sink = sink
+        .lock()
+        .map_err(|_| internal("gradient sink poisoned"))?;
+    for (id, g) in grads {
+        let sum = match sink.remove(&id) {
+            Some(acc) => (acc + g)?,
+            None => g,
+        };
+        sink.insert(id, sum);
+    }
+    Ok(dh.reshape((b, t, hid))?)
+}
+
+/// The LoRA weights of module `m`, detached for computing, with the ids their gradients are
+/// filed under.
+fn module_lora(
+    layer: &Layer,
+    m: usize,
+    x: &Tensor,
+    lora: Option<&LayerLora>,
+) -> Result<Option<(ops::LoraOwned, [TensorId; 2])>> {
+    let Some((lora, (a, b))) = lora.and_then(|l| l.pairs[m].as_ref().map(|p| (l, p))) else {
+        return Ok(None);
+    };
+    let owned = ops::LoraOwned {
+        a: a.detach(),
+        b: b.detach(),
+        scale: lora.scale,
+        dropout_mask: module_dropout(layer, m, x, lora)?,
+    };
+    Ok(Some((owned, [a.id(), b.id()])))
+}
+
+/// Projection `m` of `x: [tokens, in]`, no graph.
+fn lin_fwd(layer: &Layer, m: usize, x: &Tensor, lora: Option<&LayerLora>) -> Result<Tensor> {
+    let proj = &layer.proj[m];
+    match module_lora(layer, m, x, lora)? {
+        Some((l, _)) => Ok(ops::lora_linear_fwd(
+            x,
+            &proj.w,
+            proj.b.as_ref(),
+            &l.weights(),
+        )?),
+        None => {
+            let y = x.matmul(&proj.w.t()?)?;
+            Ok(match &proj.b {
+                Some(bias) => y.broadcast_add(bias)?,
+                None => y,
+            })
+        }
+    }
+}
+
+/// The input gradient of projection `m` (when `need_dx`), its LoRA gradients pushed to `grads`.
+fn lin_bwd(
+    layer: &Layer,
+    m: usize,
+    x: &Tensor,
+    g: &Tensor,
+    lora: Option<&LayerLora>,
+    need_dx: bool,
+    grads: &mut Vec<(TensorId, Tensor)>,
+) -> Result<Option<Tensor>> {
+    let w = &layer.proj[m].w;
+    let Some((l, [a_id, b_id])) = module_lora(layer, m, x, lora)? else {
+        return Ok(if need_dx { Some(g.matmul(w)?) } else { None });
+    };
+    let (dx, da, db) = ops::lora_linear_bwd(x, g, w, &l.weights(), [need_dx, true, true])?;
+    grads.extend(da.map(|d| (a_id, d)));
+    grads.extend(db.map(|d| (b_id, d)));
+    Ok(dx)
+}
+
+/// One decoder layer in training: a single graph node whose backward is [`layer_backward`], so
+/// candle's autograd sees one node per layer instead of dozens, and makes none of its
+/// per-operand zero tensors and sums inside the layer. Without checkpointing the activations
+/// ([`Acts`]) are kept from the forward pass; with it only the layer's input is, and the
+/// backward recomputes them first, so activation memory is one layer's worth instead of all
+/// layers'.
+fn trained_layer(
     layer: &Layer,
     pass: &Pass,
     h: &Tensor,
     lora: Option<LayerLora>,
     sink: GradSink,
+    checkpoint: bool,
 ) -> Result<Tensor> {
-    let out = layer_forward(
-        layer,
-        pass,
-        &h.detach(),
-        lora.as_ref().map(LayerLora::detached).as_ref(),
-    )?;
+    let (out, acts) = layer_acts(layer, pass, &h.detach(), lora.as_ref())?;
+    let kept = (!checkpoint).then_some(acts);
     let (layer, pass) = (layer.clone(), pass.clone());
+    let backward = move |h: &Tensor, g: &Tensor| -> Result<Tensor> {
+        let recomputed;
+        let acts = match &kept {
+            Some(acts) => acts,
+            None => {
+                recomputed = layer_acts(&layer, &pass, &h.detach(), lora.as_ref())?.1;
+                &recomputed
+            }
+        };
+        layer_backward(&layer, &pass, acts, lora.as_ref(), g, &sink)
+    };
     Ok(ops::with_backward1(
-        "checkpointed-layer",
+        "decoder-layer",
         h,
         out,
-        move |h, _, grad| {
-            let input = Var::from_tensor(&h.detach())?;
-            let out = layer_forward(&layer, &pass, input.as_tensor(), lora.as_ref())
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            let grads = (out * grad.detach())?.sum_all()?.backward()?;
-            let mut sink = sink
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("gradient sink poisoned".into()))?;
-            for (a, b) in lora.iter().flat_map(|l| l.pairs.iter().flatten()) {
-                for w in [a, b] {
-                    if let Some(g) = grads.get(w) {
-                        let sum = match sink.remove(&w.id()) {
-                            Some(acc) => (acc + g)?,
-                            None => g.clone(),
-                        };
-                        sink.insert(w.id(), sum);
-                    }
-                }
-            }
-            match grads.get(input.as_tensor()) {
-                Some(g) => Ok(g.clone()),
-                None => input.as_tensor().zeros_like(),
-            }
-        },
+        move |h, _, g| backward(h, g).map_err(|e| candle_core::Error::Msg(e.to_string())),
     )?)
+}
+
+fn internal(message: &str) -> Error {
+    candle_core::Error::Msg(message.into()).into()
 }
 
 /// An inverted-dropout mask `[rows, cols]` (entries 0 or `1 / (1 - p)`) from a seeded RNG, so a

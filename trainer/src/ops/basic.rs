@@ -26,21 +26,26 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let y = candle_nn::ops::rms_norm(&x.detach(), w, eps as f32)?;
     let w = w.clone();
     with_backward1("rms-norm", x, y, move |x, _, g| {
-        // y = w * x * rstd;  dx = rstd * (gw - xhat * mean(gw * xhat)),  xhat = x * rstd.
-        if let Some(dx) = super::cpu::rms_norm_backward(x, g, &w, eps as f32)? {
-            return Ok(dx);
-        }
-        let dtype = x.dtype();
-        let x = x.to_dtype(DType::F32)?;
-        let g = g.to_dtype(DType::F32)?;
-        let w = w.to_dtype(DType::F32)?;
-        let rstd = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
-        let xhat = x.broadcast_mul(&rstd)?;
-        let gw = g.broadcast_mul(&w)?;
-        let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)?;
-        dx.to_dtype(dtype)
+        rms_norm_bwd(&x.detach(), g, &w, eps)
     })
+}
+
+/// The input gradient of [`rms_norm`]:
+/// `dx = rstd * (gw - xhat * mean(gw * xhat))`, `xhat = x * rstd`.
+pub(crate) fn rms_norm_bwd(x: &Tensor, g: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(dx) = super::cpu::rms_norm_backward(x, g, w, eps as f32)? {
+        return Ok(dx);
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let g = g.to_dtype(DType::F32)?;
+    let w = w.to_dtype(DType::F32)?;
+    let rstd = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let xhat = x.broadcast_mul(&rstd)?;
+    let gw = g.broadcast_mul(&w)?;
+    let dot = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
+    let dx = (gw - xhat.broadcast_mul(&dot)?)?.broadcast_mul(&rstd)?;
+    dx.to_dtype(dtype)
 }
 
 /// Rotary embedding in Hugging Face's rotate-half layout. `x: [b, heads, seq, head_dim]`,

@@ -1,4 +1,5 @@
-//! Element-wise CPU kernels for the fused ops, on rayon's threads.
+//! CPU kernels for the fused ops, on rayon's threads: element-wise passes, and a checked f32
+//! matmul on slices (the `gemm` crate candle itself calls) for the ops that tile their own.
 //!
 //! candle runs element-wise ops on the calling thread (see `runtime`: its own pool cost more
 //! than it saved), one op per pass over memory. For the few places where a decoder layer does
@@ -10,6 +11,7 @@
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, Device, Result, Storage, Tensor};
+use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 /// Elements per rayon task: large enough to amortise the task, small enough to balance.
@@ -18,10 +20,19 @@ const CHUNK: usize = 16 * 1024;
 /// Runs `f` on the contiguous f32 data of each tensor, if they all have it and one shape.
 fn with_slices<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) -> R) -> Option<R> {
     let shape = ts[0].shape();
-    if ts
-        .iter()
-        .any(|t| t.shape() != shape || !t.device().is_cpu())
-    {
+    if ts.iter().any(|t| t.shape() != shape) {
+        return None;
+    }
+    with_data(ts, f)
+}
+
+/// Runs `f` on the contiguous f32 data of each tensor, if they all are contiguous f32 CPU
+/// tensors (of any shapes).
+pub(super) fn with_data<const N: usize, R>(
+    ts: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> R,
+) -> Option<R> {
+    if ts.iter().any(|t| !t.device().is_cpu()) {
         return None;
     }
     let guards = ts.map(|t| t.storage_and_layout());
@@ -35,6 +46,101 @@ fn with_slices<const N: usize, R>(ts: [&Tensor; N], f: impl FnOnce([&[f32]; N]) 
         *slot = &v[lo..hi];
     }
     Some(f(slices))
+}
+
+/// A row-major view: data, row stride, column stride (in elements).
+pub(super) struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    pub(super) fn rows(data: &'a [f32], rs: usize) -> Self {
+        Mat { data, rs, cs: 1 }
+    }
+
+    /// The transpose of a row-major matrix with row stride `rs`.
+    pub(super) fn transposed(data: &'a [f32], rs: usize) -> Self {
+        Mat {
+            data,
+            rs: 1,
+            cs: rs,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m, n] = beta * lhs[m, k] rhs[k, n]` (`+=` with `acc`), on the calling thread; `dst` is
+/// row-major with row stride `dst_rs`. For products inside a rayon task.
+pub(super) fn matmul(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    beta: f32,
+) {
+    gemm_f32(mnk, dst, dst_rs, acc, lhs, rhs, beta, Parallelism::None)
+}
+
+/// [`matmul`] on all of rayon's threads, for one large product.
+pub(super) fn matmul_par(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+) {
+    let par = Parallelism::Rayon(rayon::current_num_threads());
+    gemm_f32(mnk, dst, dst_rs, false, lhs, rhs, 1.0, par)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    beta: f32,
+    parallelism: Parallelism,
+) {
+    let out = Mat::rows(dst, dst_rs);
+    assert!(
+        out.fits(m, n) && lhs.fits(m, k) && rhs.fits(k, n),
+        "matmul operand out of bounds"
+    );
+    // SAFETY: the assert above keeps every index the product reads or writes inside its slice,
+    // and `dst` is a unique borrow, so it aliases neither operand.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// `K` outputs of `f` applied element by element to `N` inputs of one shape.
@@ -195,179 +301,6 @@ fn rms_norm_backward_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f
     let k = gwx / n * rstd * rstd;
     for (((dx, &x), &g), &w) in dx.iter_mut().zip(x).zip(g).zip(w) {
         *dx = rstd * (g * w - x * k);
-    }
-}
-
-/// `softmax(scores * scale + bias)` over the last dim, in place on `scores: [b, h, t, t]` (which
-/// the caller owns alone), with `bias: [b, 1, t, t]` the additive mask; masked keys get exactly
-/// 0. Returns false, leaving `scores` alone, when the tensors are not contiguous f32 on the CPU.
-pub(super) fn masked_softmax_in_place(scores: &Tensor, bias: &Tensor, scale: f32) -> Result<bool> {
-    let (b, _, t, t2) = scores.dims4()?;
-    if bias.dims() != [b, 1, t, t2] || !scores.is_contiguous() || !scores.device().is_cpu() {
-        return Ok(false);
-    }
-    let op = RowsInPlace {
-        other: bias.clone(),
-        kind: Rows::Softmax { scale, t },
-    };
-    scores.inplace_op1(&op)?;
-    Ok(true)
-}
-
-/// The softmax gradient of attention, in place on `dp` (the gradient of the probabilities, owned
-/// by the caller): `ds = p * (dp - sum(dp * p)) * scale` per row. Returns false when not a
-/// contiguous f32 CPU pair of one shape.
-pub(super) fn softmax_backward_in_place(dp: &Tensor, p: &Tensor, scale: f32) -> Result<bool> {
-    if dp.shape() != p.shape() || !dp.is_contiguous() || !dp.device().is_cpu() {
-        return Ok(false);
-    }
-    let op = RowsInPlace {
-        other: p.clone(),
-        kind: Rows::SoftmaxBackward { scale },
-    };
-    dp.inplace_op1(&op)?;
-    Ok(true)
-}
-
-enum Rows {
-    /// `other` is the `[b, 1, t, t]` bias; rows of one batch element are `h * t` in a row.
-    Softmax { scale: f32, t: usize },
-    /// `other` is `p`, of the target's shape.
-    SoftmaxBackward { scale: f32 },
-}
-
-/// A row-wise kernel over the last dim of a contiguous f32 tensor, rows in parallel.
-struct RowsInPlace {
-    other: Tensor,
-    kind: Rows,
-}
-
-impl candle_core::InplaceOp1 for RowsInPlace {
-    fn name(&self) -> &'static str {
-        "rows-in-place"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &candle_core::Layout) -> Result<()> {
-        let (CpuStorage::F32(data), Some((lo, hi))) = (storage, layout.contiguous_offsets()) else {
-            candle_core::bail!("rows-in-place: target must be contiguous f32");
-        };
-        let n = *layout.dims().last().expect("rank >= 1");
-        let rows = &mut data[lo..hi];
-        let done = with_slices([&self.other], |[other]| match self.kind {
-            Rows::Softmax { scale, t } => {
-                // Rows of one batch element: heads * t; the bias holds t rows per element.
-                let per_batch = rows.len() / (other.len() / t);
-                rows.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-                    let (bi, qi) = (r / per_batch, r % t);
-                    let bias = &other[(bi * t + qi) * n..][..n];
-                    softmax_row(row, bias, scale);
-                });
-            }
-            Rows::SoftmaxBackward { scale } => {
-                rows.par_chunks_mut(n)
-                    .zip(other.par_chunks(n))
-                    .for_each(|(dp, p)| softmax_backward_row(dp, p, scale));
-            }
-        });
-        match done {
-            Some(()) => Ok(()),
-            None => candle_core::bail!("rows-in-place: operand must be contiguous f32"),
-        }
-    }
-}
-
-fn softmax_row(row: &mut [f32], bias: &[f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2_fma() {
-        // SAFETY: the features were just detected.
-        return unsafe { softmax_row_avx2(row, bias, scale) };
-    }
-    softmax_row_generic(row, bias, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_row_avx2(row: &mut [f32], bias: &[f32], scale: f32) {
-    softmax_row_generic(row, bias, scale)
-}
-
-/// Lanes of the row reductions: 8 independent accumulators so the loops vectorize.
-const L: usize = 8;
-
-#[inline(always)]
-fn softmax_row_generic(row: &mut [f32], bias: &[f32], scale: f32) {
-    // Lane loops over chunks of L, then the tail: the shape LLVM vectorizes.
-    let n = row.len() / L * L;
-    let mut lanes = [f32::NEG_INFINITY; L];
-    for (c, m) in row[..n].chunks_exact_mut(L).zip(bias.chunks_exact(L)) {
-        for i in 0..L {
-            c[i] = c[i].mul_add(scale, m[i]);
-            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
-        }
-    }
-    let mut max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    for (x, &m) in row[n..].iter_mut().zip(&bias[n..]) {
-        *x = x.mul_add(scale, m);
-        max = max.max(*x);
-    }
-    if max == f32::NEG_INFINITY {
-        // Every key masked: no row of our masks does this; zeros rather than NaN.
-        row.fill(0.0);
-        return;
-    }
-    let exp = |x: f32| {
-        if x == f32::NEG_INFINITY {
-            0.0
-        } else {
-            super::head::exp_neg(x - max)
-        }
-    };
-    let mut sums = [0f32; L];
-    for c in row[..n].chunks_exact_mut(L) {
-        for i in 0..L {
-            c[i] = exp(c[i]);
-            sums[i] += c[i];
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for x in row[n..].iter_mut() {
-        *x = exp(*x);
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
-}
-
-fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    if super::has_avx2_fma() {
-        // SAFETY: the features were just detected.
-        return unsafe { softmax_backward_row_avx2(dp, p, scale) };
-    }
-    softmax_backward_row_generic(dp, p, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_backward_row_avx2(dp: &mut [f32], p: &[f32], scale: f32) {
-    softmax_backward_row_generic(dp, p, scale)
-}
-
-#[inline(always)]
-fn softmax_backward_row_generic(dp: &mut [f32], p: &[f32], scale: f32) {
-    let n = dp.len() / L * L;
-    let mut dots = [0f32; L];
-    for (d, p) in dp[..n].chunks_exact(L).zip(p.chunks_exact(L)) {
-        for i in 0..L {
-            dots[i] = d[i].mul_add(p[i], dots[i]);
-        }
-    }
-    let tail: f32 = dp[n..].iter().zip(&p[n..]).map(|(d, p)| d * p).sum();
-    let dot = dots.iter().sum::<f32>() + tail;
-    for (d, &p) in dp.iter_mut().zip(p) {
-        *d = p * (*d - dot) * scale;
     }
 }
 

@@ -1,12 +1,15 @@
 //! Fused ops of the decoder layer. Each keeps only its inputs for the backward pass and
-//! recomputes the rest there: the LoRA product `x A^T` (rank r, cheap), the attention scores and
+//! recomputes the rest there: the LoRA product `x A^T` (rank r, cheap), the attention
 //! probabilities (as FlashAttention does), the SiLU. candle would otherwise keep every
-//! intermediate of a composite op alive until the backward pass ends.
+//! intermediate of a composite op alive until the backward pass ends. Each op is a graph-free
+//! `*_fwd`/`*_bwd` pair (or [`Attention::fwd`]/[`Attention::bwd`]) wrapped into a graph node.
 
-use candle_core::{DType, Result, Tensor, D};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device, Result, Tensor, D};
 
 use super::basic::rope_backward;
-use super::{cpu, with_backward2, with_backward3};
+use super::{cpu, flash, with_backward2, with_backward3};
 
 /// The adapter of one projection as [`lora_linear`] uses it.
 pub struct LoraWeights<'a> {
@@ -20,6 +23,25 @@ pub struct LoraWeights<'a> {
     pub dropout_mask: Option<&'a Tensor>,
 }
 
+/// [`LoraWeights`] that own their tensors.
+pub(crate) struct LoraOwned {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout_mask: Option<Tensor>,
+}
+
+impl LoraOwned {
+    pub(crate) fn weights(&self) -> LoraWeights<'_> {
+        LoraWeights {
+            a: &self.a,
+            b: &self.b,
+            scale: self.scale,
+            dropout_mask: self.dropout_mask.as_ref(),
+        }
+    }
+}
+
 /// `x W^T (+ bias) + scale * B A (mask * x)`, PEFT's LoRA linear, with `W` frozen: gradients go
 /// to `x`, `A` and `B`. The LoRA branch runs in f32 whatever the base dtype.
 pub fn lora_linear(
@@ -31,59 +53,114 @@ pub fn lora_linear(
     let dims = x.dims().to_vec();
     let (out_f, in_f) = w.dims2()?;
     let x2 = x.reshape(((), in_f))?;
-    let dtype = x.dtype();
-    let lora_input = |x2: &Tensor, mask: Option<&Tensor>| -> Result<Tensor> {
-        let xf = x2.to_dtype(DType::F32)?;
-        match mask {
-            Some(m) => xf * m,
-            None => Ok(xf),
-        }
-    };
-    let (a, b, scale) = (lora.a.detach(), lora.b.detach(), lora.scale);
-    let xd = x2.detach();
-    let mut y = xd.matmul(&w.t()?)?;
-    if let Some(bias) = bias {
-        y = y.broadcast_add(bias)?;
-    }
-    let u = lora_input(&xd, lora.dropout_mask)?.matmul(&a.t()?)?;
-    // The scale goes on B (`[out, r]`), not on the `[tokens, out]` product: one pass fewer.
-    let y = add(&y, &u.matmul(&(&b * scale)?.t()?)?.to_dtype(dtype)?)?;
-    let (w, mask) = (w.clone(), lora.dropout_mask.cloned());
+    let y = lora_linear_fwd(&x2.detach(), w, bias, lora)?;
+    let (w, mask, scale) = (w.clone(), lora.dropout_mask.cloned(), lora.scale);
     let y = with_backward3(
         "lora-linear",
         (&x2, lora.a, lora.b),
         y,
         move |x2, a, b, g| {
-            let xl = lora_input(&x2.detach(), mask.as_ref())?;
-            let (a_d, b_d) = (a.detach(), b.detach());
-            let g32 = g.to_dtype(DType::F32)?;
-            let du = (g32.matmul(&b_d)? * scale)?;
-            let dx = if x2.track_op() {
-                let mut dl = du.matmul(&a_d)?;
-                if let Some(m) = &mask {
-                    dl = (dl * m)?;
-                }
-                Some(add(&g.matmul(&w)?, &dl.to_dtype(g.dtype())?)?)
-            } else {
-                None
+            let lora = LoraWeights {
+                a: &a.detach(),
+                b: &b.detach(),
+                scale,
+                dropout_mask: mask.as_ref(),
             };
-            let da = if a.track_op() {
-                Some(du.t()?.matmul(&xl)?)
-            } else {
-                None
-            };
-            let db = if b.track_op() {
-                let u = xl.matmul(&a_d.t()?)?;
-                Some((g32.t()?.matmul(&u)? * scale)?)
-            } else {
-                None
-            };
-            Ok((dx, da, db))
+            let need = [x2.track_op(), a.track_op(), b.track_op()];
+            lora_linear_bwd(&x2.detach(), g, &w, &lora, need)
         },
     )?;
     let mut out_dims = dims;
     *out_dims.last_mut().expect("x has at least one dim") = out_f;
     y.reshape(out_dims)
+}
+
+/// The forward of [`lora_linear`] on `x: [tokens, in]`, no graph.
+pub(crate) fn lora_linear_fwd(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    lora: &LoraWeights<'_>,
+) -> Result<Tensor> {
+    let mut y = if merged(w, lora) {
+        x.matmul(&effective_weight(w, lora)?.t()?)?
+    } else {
+        x.matmul(&w.t()?)?
+    };
+    if let Some(bias) = bias {
+        y = y.broadcast_add(bias)?;
+    }
+    if !merged(w, lora) {
+        let u = lora_input(x, lora.dropout_mask)?.matmul(&lora.a.t()?)?;
+        // The scale goes on B (`[out, r]`), not on the `[tokens, out]` product: one pass fewer.
+        y = add(
+            &y,
+            &u.matmul(&(lora.b * lora.scale)?.t()?)?
+                .to_dtype(x.dtype())?,
+        )?;
+    }
+    Ok(y)
+}
+
+/// The gradients of [`lora_linear`] for `x: [tokens, in]` and `g: [tokens, out]`: `(dx, dA,
+/// dB)`, each computed only where `need` says so.
+pub(crate) fn lora_linear_bwd(
+    x: &Tensor,
+    g: &Tensor,
+    w: &Tensor,
+    lora: &LoraWeights<'_>,
+    need: [bool; 3],
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let xl = lora_input(x, lora.dropout_mask)?;
+    let (a, b, scale) = (lora.a, lora.b, lora.scale);
+    let g32 = g.to_dtype(DType::F32)?;
+    let du = (g32.matmul(b)? * scale)?;
+    let dx = match (need[0], merged(w, lora)) {
+        (false, _) => None,
+        (true, true) => Some(g.matmul(&effective_weight(w, lora)?)?),
+        (true, false) => {
+            let mut dl = du.matmul(a)?;
+            if let Some(m) = lora.dropout_mask {
+                dl = (dl * m)?;
+            }
+            Some(add(&g.matmul(w)?, &dl.to_dtype(g.dtype())?)?)
+        }
+    };
+    // `(xl^T du)^T`: gemm runs the `[in, r]` product twice as fast as `du^T xl`.
+    let da = if need[1] {
+        Some(xl.t()?.matmul(&du)?.t()?.contiguous()?)
+    } else {
+        None
+    };
+    let db = if need[2] {
+        let u = xl.matmul(&a.t()?)?;
+        Some((g32.t()?.matmul(&u)? * scale)?)
+    } else {
+        None
+    };
+    Ok((dx, da, db))
+}
+
+/// Without dropout and with an f32 base, `x W^T + s (x A^T) B^T = x (W + s B A)^T`: one
+/// weight-sized product (`out x in x r`, ~0.1% of the token-sized ones at 4096 tokens) and one
+/// matmul per pass instead of three plus a `[tokens, out]` sum each way. A bf16 base would round
+/// the adapter's small delta away, so it keeps the separate branch.
+fn merged(w: &Tensor, lora: &LoraWeights<'_>) -> bool {
+    lora.dropout_mask.is_none() && w.dtype() == DType::F32
+}
+
+/// `W + scale * B A`.
+fn effective_weight(w: &Tensor, lora: &LoraWeights<'_>) -> Result<Tensor> {
+    add(w, &(lora.b * lora.scale)?.matmul(lora.a)?)
+}
+
+/// The LoRA branch's input: `x` in f32, times the dropout mask.
+fn lora_input(x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let xf = x.to_dtype(DType::F32)?;
+    match mask {
+        Some(m) => xf * m,
+        None => Ok(xf),
+    }
 }
 
 /// Head counts of an attention call: query heads, key/value heads, head size.
@@ -94,44 +171,95 @@ pub struct Heads {
     pub dim: usize,
 }
 
+/// Which keys each query of a right-padded batch sees: key `j` is visible from query `i` when
+/// `j <= i`, `j` is a real token (Hugging Face masks padded keys for every query, padded queries
+/// included), and, with a sliding window, `i - j < window`. The CPU kernel reads these ranges;
+/// the other paths add the `[b, 1, t, t]` bias, made on first use. Cloning shares both.
+#[derive(Clone)]
+pub struct AttnMask(Arc<MaskInner>);
+
+struct MaskInner {
+    lens: Vec<usize>,
+    t: usize,
+    window: usize,
+    device: Device,
+    bias: OnceLock<Tensor>,
+}
+
+impl AttnMask {
+    /// For sequences of real lengths `lens` padded to `t`.
+    pub fn causal(lens: &[usize], t: usize, window: Option<usize>, device: &Device) -> Self {
+        AttnMask(Arc::new(MaskInner {
+            lens: lens.to_vec(),
+            t,
+            window: window.unwrap_or(usize::MAX),
+            device: device.clone(),
+            bias: OnceLock::new(),
+        }))
+    }
+
+    /// Query `i` of sequence `b` sees keys `lo..hi` (empty when `lo >= hi`).
+    pub(super) fn range(&self, b: usize, i: usize) -> (usize, usize) {
+        let m = &self.0;
+        ((i + 1).saturating_sub(m.window), (i + 1).min(m.lens[b]))
+    }
+
+    /// The additive mask `[b, 1, t, t]`: 0 where visible, -inf elsewhere.
+    pub fn bias(&self) -> Result<Tensor> {
+        let m = &self.0;
+        if let Some(b) = m.bias.get() {
+            return Ok(b.clone());
+        }
+        let t = m.t;
+        let mut v = vec![f32::NEG_INFINITY; m.lens.len() * t * t];
+        for (b, rows) in v.chunks_exact_mut(t * t).enumerate() {
+            for (i, row) in rows.chunks_exact_mut(t).enumerate() {
+                let (lo, hi) = self.range(b, i);
+                row[lo.min(hi)..hi].fill(0.0);
+            }
+        }
+        let bias = Tensor::from_vec(v, (m.lens.len(), 1, t, t), &m.device)?;
+        Ok(m.bias.get_or_init(|| bias).clone())
+    }
+}
+
 /// Causal grouped-query attention with rotate-half rope, on projection outputs
-/// `q: [b, t, heads.q * dim]`, `k`, `v: [b, t, heads.kv * dim]`; `mask` is the additive
-/// `[b, 1, t, t]` bias, `cos`/`sin` are `[t, dim / 2]`. Returns `[b, t, heads.q * dim]`.
-/// The backward pass recomputes rope, scores and probabilities from q, k and v.
+/// `q: [b, t, heads.q * dim]`, `k`, `v: [b, t, heads.kv * dim]`; `cos`/`sin` are
+/// `[t, dim / 2]`. Returns `[b, t, heads.q * dim]`. On the CPU in f32 it runs the blocked kernel
+/// of `flash` (causal blocks only, no scores tensor); elsewhere the dense product with the
+/// mask's bias. The backward recomputes rope and the probabilities.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
+    mask: &AttnMask,
     cos: &Tensor,
     sin: &Tensor,
     heads: Heads,
 ) -> Result<Tensor> {
-    let inner = AttnInner {
-        heads,
-        mask: mask.clone(),
-        cos: cos.clone(),
-        sin: sin.clone(),
-        cos2: Tensor::cat(&[cos, cos], D::Minus1)?,
-        sin2: Tensor::cat(&[sin, sin], D::Minus1)?,
-    };
-    let fwd = inner.forward(&q.detach(), &k.detach(), &v.detach())?;
-    let out = fwd.out;
+    let att = Attention::new(mask, cos, sin, heads)?;
+    let (out, saved) = att.fwd(&q.detach(), &k.detach(), &v.detach())?;
     with_backward3("attention", (q, k, v), out, move |q, k, v, g| {
-        inner.backward(q, k, v, g)
+        let need = [q.track_op(), k.track_op(), v.track_op()];
+        att.bwd((&q.detach(), &k.detach(), &v.detach()), g, &saved, need)
     })
 }
 
-struct AttnInner {
+/// What the attention forward keeps for its backward: each query row's log-sum-exp on the
+/// CPU path, nothing on the dense one (it recomputes the probabilities).
+pub(crate) struct AttnSaved(Option<Vec<f32>>);
+
+/// One attention call's constants: heads, mask, rope tables.
+pub(crate) struct Attention {
     heads: Heads,
-    mask: Tensor,
+    mask: AttnMask,
     cos: Tensor,
     sin: Tensor,
     cos2: Tensor,
     sin2: Tensor,
 }
 
-/// What the forward pass computes and the backward pass recomputes.
+/// What the dense forward pass computes and its backward pass recomputes.
 struct AttnState {
     /// Roped q grouped by kv head: `[b, kv, rep * t, dim]`.
     qg: Tensor,
@@ -143,7 +271,45 @@ struct AttnState {
     out: Tensor,
 }
 
-impl AttnInner {
+impl Attention {
+    pub(crate) fn new(mask: &AttnMask, cos: &Tensor, sin: &Tensor, heads: Heads) -> Result<Self> {
+        Ok(Attention {
+            heads,
+            mask: mask.clone(),
+            cos: cos.clone(),
+            sin: sin.clone(),
+            cos2: Tensor::cat(&[cos, cos], D::Minus1)?,
+            sin2: Tensor::cat(&[sin, sin], D::Minus1)?,
+        })
+    }
+
+    fn flash(&self, q: &Tensor) -> bool {
+        q.dtype() == DType::F32 && q.device().is_cpu()
+    }
+
+    /// The output `[b, t, heads.q * dim]` of detached `q`, `k`, `v`.
+    pub(crate) fn fwd(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, AttnSaved)> {
+        if self.flash(q) {
+            let (out, lse) = self.flash_forward(q, k, v)?;
+            return Ok((out, AttnSaved(Some(lse))));
+        }
+        Ok((self.forward(q, k, v)?.out, AttnSaved(None)))
+    }
+
+    /// `(dq, dk, dv)` for the output gradient `g`, each where `need` says so.
+    pub(crate) fn bwd(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        g: &Tensor,
+        saved: &AttnSaved,
+        need: [bool; 3],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        match &saved.0 {
+            Some(lse) if self.flash(q) => self.flash_backward(q, k, v, g, lse, need),
+            _ => self.backward(q, k, v, g, need),
+        }
+    }
+
     /// `[b, t, n * dim]` -> `[b, n, t, dim]`, contiguous.
     fn split(&self, x: &Tensor, n: usize) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
@@ -158,6 +324,80 @@ impl AttnInner {
         x.transpose(1, 2)?.reshape((b, t, n * d))
     }
 
+    /// Roped q and k, and v, split into heads: `[b, heads, t, dim]` each, contiguous.
+    fn heads_of(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let Heads { q: nh, kv: nkv, .. } = self.heads;
+        Ok((
+            candle_nn::rotary_emb::rope(&self.split(q, nh)?, &self.cos, &self.sin)?,
+            candle_nn::rotary_emb::rope(&self.split(k, nkv)?, &self.cos, &self.sin)?,
+            self.split(v, nkv)?,
+        ))
+    }
+
+    fn scale(&self) -> f64 {
+        1.0 / (self.heads.dim as f64).sqrt()
+    }
+
+    /// The CPU f32 path: returns the merged output and the rows' log-sum-exp.
+    fn flash_forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+        let (b, t, _) = q.dims3()?;
+        let (qr, kr, vh) = self.heads_of(q, k, v)?;
+        let (o, lse) = cpu::with_data([&qr, &kr, &vh], |[q, k, v]| {
+            flash::forward(q, k, v, (b, t), self.heads, &self.mask, self.scale() as f32)
+        })
+        .ok_or_else(|| {
+            candle_core::Error::Msg("attention: inputs are not f32 on the CPU".into())
+        })?;
+        let o = Tensor::from_vec(o, qr.shape(), q.device())?;
+        Ok((self.merge(&o)?, lse))
+    }
+
+    fn flash_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+        lse: &[f32],
+        need: [bool; 3],
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, t, _) = q.dims3()?;
+        let (qr, kr, vh) = self.heads_of(q, k, v)?;
+        let go = self.split(&g.to_dtype(DType::F32)?, self.heads.q)?;
+        let (cos, sin) = (self.cos.contiguous()?, self.sin.contiguous()?);
+        let (dq, dk, dv) =
+            cpu::with_data([&qr, &kr, &vh, &go, &cos, &sin], |[q, k, v, go, c, s]| {
+                let scale = self.scale() as f32;
+                flash::backward(
+                    q,
+                    k,
+                    v,
+                    go,
+                    lse,
+                    (c, s),
+                    (b, t),
+                    self.heads,
+                    &self.mask,
+                    scale,
+                )
+            })
+            .ok_or_else(|| {
+                candle_core::Error::Msg("attention: inputs are not f32 on the CPU".into())
+            })?;
+        let dev = q.device();
+        let keep = |i: usize, d: Vec<f32>, like: &Tensor| -> Result<Option<Tensor>> {
+            if !need[i] {
+                return Ok(None);
+            }
+            Ok(Some(self.merge(&Tensor::from_vec(
+                d,
+                like.shape(),
+                dev,
+            )?)?))
+        };
+        Ok((keep(0, dq, &qr)?, keep(1, dk, &kr)?, keep(2, dv, &vh)?))
+    }
+
     fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttnState> {
         let Heads {
             q: nh,
@@ -166,23 +406,14 @@ impl AttnInner {
         } = self.heads;
         let (b, t, _) = q.dims3()?;
         let rep = nh / nkv;
-        let qr = candle_nn::rotary_emb::rope(&self.split(q, nh)?, &self.cos, &self.sin)?;
-        let kr = candle_nn::rotary_emb::rope(&self.split(k, nkv)?, &self.cos, &self.sin)?;
-        let vh = self.split(v, nkv)?;
+        let (qr, kr, vh) = self.heads_of(q, k, v)?;
         let qg = qr.reshape((b, nkv, rep * t, dim))?;
-        let scale = 1.0 / (dim as f64).sqrt();
         let scores = qg.matmul(&kr.t()?)?.reshape((b, nh, t, t))?;
-        let p = if scores.dtype() == DType::F32
-            && cpu::masked_softmax_in_place(&scores, &self.mask, scale as f32)?
-        {
-            scores
-        } else {
-            candle_nn::ops::softmax_last_dim(
-                &(scores * scale)?
-                    .to_dtype(DType::F32)?
-                    .broadcast_add(&self.mask)?,
-            )?
-        };
+        let p = candle_nn::ops::softmax_last_dim(
+            &(scores * self.scale())?
+                .to_dtype(DType::F32)?
+                .broadcast_add(&self.mask.bias()?)?,
+        )?;
         let o = p
             .to_dtype(q.dtype())?
             .reshape((b, nkv, rep * t, t))?
@@ -198,6 +429,7 @@ impl AttnInner {
         k: &Tensor,
         v: &Tensor,
         g: &Tensor,
+        need: [bool; 3],
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let Heads {
             q: nh,
@@ -206,7 +438,7 @@ impl AttnInner {
         } = self.heads;
         let (b, t, _) = q.dims3()?;
         let rep = nh / nkv;
-        let s = self.forward(&q.detach(), &k.detach(), &v.detach())?;
+        let s = self.forward(q, k, v)?;
         let dtype = q.dtype();
         let go = self.split(g, nh)?.reshape((b, nkv, rep * t, dim))?;
         let pg = s.p.to_dtype(dtype)?.reshape((b, nkv, rep * t, t))?;
@@ -215,62 +447,54 @@ impl AttnInner {
             .matmul(&s.vh.t()?)?
             .reshape((b, nh, t, t))?
             .to_dtype(DType::F32)?;
-        let scale = 1.0 / (dim as f64).sqrt();
-        let ds = if cpu::softmax_backward_in_place(&dp, &s.p, scale as f32)? {
-            dp
-        } else {
-            let dot = (&dp * &s.p)?.sum_keepdim(D::Minus1)?;
-            ((&s.p * dp.broadcast_sub(&dot)?)? * scale)?
-        };
+        let dot = (&dp * &s.p)?.sum_keepdim(D::Minus1)?;
+        let ds = ((&s.p * dp.broadcast_sub(&dot)?)? * self.scale())?;
         let ds = ds.to_dtype(dtype)?.reshape((b, nkv, rep * t, t))?;
         let dq = ds.matmul(&s.kr)?.reshape((b, nh, t, dim))?;
         let dk = ds.t()?.matmul(&s.qg)?;
         let dq = rope_backward(&dq, &self.cos2, &self.sin2, t)?;
         let dk = rope_backward(&dk, &self.cos2, &self.sin2, t)?;
-        let keep = |x: &Tensor, d: Tensor| -> Result<Option<Tensor>> {
-            Ok(if x.track_op() {
-                Some(self.merge(&d)?)
-            } else {
-                None
-            })
+        let keep = |i: usize, d: Tensor| -> Result<Option<Tensor>> {
+            Ok(if need[i] { Some(self.merge(&d)?) } else { None })
         };
-        Ok((keep(q, dq)?, keep(k, dk)?, keep(v, dv)?))
+        Ok((keep(0, dq)?, keep(1, dk)?, keep(2, dv)?))
     }
 }
 
 /// `silu(gate) * up`, the SwiGLU of the MLP. On the CPU, one parallel pass each way.
 pub fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let (gd, ud) = (gate.detach(), up.detach());
-    let out = match cpu::swiglu(&gd, &ud)? {
-        Some(out) => out,
-        None => (gd.silu()? * ud)?,
-    };
+    let out = swiglu_fwd(&gate.detach(), &up.detach())?;
     with_backward2("swiglu", gate, up, out, |gate, up, g| {
-        let keep = |x: &Tensor, d: Tensor| x.track_op().then_some(d);
-        if let Some((dgate, dup)) = cpu::swiglu_backward(&gate.detach(), &up.detach(), g)? {
-            return Ok((keep(gate, dgate), keep(up, dup)));
-        }
-        let sig = candle_nn::ops::sigmoid(&gate.detach())?;
-        let silu = (gate * &sig)?;
-        let dup = if up.track_op() {
-            Some((g * &silu)?)
-        } else {
-            None
-        };
-        let dgate = if gate.track_op() {
-            // silu'(x) = sig(x) * (1 + x * (1 - sig(x)))
-            let one_minus = sig.affine(-1.0, 1.0)?;
-            let dsilu = (&sig * ((gate * one_minus)? + 1.0)?)?;
-            Some(((g * up)? * dsilu)?)
-        } else {
-            None
-        };
-        Ok((dgate, dup))
+        let (dgate, dup) = swiglu_bwd(&gate.detach(), &up.detach(), g)?;
+        Ok((
+            gate.track_op().then_some(dgate),
+            up.track_op().then_some(dup),
+        ))
     })
 }
 
+pub(crate) fn swiglu_fwd(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    match cpu::swiglu(gate, up)? {
+        Some(out) => Ok(out),
+        None => gate.silu()? * up,
+    }
+}
+
+/// `(d gate, d up)` of [`swiglu`] for the output gradient `g`.
+pub(crate) fn swiglu_bwd(gate: &Tensor, up: &Tensor, g: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(grads) = cpu::swiglu_backward(gate, up, g)? {
+        return Ok(grads);
+    }
+    let sig = candle_nn::ops::sigmoid(gate)?;
+    let silu = (gate * &sig)?;
+    // silu'(x) = sig(x) * (1 + x * (1 - sig(x)))
+    let one_minus = sig.affine(-1.0, 1.0)?;
+    let dsilu = (&sig * ((gate * one_minus)? + 1.0)?)?;
+    Ok((((g * up)? * dsilu)?, (g * &silu)?))
+}
+
 /// `a + b`, in parallel on the CPU.
-fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match cpu::add(a, b)? {
         Some(y) => Ok(y),
         None => a + b,

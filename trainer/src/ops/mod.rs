@@ -9,21 +9,31 @@
 //! the full `[tokens, vocab]` log-softmax.
 //!
 //! The fused ops ([`lora_linear`], [`attention`], [`swiglu`]) go further: their backward
-//! recomputes the small intermediates it needs (the LoRA rank-r product, the attention scores)
-//! instead of keeping them, so a decoder layer keeps about what PyTorch's autograd keeps.
+//! recomputes the small intermediates it needs (the LoRA rank-r product, the attention
+//! probabilities) instead of keeping them, so a decoder layer keeps about what PyTorch's
+//! autograd keeps. On the CPU in f32, attention is a blocked causal kernel (`flash`) that makes
+//! no scores-sized tensor. Each fused op also exists as separate forward and backward functions,
+//! which the training decoder layer chains in its own backward (`model::llama`), so candle's
+//! graph holds one node per layer.
 //!
 //! Each op is checked against the composite candle path (values and gradients) in `tests.rs`.
 
 mod basic;
 mod cpu;
+mod flash;
 mod fused;
 mod head;
 #[cfg(test)]
 mod tests;
 
 pub use basic::{frozen_linear, masked_softmax, rms_norm, rope};
-pub use fused::{attention, lora_linear, swiglu, Heads, LoraWeights};
+pub use fused::{attention, lora_linear, swiglu, AttnMask, Heads, LoraWeights};
 pub use head::{head_chunk_rows, log1mexp, log_sigmoid, odds_ratio, target_logprobs};
+// The explicit forward and backward halves, for the decoder layer's own backward.
+pub(crate) use basic::rms_norm_bwd;
+pub(crate) use fused::{
+    add, lora_linear_bwd, lora_linear_fwd, swiglu_bwd, swiglu_fwd, Attention, AttnSaved, LoraOwned,
+};
 
 use std::sync::Mutex;
 

@@ -14,6 +14,8 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)
         .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
         .abs()
         .unwrap()
         .flatten_all()
@@ -285,37 +287,100 @@ fn lora_linear_matches_the_composite_path() {
     }
 }
 
-#[test]
-fn attention_matches_the_composite_path() {
-    let (b, t, nh, nkv, d) = (2, 5, 4, 2, 4);
-    let q = Var::from_tensor(&randn(&[b, t, nh * d], 21)).unwrap();
-    let k = Var::from_tensor(&randn(&[b, t, nkv * d], 22)).unwrap();
-    let v = Var::from_tensor(&randn(&[b, t, nkv * d], 23)).unwrap();
-    let cos = randn(&[t, d / 2], 24);
-    let sin = randn(&[t, d / 2], 25);
-    // Causal, and the second row has 3 real tokens.
-    let lens = [5usize, 3];
-    let mask: Vec<f32> = lens
-        .iter()
-        .flat_map(|&len| {
-            (0..t * t).map(move |ij| {
-                if ij % t <= ij / t && ij % t < len {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (b, 1, t, t), &Device::Cpu).unwrap();
-    let heads = Heads {
+/// The dense reference: rope, repeated kv heads, softmax over `scale q k^T + bias`.
+fn attention_reference(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    bias: &Tensor,
+    (cos, sin): (&Tensor, &Tensor),
+    heads: Heads,
+) -> Tensor {
+    let (b, t, _) = q.dims3().unwrap();
+    let Heads {
         q: nh,
         kv: nkv,
         dim: d,
+    } = heads;
+    let split = |x: &Tensor, n: usize| {
+        x.reshape((b, t, n, d))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
     };
-    check_many(
-        &[&q, &k, &v],
-        || {
+    let qr = candle_nn::rotary_emb::rope_slow(&split(q, nh), cos, sin).unwrap();
+    let kr = candle_nn::rotary_emb::rope_slow(&split(k, nkv), cos, sin).unwrap();
+    // Query head h reads kv head h / rep: repeat each kv head rep times in a row.
+    let rep = |x: Tensor| {
+        x.unsqueeze(2)
+            .unwrap()
+            .repeat((1, 1, nh / nkv, 1, 1))
+            .unwrap()
+            .reshape((b, nh, t, d))
+            .unwrap()
+    };
+    let (kr, vh) = (rep(kr), rep(split(v, nkv)));
+    // A finite mask (exp underflows to exactly 0), and rows that see no key (padded queries
+    // under a window) multiplied by 0, as the kernel makes them: -inf would give NaN there.
+    let dt = q.dtype();
+    let seen = bias
+        .max_keepdim(D::Minus1)
+        .unwrap()
+        .eq(0.0)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    let finite = bias.clamp(-1e9, 0.0).unwrap().to_dtype(dt).unwrap();
+    let s = (qr.matmul(&kr.t().unwrap()).unwrap() * (1.0 / (d as f64).sqrt()))
+        .unwrap()
+        .broadcast_add(&finite)
+        .unwrap();
+    let p = candle_nn::ops::softmax(&s, D::Minus1)
+        .unwrap()
+        .broadcast_mul(&seen)
+        .unwrap();
+    p.matmul(&vh)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, t, nh * d))
+        .unwrap()
+}
+
+/// Both attention paths (the CPU blocked kernel; the dense one CUDA takes, run here on f64)
+/// against the dense reference: several query blocks, padding, GQA, a sliding window, and rows
+/// that see no key.
+#[test]
+fn attention_matches_the_composite_path() {
+    let cases: [(usize, usize, usize, usize, &[usize], Option<usize>); 3] = [
+        (5, 4, 2, 4, &[5, 3], None),
+        (150, 6, 2, 8, &[150, 97], None),
+        (140, 4, 4, 8, &[140, 70], Some(33)),
+    ];
+    for (case, &(t, nh, nkv, d, lens, window)) in cases.iter().enumerate() {
+        let b = lens.len();
+        let seed = 20 + 10 * case as u64;
+        let q = Var::from_tensor(&randn(&[b, t, nh * d], seed)).unwrap();
+        let k = Var::from_tensor(&randn(&[b, t, nkv * d], seed + 1)).unwrap();
+        let v = Var::from_tensor(&randn(&[b, t, nkv * d], seed + 2)).unwrap();
+        let cos = randn(&[t, d / 2], seed + 3);
+        let sin = randn(&[t, d / 2], seed + 4);
+        let mask = AttnMask::causal(lens, t, window, &Device::Cpu);
+        let heads = Heads {
+            q: nh,
+            kv: nkv,
+            dim: d,
+        };
+        let bias = mask.bias().unwrap();
+        let reference = || {
+            attention_reference(
+                (q.as_tensor(), k.as_tensor(), v.as_tensor()),
+                &bias,
+                (&cos, &sin),
+                heads,
+            )
+        };
+        let ours = || {
             attention(
                 q.as_tensor(),
                 k.as_tensor(),
@@ -326,41 +391,44 @@ fn attention_matches_the_composite_path() {
                 heads,
             )
             .unwrap()
-        },
-        || {
-            let split = |x: &Tensor, n: usize| {
-                x.reshape((b, t, n, d))
-                    .unwrap()
-                    .transpose(1, 2)
-                    .unwrap()
-                    .contiguous()
-                    .unwrap()
-            };
-            let qr =
-                candle_nn::rotary_emb::rope_slow(&split(q.as_tensor(), nh), &cos, &sin).unwrap();
-            let kr =
-                candle_nn::rotary_emb::rope_slow(&split(k.as_tensor(), nkv), &cos, &sin).unwrap();
-            let rep = |x: Tensor| {
-                Tensor::cat(&[&x, &x], 2)
-                    .unwrap()
-                    .reshape((b, nh, t, d))
-                    .unwrap()
-            };
-            let (kr, vh) = (rep(kr), rep(split(v.as_tensor(), nkv)));
-            let s = (qr.matmul(&kr.t().unwrap()).unwrap() * 0.5)
-                .unwrap()
-                .broadcast_add(&mask)
-                .unwrap();
-            let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
-            p.matmul(&vh)
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .reshape((b, t, nh * d))
-                .unwrap()
-        },
-        1e-5,
-    );
+        };
+        check_many(&[&q, &k, &v], ours, reference, 2e-5);
+        // The dense path, taken for anything but f32 on the CPU (f64 here). It gives NaN for
+        // rows that see no key (no real model has them), which only the windowed case has.
+        if window.is_some() {
+            continue;
+        }
+        let to64 = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
+        let [q, k, v] = [&q, &k, &v].map(|x| Var::from_tensor(&to64(x.as_tensor())).unwrap());
+        let (cos, sin) = (to64(&cos), to64(&sin));
+        let to32 = |x: Tensor| x.to_dtype(DType::F32).unwrap();
+        check_many(
+            &[&q, &k, &v],
+            || {
+                to32(
+                    attention(
+                        q.as_tensor(),
+                        k.as_tensor(),
+                        v.as_tensor(),
+                        &mask,
+                        &cos,
+                        &sin,
+                        heads,
+                    )
+                    .unwrap(),
+                )
+            },
+            || {
+                to32(attention_reference(
+                    (q.as_tensor(), k.as_tensor(), v.as_tensor()),
+                    &bias,
+                    (&cos, &sin),
+                    heads,
+                ))
+            },
+            1e-6,
+        );
+    }
 }
 
 #[test]
