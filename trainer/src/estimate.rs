@@ -9,16 +9,18 @@
 //! - LoRA parameters (f32), their gradient, the accumulated gradient and AdamW's two moments;
 //! - activations the graph keeps for the backward pass, per token of `batch_size × 2 ×
 //!   max_length` (chosen and rejected rows, padded to the longest). Without checkpointing each
-//!   decoder layer keeps the inputs of its ops ([`crate::ops`] fused ops keep nothing else):
-//!   the layer input, both norm outputs, q, k, v, the attention output, both projection outputs
-//!   the residual adds hold, the mid-layer residual, gate, up and the SwiGLU output, i.e.
-//!   `6·hidden + 2·q_dim + 2·kv_dim + 3·intermediate` values. With checkpointing a layer keeps
+//!   decoder layer keeps what its backward reads (`model::llama`'s `Acts`): the layer input,
+//!   both norm outputs, q, k, v, the attention output, the mid-layer residual, gate, up and the
+//!   SwiGLU output, i.e. `4·hidden + 2·q_dim + 2·kv_dim + 3·intermediate` values (the rows'
+//!   log-sum-exp of attention is negligible). With checkpointing a layer keeps
 //!   only its output (`hidden`), and one layer at a time is recomputed in full, its values and
 //!   their gradients alive together in that layer's backward;
-//! - a working set while one layer runs its backward: the attention probabilities and their
-//!   gradients (`[rows, heads, t, t]`, f32, about four alive at once) and SwiGLU's temporaries;
-//! - the output head's logits slice: [`head_chunk_rows`] rows × vocabulary in f32 (about
-//!   24 MiB), turned into the softmax gradient in place on the CPU; on CUDA the composite path
+//! - a working set while one layer runs its backward: SwiGLU's temporaries and, on the dense
+//!   attention path (CUDA, or a 16-bit dtype), the attention probabilities and their gradients
+//!   (`[rows, heads, t, t]`, f32, about four alive at once) and the `[rows, t, t]` mask. The CPU
+//!   f32 path (`ops::flash`) makes no scores-sized tensor at all;
+//! - the output head's logits slice: [`head_chunk_rows`] rows × vocabulary in f32 (at most
+//!   96 MiB), turned into the softmax gradient in place on the CPU; on CUDA the composite path
 //!   keeps three such tensors alive at once (logits, their exponentials, the gradient). It is
 //!   made in the forward pass and gone before the backward starts, so the peak takes the larger
 //!   of it and the backward working set, not both;
@@ -176,18 +178,23 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> MemoryEstimate {
     let t = job.max_length as u64;
     let tokens = rows * t;
     // Values one decoder layer keeps per token (module docs), and its dropout masks.
-    let layer_kept = tokens * (e * (6 * h + 2 * q + 2 * kv + 3 * i))
+    let layer_kept = tokens * (e * (4 * h + 2 * q + 2 * kv + 3 * i))
         + if job.dropout {
             tokens * f32b * mask_width
         } else {
             0
         };
-    // The additive mask, and what the head keeps: final norm output, the rows at label
-    // positions and their Jacobian.
-    let shared = rows * t * t * f32b + tokens * e * 3 * h;
-    // Score-sized tensors alive in the attention backward: the CPU kernels work in place
-    // (probabilities, then their gradient), candle's composite path on CUDA keeps four.
-    let score_copies = if job.cuda { 4 } else { 2 };
+    // Scores-sized tensors: none on the CPU f32 path; on the dense one the additive mask, and
+    // four alive in the attention backward (probabilities, their gradient, two temporaries).
+    let dense = job.cuda || e != f32b;
+    let (mask, score_copies) = if dense {
+        (rows * t * t * f32b, 4)
+    } else {
+        (0, 0)
+    };
+    // The mask and what the head keeps: final norm output, the rows at label positions and
+    // their Jacobian.
+    let shared = mask + tokens * e * 3 * h;
     let backward_work = score_copies * rows * heads * t * t * f32b + 5 * tokens * i * f32b;
     let (activations, workspace) = if job.gradient_checkpointing {
         (
@@ -218,8 +225,9 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> MemoryEstimate {
         let rows = 2 * job.eval_pairs as u64;
         let tokens = rows * t;
         // One layer's values at a time (no graph), its attention scores, the logits slice.
-        let layer = tokens * e * (6 * h + 2 * q + 2 * kv + 3 * i) + rows * t * t * f32b;
-        let scores = 3 * rows * heads * t * t * f32b;
+        let scores = if dense { rows * t * t * f32b } else { 0 };
+        let layer = tokens * e * (4 * h + 2 * q + 2 * kv + 3 * i) + scores;
+        let scores = 3 * heads * scores;
         let head = head_copies * (rows * t.saturating_sub(1)).min(chunk) * vocab * f32b;
         weights + lora + optimizer + overhead + slack(layer + scores.max(head))
     } else {
@@ -292,12 +300,17 @@ mod tests {
         assert_eq!(est.lora_bytes, 162_816 * 30 * 4);
         assert_eq!(est.optimizer_bytes, 4 * est.lora_bytes);
         assert_eq!(est.tokens, 1024);
-        // 128 rows of 49,152 f32 logits (24 MiB), softmax in place on the CPU.
-        assert_eq!(head_chunk_rows(49152), 128);
-        assert_eq!(est.logits_bytes, 128 * 49152 * 4 * SLACK_PERCENT / 100);
-        assert!(est.workspace_bytes > est.logits_bytes);
-        // Llama 3's 128k vocabulary gets the floor of 64 rows.
-        assert_eq!(head_chunk_rows(128_256), 64);
+        // 512 rows of 49,152 f32 logits (96 MiB), softmax in place on the CPU; 4 pairs of 128
+        // tokens have 1016 target positions.
+        assert_eq!(head_chunk_rows(49152), 512);
+        assert_eq!(est.logits_bytes, 512 * 49152 * 4 * SLACK_PERCENT / 100);
+        // No scores-sized tensor on the CPU: the MLP's temporaries, 5 x 1024 x 1536 f32.
+        assert_eq!(
+            est.workspace_bytes,
+            5 * 1024 * 1536 * 4 * SLACK_PERCENT / 100
+        );
+        // Llama 3's 128k vocabulary: 196 rows.
+        assert_eq!(head_chunk_rows(128_256), 196);
     }
 
     /// Peak RSS of `orpod train` measured by `orpod calibrate --lengths 128 --batches 4 --ranks 16`
@@ -324,7 +337,9 @@ mod tests {
         assert!(on.activations_bytes * 10 < off.activations_bytes);
         assert!(on.total_bytes < off.total_bytes);
         let long = estimate(&cfg, &shape(4, 1024, false));
-        assert!(long.activations_bytes > 2 * off.activations_bytes);
+        // Linear in the length on the CPU: its attention makes no `t x t` tensor.
+        let ratio = long.activations_bytes as f64 / off.activations_bytes as f64;
+        assert!((ratio - 2.0).abs() < 1e-6, "{ratio}");
         // The weights do not depend on the batch.
         assert_eq!(long.weights_bytes, off.weights_bytes);
     }
