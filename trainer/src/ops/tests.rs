@@ -352,12 +352,18 @@ fn attention_reference(
 /// that see no key.
 #[test]
 fn attention_matches_the_composite_path() {
-    let cases: [(usize, usize, usize, usize, &[usize], Option<usize>); 3] = [
-        (5, 4, 2, 4, &[5, 3], None),
-        (150, 6, 2, 8, &[150, 97], None),
-        (140, 4, 4, 8, &[140, 70], Some(33)),
+    // (t, query heads, kv heads, head size), the sequences' real lengths, the window.
+    type Case = (
+        (usize, usize, usize, usize),
+        &'static [usize],
+        Option<usize>,
+    );
+    let cases: [Case; 3] = [
+        ((5, 4, 2, 4), &[5, 3], None),
+        ((150, 6, 2, 8), &[150, 97], None),
+        ((140, 4, 4, 8), &[140, 70], Some(33)),
     ];
-    for (case, &(t, nh, nkv, d, lens, window)) in cases.iter().enumerate() {
+    for (case, &((t, nh, nkv, d), lens, window)) in cases.iter().enumerate() {
         let b = lens.len();
         let seed = 20 + 10 * case as u64;
         let q = Var::from_tensor(&randn(&[b, t, nh * d], seed)).unwrap();
