@@ -173,26 +173,13 @@ pub(super) fn backward(
                         let dq_blk = &mut dq[rows.clone()];
                         let kk = Mat::rows(&k[keys.clone()], d);
                         matmul((m, d, nk), dq_blk, d, false, Mat::rows(dp, nk), kk, 1.0);
-                        let dk_blk = &mut dk[keys.clone()];
-                        matmul(
-                            (nk, d, m),
-                            dk_blk,
-                            d,
-                            true,
-                            Mat::transposed(dp, nk),
-                            q_blk(),
-                            1.0,
-                        );
-                        let dv_blk = &mut dv[keys.clone()];
-                        matmul(
-                            (nk, d, m),
-                            dv_blk,
-                            d,
-                            true,
-                            Mat::transposed(s, nk),
-                            go_blk(),
-                            1.0,
-                        );
+                        // Both `[keys, dim] += block^T [rows, dim]`.
+                        let acc = |dst: &mut [f32], blk: &[f32], rhs: Mat<'_>| {
+                            let dst = &mut dst[keys.clone()];
+                            matmul((nk, d, m), dst, d, true, Mat::transposed(blk, nk), rhs, 1.0)
+                        };
+                        acc(dk, dp, q_blk());
+                        acc(dv, s, go_blk());
                     }
                     rope_backward(dq, cos, sin, d);
                 }

@@ -386,18 +386,11 @@ fn attention_matches_the_composite_path() {
                 heads,
             )
         };
-        let ours = || {
-            attention(
-                q.as_tensor(),
-                k.as_tensor(),
-                v.as_tensor(),
-                &mask,
-                &cos,
-                &sin,
-                heads,
-            )
-            .unwrap()
+        let run = |[q, k, v]: [&Var; 3], cos: &Tensor, sin: &Tensor| {
+            let (q, k, v) = (q.as_tensor(), k.as_tensor(), v.as_tensor());
+            attention(q, k, v, &mask, cos, sin, heads).unwrap()
         };
+        let ours = || run([&q, &k, &v], &cos, &sin);
         check_many(&[&q, &k, &v], ours, reference, 2e-5);
         // The dense path, taken for anything but f32 on the CPU (f64 here). It gives NaN for
         // rows that see no key (no real model has them), which only the windowed case has.
@@ -410,20 +403,7 @@ fn attention_matches_the_composite_path() {
         let to32 = |x: Tensor| x.to_dtype(DType::F32).unwrap();
         check_many(
             &[&q, &k, &v],
-            || {
-                to32(
-                    attention(
-                        q.as_tensor(),
-                        k.as_tensor(),
-                        v.as_tensor(),
-                        &mask,
-                        &cos,
-                        &sin,
-                        heads,
-                    )
-                    .unwrap(),
-                )
-            },
+            || to32(run([&q, &k, &v], &cos, &sin)),
             || {
                 to32(attention_reference(
                     (q.as_tensor(), k.as_tensor(), v.as_tensor()),
