@@ -241,7 +241,7 @@ fn logits_means(model: &Llama, hidden: &Tensor, b: usize, seq_len: usize) -> Res
 }
 
 /// Back-propagates `loss` and returns the gradient of every LoRA tensor by PEFT name, adding the
-/// gradients that checkpointed layers sent to `sink`. A tensor the graph does not reach is
+/// gradients that the decoder layers' own backward sent to `sink`. A tensor the graph does not reach is
 /// missing from the map.
 pub fn lora_gradients(
     loss: &Tensor,

@@ -29,7 +29,7 @@ struct Proj {
 }
 
 /// One decoder layer's frozen weights. Cloning shares the tensors (they are reference-counted),
-/// so a checkpointed layer can own a copy for its recomputation.
+/// so a trained layer's backward can own a copy.
 #[derive(Clone)]
 struct Layer {
     index: usize,
