@@ -241,8 +241,8 @@ fn logits_means(model: &Llama, hidden: &Tensor, b: usize, seq_len: usize) -> Res
 }
 
 /// Back-propagates `loss` and returns the gradient of every LoRA tensor by PEFT name, adding the
-/// gradients that the decoder layers' own backward sent to `sink`. A tensor the graph does not reach is
-/// missing from the map.
+/// gradients that the decoder layers' own backward sent to `sink`. A tensor the graph does not
+/// reach is missing from the map.
 pub fn lora_gradients(
     loss: &Tensor,
     adapter: &LoraAdapter,
