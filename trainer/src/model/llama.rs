@@ -73,14 +73,11 @@ pub struct LoraMode<'a> {
     pub checkpoint: bool,
 }
 
-/// What every layer of one forward pass shares: the attention mask (causal, right padding,
-/// sliding window) and the rope tables.
+/// What every layer of one forward pass shares: the config, and the attention with its mask
+/// (causal, right padding, sliding window) and rope tables.
 #[derive(Clone)]
 struct Pass {
     cfg: Arc<ModelConfig>,
-    mask: ops::AttnMask,
-    cos: Tensor,
-    sin: Tensor,
     attention: Arc<ops::Attention>,
 }
 
@@ -209,9 +206,6 @@ impl Llama {
         let pass = Pass {
             cfg: Arc::new(self.cfg.clone()),
             attention: Arc::new(ops::Attention::new(&mask, &cos, &sin, heads)?),
-            mask,
-            cos,
-            sin,
         };
         let mut h =
             candle_nn::Embedding::new(self.embed.clone(), self.cfg.hidden_size).forward(ids)?;
@@ -299,20 +293,9 @@ fn layer_forward(
     let cfg = &pass.cfg;
     let lin = |m: usize, x: &Tensor| linear(layer, m, x, lora);
     let x = ops::rms_norm(h, &layer.input_norm, cfg.rms_norm_eps)?;
-    let heads = ops::Heads {
-        q: cfg.num_attention_heads,
-        kv: cfg.num_key_value_heads,
-        dim: cfg.head_dim,
-    };
-    let o = ops::attention(
-        &lin(0, &x)?,
-        &lin(1, &x)?,
-        &lin(2, &x)?,
-        &pass.mask,
-        &pass.cos,
-        &pass.sin,
-        heads,
-    )?;
+    let o = pass
+        .attention
+        .apply(&lin(0, &x)?, &lin(1, &x)?, &lin(2, &x)?)?;
     let h = (h + lin(3, &o)?)?;
     let x = ops::rms_norm(&h, &layer.post_norm, cfg.rms_norm_eps)?;
     let mlp = lin(6, &ops::swiglu(&lin(4, &x)?, &lin(5, &x)?)?)?;

@@ -32,9 +32,6 @@ pub(super) fn with_data<const N: usize, R>(
     ts: [&Tensor; N],
     f: impl FnOnce([&[f32]; N]) -> R,
 ) -> Option<R> {
-    if ts.iter().any(|t| !t.device().is_cpu()) {
-        return None;
-    }
     let guards = ts.map(|t| t.storage_and_layout());
     let mut slices: [&[f32]; N] = [&[]; N];
     for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
@@ -274,16 +271,17 @@ pub(super) fn rms_norm_backward(
 ) -> Result<Option<Tensor>> {
     let n = w.dim(0)?;
     let shape = x.shape().clone();
-    let out = with_slices([x, g], |[x, g]| {
-        with_slices([w], |[w]| {
-            let mut dx = vec![0f32; x.len()];
-            dx.par_chunks_mut(n)
-                .zip(x.par_chunks(n).zip(g.par_chunks(n)))
-                .for_each(|(dx, (x, g))| rms_norm_backward_row(dx, x, g, w, eps));
-            dx
-        })
+    if g.shape() != x.shape() {
+        return Ok(None);
+    }
+    let out = with_data([x, g, w], |[x, g, w]| {
+        let mut dx = vec![0f32; x.len()];
+        dx.par_chunks_mut(n)
+            .zip(x.par_chunks(n).zip(g.par_chunks(n)))
+            .for_each(|(dx, (x, g))| rms_norm_backward_row(dx, x, g, w, eps));
+        dx
     });
-    match out.flatten() {
+    match out {
         Some(dx) => Ok(Some(Tensor::from_vec(dx, shape, &Device::Cpu)?)),
         None => Ok(None),
     }

@@ -82,7 +82,8 @@ pub(crate) fn lora_linear_fwd(
     bias: Option<&Tensor>,
     lora: &LoraWeights<'_>,
 ) -> Result<Tensor> {
-    let mut y = if merged(w, lora) {
+    let merged = merged(w, lora);
+    let mut y = if merged {
         x.matmul(&effective_weight(w, lora)?.t()?)?
     } else {
         x.matmul(&w.t()?)?
@@ -90,7 +91,7 @@ pub(crate) fn lora_linear_fwd(
     if let Some(bias) = bias {
         y = y.broadcast_add(bias)?;
     }
-    if !merged(w, lora) {
+    if !merged {
         let u = lora_input(x, lora.dropout_mask)?.matmul(&lora.a.t()?)?;
         // The scale goes on B (`[out, r]`), not on the `[tokens, out]` product: one pass fewer.
         y = add(
@@ -237,12 +238,7 @@ pub fn attention(
     sin: &Tensor,
     heads: Heads,
 ) -> Result<Tensor> {
-    let att = Attention::new(mask, cos, sin, heads)?;
-    let (out, saved) = att.fwd(&q.detach(), &k.detach(), &v.detach())?;
-    with_backward3("attention", (q, k, v), out, move |q, k, v, g| {
-        let need = [q.track_op(), k.track_op(), v.track_op()];
-        att.bwd((&q.detach(), &k.detach(), &v.detach()), g, &saved, need)
-    })
+    Arc::new(Attention::new(mask, cos, sin, heads)?).apply(q, k, v)
 }
 
 /// What the attention forward keeps for its backward: each query row's log-sum-exp on the
@@ -283,13 +279,19 @@ impl Attention {
         })
     }
 
-    fn flash(&self, q: &Tensor) -> bool {
-        q.dtype() == DType::F32 && q.device().is_cpu()
+    /// [`attention`] with these constants: the output as a graph node.
+    pub(crate) fn apply(self: &Arc<Self>, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (out, saved) = self.fwd(&q.detach(), &k.detach(), &v.detach())?;
+        let att = Arc::clone(self);
+        with_backward3("attention", (q, k, v), out, move |q, k, v, g| {
+            let need = [q.track_op(), k.track_op(), v.track_op()];
+            att.bwd((&q.detach(), &k.detach(), &v.detach()), g, &saved, need)
+        })
     }
 
     /// The output `[b, t, heads.q * dim]` of detached `q`, `k`, `v`.
     pub(crate) fn fwd(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, AttnSaved)> {
-        if self.flash(q) {
+        if q.dtype() == DType::F32 && q.device().is_cpu() {
             let (out, lse) = self.flash_forward(q, k, v)?;
             return Ok((out, AttnSaved(Some(lse))));
         }
@@ -305,8 +307,8 @@ impl Attention {
         need: [bool; 3],
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         match &saved.0 {
-            Some(lse) if self.flash(q) => self.flash_backward(q, k, v, g, lse, need),
-            _ => self.backward(q, k, v, g, need),
+            Some(lse) => self.flash_backward(q, k, v, g, lse, need),
+            None => self.backward(q, k, v, g, need),
         }
     }
 
@@ -345,9 +347,7 @@ impl Attention {
         let (o, lse) = cpu::with_data([&qr, &kr, &vh], |[q, k, v]| {
             flash::forward(q, k, v, (b, t), self.heads, &self.mask, self.scale() as f32)
         })
-        .ok_or_else(|| {
-            candle_core::Error::Msg("attention: inputs are not f32 on the CPU".into())
-        })?;
+        .ok_or_else(not_cpu_f32)?;
         let o = Tensor::from_vec(o, qr.shape(), q.device())?;
         Ok((self.merge(&o)?, lse))
     }
@@ -381,9 +381,7 @@ impl Attention {
                     scale,
                 )
             })
-            .ok_or_else(|| {
-                candle_core::Error::Msg("attention: inputs are not f32 on the CPU".into())
-            })?;
+            .ok_or_else(not_cpu_f32)?;
         let dev = q.device();
         let keep = |i: usize, d: Vec<f32>, like: &Tensor| -> Result<Option<Tensor>> {
             if !need[i] {
@@ -459,6 +457,10 @@ impl Attention {
         };
         Ok((keep(0, dq)?, keep(1, dk)?, keep(2, dv)?))
     }
+}
+
+fn not_cpu_f32() -> candle_core::Error {
+    candle_core::Error::Msg("attention: inputs are not f32 on the CPU".into())
 }
 
 /// `silu(gate) * up`, the SwiGLU of the MLP. On the CPU, one parallel pass each way.

@@ -73,7 +73,8 @@ fn cpu_head(
     let h = h.contiguous()?;
     let done = cpu::with_data([&h, w], |[h, w]| {
         // Equal chunks (768 rows: 2 x 384, not 512 + 256): gemm is slower on a short tail.
-        let rows = m.div_ceil(m.div_ceil(rows.max(1)).max(1)).max(1);
+        let chunks = m.div_ceil(rows).max(1);
+        let rows = m.div_ceil(chunks).max(1);
         let mut logits = vec![0f32; rows * vocab];
         let mut lp = Vec::with_capacity(m);
         let mut jac = vec![0f32; if grad { m * hidden } else { 0 }];

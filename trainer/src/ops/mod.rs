@@ -49,7 +49,7 @@ type Bwd2 = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Grads2> + Send + Syn
 type Grads3 = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 type Bwd3 = Box<dyn Fn(&Tensor, &Tensor, &Tensor, &Tensor) -> Result<Grads3> + Send + Sync>;
 
-/// Whether the CPU kernels of `cpu` and `head` can take their AVX2 + FMA builds (detected once
+/// Whether the CPU kernels of `cpu`, `flash` and `head` can take their AVX2 + FMA builds (detected once
 /// by std, then a cached load).
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma() -> bool {
