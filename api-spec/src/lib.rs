@@ -8,6 +8,7 @@
 //! - [`datasets`]: uploaded JSONL data, named by sha256.
 //! - [`gpus`]: devices and placement (`/v1/gpus`, `/v1/plan`).
 //! - [`health`]: the `/healthz` answer.
+//! - [`label`]: the rule for free text shown to others (job names, owners).
 //! - [`error`]: the error body every failed request carries.
 //! - `client` (feature `client`): a typed reqwest client of the v1 API.
 //!
@@ -19,6 +20,7 @@ pub mod error;
 pub mod gpus;
 pub mod health;
 pub mod jobs;
+pub mod label;
 pub mod spec;
 
 #[cfg(feature = "client")]
@@ -32,4 +34,5 @@ pub use jobs::{
     CheckpointView, EventKind, EventView, FileView, JobError, JobList, JobState, JobView, Memory,
     MetricRecord, Progress, SubmitJobRequest,
 };
+pub use label::{check_label, NAME_MAX_CHARS, OWNER_MAX_CHARS};
 pub use spec::{JobSpec, SpecError};

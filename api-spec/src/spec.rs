@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::label::{label_problem, NAME_MAX_CHARS};
+
 /// Why a job file was refused. The message names the file and, for parse errors, the line and
 /// column (the `toml` crate's own report).
 #[derive(Debug, thiserror::Error)]
@@ -425,107 +427,189 @@ impl JobSpec {
     }
 
     /// Checks the values serde cannot: ranges and combinations. Returns the key and the reason.
+    ///
+    /// Every number must be finite and within its meaningful range, and every size small enough
+    /// that no product of them overflows: a spec that passes is stored as JSON (which has no
+    /// `inf` or `NaN`) and reads back equal. `priority` takes any `i32`.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        fn check(ok: bool, key: &'static str, msg: &str) -> Result<(), (&'static str, String)> {
-            if ok {
-                Ok(())
-            } else {
-                Err((key, msg.to_string()))
-            }
-        }
-        check(
-            !self.model.base.is_empty(),
+        text("name", &self.name, NAME_MAX_CHARS)?;
+        required(
             "model.base",
-            "must name a model folder or .gguf file",
+            &self.model.base,
+            "a model folder or .gguf file",
         )?;
+
+        let d = &self.data;
+        required("data.train", &d.train, "a JSONL file")?;
+        text("data.eval", &d.eval, MAX_PATH_CHARS)?;
+        float("data.eval_fraction", d.eval_fraction, "in [0, 1)", |v| {
+            (0.0..1.0).contains(&v)
+        })?;
+        text("data.chat_template", &d.chat_template, MAX_PATH_CHARS)?;
+        int("data.max_length", d.max_length, 2..=MAX_TOKENS)?;
         check(
-            !self.data.train.is_empty(),
-            "data.train",
-            "must name a JSONL file",
-        )?;
-        check(
-            (0.0..1.0).contains(&self.data.eval_fraction),
-            "data.eval_fraction",
-            "must be in [0, 1)",
-        )?;
-        check(
-            self.data.max_length >= 2,
-            "data.max_length",
-            "must be at least 2",
-        )?;
-        check(
-            self.data.max_prompt_length < self.data.max_length,
+            (1..d.max_length).contains(&d.max_prompt_length),
             "data.max_prompt_length",
-            &format!(
-                "must be smaller than data.max_length ({} >= {})",
-                self.data.max_prompt_length, self.data.max_length
+            format!(
+                "from 1 to data.max_length - 1 ({})",
+                d.max_length.saturating_sub(1)
             ),
+            d.max_prompt_length,
         )?;
-        check(
-            self.orpo.beta >= 0.0 && self.orpo.beta.is_finite(),
-            "orpo.beta",
-            "must be >= 0",
-        )?;
-        check(self.lora.r > 0, "lora.r", "must be > 0")?;
-        check(self.lora.alpha > 0.0, "lora.alpha", "must be > 0")?;
-        check(
-            (0.0..1.0).contains(&self.lora.dropout),
-            "lora.dropout",
-            "must be in [0, 1)",
-        )?;
-        check(
-            !self.lora.target_modules.is_empty(),
-            "lora.target_modules",
-            "must name at least one module",
-        )?;
-        for m in &self.lora.target_modules {
+
+        // 0 is allowed: the NLL term alone (plain SFT on the chosen answers).
+        float("orpo.beta", self.orpo.beta, ">= 0", |v| v >= 0.0)?;
+
+        let l = &self.lora;
+        int("lora.r", l.r, 1..=MAX_LORA_RANK)?;
+        float("lora.alpha", l.alpha, "> 0", |v| v > 0.0)?;
+        float("lora.dropout", l.dropout, "in [0, 1)", |v| {
+            (0.0..1.0).contains(&v)
+        })?;
+        if l.target_modules.is_empty() {
+            return Err((
+                "lora.target_modules",
+                "must name at least one module".into(),
+            ));
+        }
+        for (i, m) in l.target_modules.iter().enumerate() {
             if !LORA_MODULES.contains(&m.as_str()) {
                 return Err((
                     "lora.target_modules",
-                    format!("unknown module {m:?}; known: {}", LORA_MODULES.join(", ")),
+                    format!(
+                        "unknown module {}; known: {}",
+                        shown(m),
+                        LORA_MODULES.join(", ")
+                    ),
                 ));
             }
+            if l.target_modules[..i].contains(m) {
+                return Err(("lora.target_modules", format!("{m:?} is listed twice")));
+            }
         }
+        text("lora.init_adapter", &l.init_adapter, MAX_PATH_CHARS)?;
+
         let t = &self.train;
+        float(
+            "train.epochs",
+            t.epochs,
+            &format!("in [0, {MAX_EPOCHS}]"),
+            |v| (0.0..=MAX_EPOCHS).contains(&v),
+        )?;
+        int("train.max_steps", t.max_steps, 0..=MAX_STEPS)?;
         check(
             t.epochs > 0.0 || t.max_steps > 0,
             "train.epochs",
-            "must be > 0 (or set train.max_steps)",
+            "> 0 (or set train.max_steps)",
+            format_args!("{:?}", t.epochs),
         )?;
-        check(t.batch_size > 0, "train.batch_size", "must be > 0")?;
-        check(
-            t.eval_batch_size > 0,
-            "train.eval_batch_size",
-            "must be > 0",
-        )?;
-        check(t.grad_accum > 0, "train.grad_accum", "must be > 0")?;
-        check(
-            t.learning_rate >= 0.0 && t.learning_rate.is_finite(),
-            "train.learning_rate",
-            "must be >= 0",
-        )?;
-        check(t.weight_decay >= 0.0, "train.weight_decay", "must be >= 0")?;
-        check(
-            t.max_grad_norm >= 0.0,
+        int("train.batch_size", t.batch_size, 1..=MAX_BATCH)?;
+        int("train.eval_batch_size", t.eval_batch_size, 1..=MAX_BATCH)?;
+        int("train.grad_accum", t.grad_accum, 1..=MAX_BATCH)?;
+        float("train.learning_rate", t.learning_rate, "> 0", |v| v > 0.0)?;
+        int("train.warmup_steps", t.warmup_steps, 0..=MAX_STEPS)?;
+        float("train.weight_decay", t.weight_decay, ">= 0", |v| v >= 0.0)?;
+        float(
             "train.max_grad_norm",
-            "must be >= 0 (0 turns clipping off)",
+            t.max_grad_norm,
+            ">= 0 (0 turns clipping off)",
+            |v| v >= 0.0,
         )?;
-        check(t.log_every > 0, "train.log_every", "must be > 0")?;
-        check(
-            t.keep_checkpoints > 0,
+        int("train.log_every", t.log_every, 1..=MAX_STEPS)?;
+        int("train.eval_every", t.eval_every, 0..=MAX_STEPS)?;
+        int("train.save_every", t.save_every, 0..=MAX_STEPS)?;
+        int(
             "train.keep_checkpoints",
-            "must be > 0",
+            t.keep_checkpoints,
+            1..=MAX_KEEP_CHECKPOINTS,
         )?;
-        let d = self.resources.device.as_str();
-        let device_ok = matches!(d, "auto" | "cpu" | "cuda")
-            || d.strip_prefix("cuda:")
-                .is_some_and(|n| n.parse::<usize>().is_ok());
+
+        let device = self.resources.device.as_str();
+        let device_ok = matches!(device, "auto" | "cpu" | "cuda")
+            || device
+                .strip_prefix("cuda:")
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u16>().is_ok());
         check(
             device_ok,
             "resources.device",
-            "must be auto, cpu, cuda or cuda:N",
+            "auto, cpu, cuda or cuda:N",
+            shown(device),
         )?;
         Ok(())
+    }
+}
+
+/// The longest sequence a job may ask for (`data.max_length`): a million tokens.
+pub const MAX_TOKENS: usize = 1 << 20;
+/// The most pairs in a micro-batch or evaluation batch, and the most micro-batches accumulated.
+pub const MAX_BATCH: usize = 1 << 16;
+/// The largest LoRA rank (`lora.r`).
+pub const MAX_LORA_RANK: usize = 1 << 16;
+/// The most steps a job may name (`train.max_steps`, `warmup_steps`, the `*_every` intervals).
+pub const MAX_STEPS: usize = 1 << 40;
+/// The most epochs (`train.epochs`): more than any real run, and a bound on the steps they make.
+pub const MAX_EPOCHS: f64 = 1e6;
+/// The most checkpoints kept (`train.keep_checkpoints`).
+pub const MAX_KEEP_CHECKPOINTS: usize = 1 << 16;
+/// The longest path or dataset reference in a job file, in characters (Linux's `PATH_MAX`).
+pub const MAX_PATH_CHARS: usize = 4096;
+
+type Invalid = (&'static str, String);
+
+/// `Err` naming `key`, what it accepts and the `found` value unless `ok`.
+fn check(
+    ok: bool,
+    key: &'static str,
+    accepted: impl std::fmt::Display,
+    found: impl std::fmt::Display,
+) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err((key, format!("must be {accepted}, found {found}")))
+    }
+}
+
+/// A float that is finite (JSON has no `inf` or `NaN`) and `ok`.
+fn float(
+    key: &'static str,
+    v: f64,
+    accepted: &str,
+    ok: impl Fn(f64) -> bool,
+) -> Result<(), Invalid> {
+    // `{:?}`: `1e300` rather than 301 digits, and `-1.0` as written.
+    check(
+        v.is_finite() && ok(v),
+        key,
+        format_args!("finite and {accepted}"),
+        format_args!("{v:?}"),
+    )
+}
+
+fn int(key: &'static str, v: usize, range: std::ops::RangeInclusive<usize>) -> Result<(), Invalid> {
+    let accepted = format!("from {} to {}", range.start(), range.end());
+    check(range.contains(&v), key, accepted, v)
+}
+
+/// Printable text of at most `max_chars` characters (`label`'s rule), possibly empty.
+fn text(key: &'static str, v: &str, max_chars: usize) -> Result<(), Invalid> {
+    label_problem(v, max_chars).map_or(Ok(()), |problem| Err((key, problem)))
+}
+
+/// A path or reference that must be given.
+fn required(key: &'static str, v: &str, what: &str) -> Result<(), Invalid> {
+    if v.is_empty() {
+        return Err((key, format!("must name {what}")));
+    }
+    text(key, v, MAX_PATH_CHARS)
+}
+
+/// `value` quoted for an error message, cut short: the message must not carry a huge value.
+fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{:?}... ({} bytes)", &value[..end], value.len()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -576,6 +660,182 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("data.max_prompt_length"), "{err}");
+    }
+
+    fn refused(text: &str) -> String {
+        JobSpec::parse(text, Path::new("job.toml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Finding: `epochs = inf` was accepted, stored as JSON `null`, and the job could not be
+    /// read back. Every non-finite or out-of-range number is refused, naming its key.
+    #[test]
+    fn non_finite_and_absurd_numbers_name_the_key() {
+        for (table, line, key) in [
+            ("train", "epochs = inf", "train.epochs"),
+            ("train", "epochs = -inf", "train.epochs"),
+            ("train", "epochs = nan", "train.epochs"),
+            ("train", "epochs = -1.0", "train.epochs"),
+            ("train", "epochs = 1e300", "train.epochs"),
+            ("train", "learning_rate = nan", "train.learning_rate"),
+            ("train", "learning_rate = 0.0", "train.learning_rate"),
+            ("train", "weight_decay = inf", "train.weight_decay"),
+            ("train", "max_grad_norm = nan", "train.max_grad_norm"),
+            ("train", "batch_size = 0", "train.batch_size"),
+            ("train", "batch_size = 65537", "train.batch_size"),
+            (
+                "train",
+                "eval_batch_size = 1000000",
+                "train.eval_batch_size",
+            ),
+            (
+                "train",
+                "grad_accum = 4611686018427387904",
+                "train.grad_accum",
+            ),
+            (
+                "train",
+                "max_steps = 4611686018427387904",
+                "train.max_steps",
+            ),
+            (
+                "train",
+                "warmup_steps = 4611686018427387904",
+                "train.warmup_steps",
+            ),
+            (
+                "train",
+                "save_every = 4611686018427387904",
+                "train.save_every",
+            ),
+            ("train", "keep_checkpoints = 0", "train.keep_checkpoints"),
+            ("orpo", "beta = inf", "orpo.beta"),
+            ("orpo", "beta = -0.5", "orpo.beta"),
+            ("lora", "alpha = nan", "lora.alpha"),
+            ("lora", "r = 4611686018427387904", "lora.r"),
+            ("lora", "dropout = nan", "lora.dropout"),
+            ("data", "eval_fraction = nan", "data.eval_fraction"),
+            (
+                "data",
+                "max_length = 4611686018427387904",
+                "data.max_length",
+            ),
+            ("data", "max_length = 1048577", "data.max_length"),
+            ("data", "max_prompt_length = 0", "data.max_prompt_length"),
+            ("resources", "device = \"cuda:+1\"", "resources.device"),
+        ] {
+            // [data] is already open in MINIMAL; other tables are added after it.
+            let text = match table {
+                "data" => format!("{MINIMAL}{line}\n"),
+                _ => format!("{MINIMAL}[{table}]\n{line}\n"),
+            };
+            let err = refused(&text);
+            assert!(err.contains(key), "{line}: {err}");
+            let value = line.split(" = ").nth(1).unwrap();
+            let found = value.trim_matches('"').replace("nan", "NaN");
+            assert!(
+                err.contains(&found),
+                "{line}: the message names the value: {err}"
+            );
+        }
+        // The largest accepted sizes pass.
+        let text = format!(
+            "{MINIMAL}max_length = 1048576\nmax_prompt_length = 1048575\n\
+             [train]\nbatch_size = 65536\nmax_steps = 1099511627776\nepochs = 0.0\n"
+        );
+        JobSpec::parse(&text, Path::new("job.toml")).unwrap();
+    }
+
+    /// A spec given as JSON (`SubmitJobRequest::spec`) is checked by `validate` alone.
+    #[test]
+    fn a_json_spec_is_refused_the_same_way() {
+        let good = JobSpec::parse(MINIMAL, Path::new("job.toml")).unwrap();
+        type Spoil = fn(&mut JobSpec);
+        let cases: [(&str, Spoil); 5] = [
+            ("train.epochs", |s| s.train.epochs = f64::INFINITY),
+            ("train.learning_rate", |s| s.train.learning_rate = f64::NAN),
+            ("data.max_length", |s| s.data.max_length = 1 << 62),
+            ("lora.r", |s| s.lora.r = usize::MAX),
+            ("name", |s| s.name = "\u{1b}]0;pwned\u{7}".into()),
+        ];
+        for (key, spoil) in cases {
+            let mut spec = good.clone();
+            spoil(&mut spec);
+            let (k, msg) = spec.validate().unwrap_err();
+            assert_eq!(k, key, "{msg}");
+        }
+        // JSON has no literal for them; a huge exponent is refused by the JSON parser itself.
+        let mut json = serde_json::to_value(&good).unwrap();
+        json["data"]["max_length"] = serde_json::json!(1u64 << 62);
+        let spec: JobSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(spec.validate().unwrap_err().0, "data.max_length");
+        let text = serde_json::to_string(&good)
+            .unwrap()
+            .replace("\"epochs\":1.0", "\"epochs\":1e400");
+        assert!(serde_json::from_str::<JobSpec>(&text).is_err());
+    }
+
+    /// Finding: names were stored with escape sequences and 900 KB of text.
+    #[test]
+    fn names_and_paths_are_short_printable_text() {
+        for (line, key) in [
+            ("name = \"\\u001b[2Jhello\"", "name"),
+            ("name = \"two\\nlines\"", "name"),
+            ("name = \"evil\\u202Efdp\"", "name"),
+            ("name = \"\\u009b31m\"", "name"),
+        ] {
+            let err = refused(&format!("{line}\n{MINIMAL}"));
+            assert!(
+                err.contains(&format!(": {key}: has the unprintable character U+")),
+                "{line}: {err}"
+            );
+        }
+        let long = format!("name = \"{}\"\n{MINIMAL}", "x".repeat(900 << 10));
+        let err = refused(&long);
+        assert!(err.contains("name: is longer than 128"), "{err}");
+        assert!(err.len() < 300, "the message does not echo the name");
+        let name = format!("name = \"{}\"\n{MINIMAL}", "é".repeat(128));
+        JobSpec::parse(&name, Path::new("job.toml")).unwrap();
+
+        let path = MINIMAL.replace("t.jsonl", &"p/".repeat(2049));
+        assert!(refused(&path).contains("data.train: is longer than 4096"));
+        let module = format!(
+            "{MINIMAL}[lora]\ntarget_modules = [\"{}\"]\n",
+            "q".repeat(900 << 10)
+        );
+        let err = refused(&module);
+        assert!(
+            err.contains("lora.target_modules") && err.len() < 400,
+            "{err}"
+        );
+        let twice = format!("{MINIMAL}[lora]\ntarget_modules = [\"q_proj\", \"q_proj\"]\n");
+        assert!(refused(&twice).contains("\"q_proj\" is listed twice"));
+    }
+
+    /// What `validate` accepts is what the daemon can store: JSON and back gives the same spec.
+    /// (Bit for bit for every float only with serde_json's `float_roundtrip`, which the trainer
+    /// turns on: without it `0.9999999999999999` reads back as `1.0`.)
+    #[test]
+    fn a_valid_spec_round_trips_through_json() {
+        let text = "name = \"résumé \\\" 🙂\"\npriority = -2147483648\n\
+            [model]\nbase = \"/m\"\ndtype = \"bf16\"\n\
+            [data]\ntrain = \"sha256:ab\"\neval_fraction = 0.30000000000000004\n\
+            max_length = 1048576\nmax_prompt_length = 1\ntruncation_mode = \"keep_start\"\n\
+            [orpo]\nbeta = 0.0\nnll_scope = \"completion\"\n\
+            [lora]\nr = 65536\nalpha = 1e-300\ndropout = 0.95\n\
+            target_modules = [\"down_proj\"]\n\
+            [train]\nepochs = 1000000.0\nmax_steps = 1099511627776\nlearning_rate = 5e-324\n\
+            weight_decay = 1.7976931348623157e308\nmax_grad_norm = 0.1\nseed = 9223372036854775807\n\
+            [resources]\ndevice = \"cuda:65535\"\n";
+        let spec = JobSpec::parse(text, Path::new("job.toml")).unwrap();
+        let json = serde_json::to_string(&spec).unwrap();
+        let back: JobSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, spec, "{json}");
+        back.validate().unwrap();
+        let defaults = JobSpec::parse(MINIMAL, Path::new("job.toml")).unwrap();
+        let json = serde_json::to_string(&defaults).unwrap();
+        assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), defaults);
     }
 
     #[test]
