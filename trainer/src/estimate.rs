@@ -39,7 +39,7 @@ use orpo_api::JobSpec;
 
 use crate::lora::module_dims;
 use crate::model::{expected_weights, read_config, ModelConfig};
-use crate::Result;
+use crate::{Error, Result};
 
 /// Rows of the output head computed at once for `vocab` logits per row: the op's own rule.
 pub fn head_chunk_rows(vocab: u64) -> u64 {
@@ -140,11 +140,52 @@ pub struct MemoryEstimate {
 /// config (not its weights) from `spec.model.base`.
 pub fn estimate_job(spec: &JobSpec, cuda: bool) -> Result<MemoryEstimate> {
     let cfg = read_config(Path::new(&spec.model.base))?;
-    Ok(estimate(&cfg, &JobShape::from_spec(spec, cuda)))
+    estimate(&cfg, &JobShape::from_spec(spec, cuda))
 }
 
 /// The estimate for a model config and job shape (pure arithmetic; see the module docs).
-pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> MemoryEstimate {
+///
+/// An error, never a panic or a wrapped number, for a config that cannot be a model (a zero or
+/// absurd size: [`ModelConfig::check_values`]) and for a shape whose bytes pass 2^64: the
+/// daemon admits jobs on this number, so a wrapped one would admit a job that cannot fit.
+pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
+    cfg.check_values()
+        .map_err(|m| Error::Config(format!("model config: {m}")))?;
+    if let Some(m) = job.modules.iter().find(|&&m| m >= LORA_MODULES.len()) {
+        return Err(Error::Config(format!(
+            "LoRA module {m} does not exist; there are {}",
+            LORA_MODULES.len()
+        )));
+    }
+    // The config's sizes are bounded (`SIZE_LIMITS`), so products of them alone cannot
+    // overflow; every product with a job size (length, batch, rank, dtype) is checked.
+    let overflow = |what: &str| {
+        Error::Config(format!(
+            "the estimate overflows: {what} over 2^64 ({} pairs of {} tokens, LoRA r {}, on a \
+             model of hidden_size {}, {} layers, vocab_size {})",
+            job.pairs,
+            job.max_length,
+            job.r,
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.vocab_size
+        ))
+    };
+    let mul = |what: &str, factors: &[u64]| -> Result<u64> {
+        factors
+            .iter()
+            .try_fold(1u64, |acc, &f| acc.checked_mul(f))
+            .ok_or_else(|| overflow(what))
+    };
+    let add = |what: &str, terms: &[u64]| -> Result<u64> {
+        terms
+            .iter()
+            .try_fold(0u64, |acc, &t| acc.checked_add(t))
+            .ok_or_else(|| overflow(what))
+    };
+    let slack =
+        |what: &str, bytes: u64| -> Result<u64> { Ok(mul(what, &[bytes, SLACK_PERCENT])? / 100) };
+
     let f32b = 4u64;
     let e = job.dtype_bytes;
     let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
@@ -158,83 +199,111 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> MemoryEstimate {
         .iter()
         .map(|(_, shape)| shape.iter().product::<usize>() as u64)
         .sum();
-    let lora_params: u64 = job
-        .modules
-        .iter()
-        .map(|&m| {
-            let (fan_in, fan_out) = module_dims(cfg, m);
-            (job.r * (fan_in + fan_out)) as u64
-        })
-        .sum::<u64>()
-        * layers;
+    let mut per_layer = 0u64;
+    for &m in &job.modules {
+        let (fan_in, fan_out) = module_dims(cfg, m);
+        let module = mul(
+            "the LoRA parameters",
+            &[job.r as u64, (fan_in + fan_out) as u64],
+        )?;
+        per_layer = add("the LoRA parameters", &[per_layer, module])?;
+    }
+    let lora_params = mul("the LoRA parameters", &[per_layer, layers])?;
     // Inputs of the targeted projections, for the dropout masks.
     let mask_width: u64 = job
         .modules
         .iter()
         .map(|&m| module_dims(cfg, m).0 as u64)
         .sum();
-
-    let rows = 2 * job.pairs as u64;
-    let t = job.max_length as u64;
-    let tokens = rows * t;
     // Values one decoder layer keeps per token (module docs), and its dropout masks.
-    let layer_kept = tokens * (e * (4 * h + 2 * q + 2 * kv + 3 * i))
-        + if job.dropout {
-            tokens * f32b * mask_width
-        } else {
-            0
-        };
+    let layer_width = 4 * h + 2 * q + 2 * kv + 3 * i;
+
+    let rows = mul("the rows", &[2, job.pairs as u64])?;
+    let t = job.max_length as u64;
+    let tokens = mul("the tokens", &[rows, t])?;
+    let acts = "the activations";
+    let masks = if job.dropout {
+        mul(acts, &[tokens, f32b, mask_width])?
+    } else {
+        0
+    };
+    let layer_kept = add(acts, &[mul(acts, &[tokens, e, layer_width])?, masks])?;
     // Scores-sized tensors: none on the CPU f32 path; on the dense one the additive mask, and
     // four alive in the attention backward (probabilities, their gradient, two temporaries).
     let dense = job.cuda || e != f32b;
     let (mask, score_copies) = if dense {
-        (rows * t * t * f32b, 4)
+        (mul("the attention mask", &[rows, t, t, f32b])?, 4)
     } else {
         (0, 0)
     };
     // The mask and what the head keeps: final norm output, the rows at label positions and
     // their Jacobian.
-    let shared = mask + tokens * e * 3 * h;
-    let backward_work = score_copies * rows * heads * t * t * f32b + 5 * tokens * i * f32b;
+    let shared = add(acts, &[mask, mul(acts, &[tokens, e, 3, h])?])?;
+    let work = "the backward working set";
+    let backward_work = add(
+        work,
+        &[
+            mul(work, &[score_copies, rows, heads, t, t, f32b])?,
+            mul(work, &[5, tokens, i, f32b])?,
+        ],
+    )?;
     let (activations, workspace) = if job.gradient_checkpointing {
         (
-            layers * tokens * e * h + shared,
-            2 * layer_kept + backward_work,
+            add(acts, &[mul(acts, &[layers, tokens, e, h])?, shared])?,
+            add(work, &[mul(work, &[2, layer_kept])?, backward_work])?,
         )
     } else {
-        (layers * layer_kept + shared, backward_work)
+        (
+            add(acts, &[mul(acts, &[layers, layer_kept])?, shared])?,
+            backward_work,
+        )
     };
-    let slack = |bytes: u64| bytes * SLACK_PERCENT / 100;
-    let (activations, workspace) = (slack(activations), slack(workspace));
+    let (activations, workspace) = (slack(acts, activations)?, slack(work, workspace)?);
     // Target positions: at most every row's tokens but the last, a chunk at a time.
     let chunk = head_chunk_rows(vocab);
     let head_copies = if job.cuda { 3 } else { 1 };
-    let logits = slack(head_copies * (rows * t.saturating_sub(1)).min(chunk) * vocab * f32b);
+    let head_rows = |rows: u64| -> Result<u64> {
+        Ok(mul("the logits", &[rows, t.saturating_sub(1)])?.min(chunk))
+    };
+    let head = "the logits";
+    let logits = slack(
+        head,
+        mul(head, &[head_copies, head_rows(rows)?, vocab, f32b])?,
+    )?;
 
-    let weights = params * e;
-    let lora = lora_params * f32b;
-    let optimizer = 4 * lora_params * f32b;
+    let weights = mul("the weights", &[params, e])?;
+    let lora = mul("the LoRA parameters", &[lora_params, f32b])?;
+    let optimizer = mul("the optimizer state", &[4, lora_params, f32b])?;
     let overhead = if job.cuda {
         CUDA_OVERHEAD
     } else {
         CPU_OVERHEAD
     };
-    let train_peak = weights + lora + optimizer + activations + workspace.max(logits) + overhead;
+    let fixed = add("the total", &[weights, lora, optimizer, overhead])?;
+    let train_peak = add("the total", &[fixed, activations, workspace.max(logits)])?;
 
     let eval_peak = if job.eval_pairs > 0 {
-        let rows = 2 * job.eval_pairs as u64;
-        let tokens = rows * t;
+        let eval = "the evaluation peak";
+        let rows = mul(eval, &[2, job.eval_pairs as u64])?;
+        let tokens = mul(eval, &[rows, t])?;
         // One layer's values at a time (no graph), its attention scores, the logits slice.
-        let scores = if dense { rows * t * t * f32b } else { 0 };
-        let layer = tokens * e * (4 * h + 2 * q + 2 * kv + 3 * i) + scores;
-        let scores = 3 * heads * scores;
-        let head = head_copies * (rows * t.saturating_sub(1)).min(chunk) * vocab * f32b;
-        weights + lora + optimizer + overhead + slack(layer + scores.max(head))
+        let scores = if dense {
+            mul(eval, &[rows, t, t, f32b])?
+        } else {
+            0
+        };
+        let layer = add(eval, &[mul(eval, &[tokens, e, layer_width])?, scores])?;
+        let scores = mul(eval, &[3, heads, scores])?;
+        let head = mul(eval, &[head_copies, head_rows(rows)?, vocab, f32b])?;
+        add(
+            eval,
+            &[fixed, slack(eval, add(eval, &[layer, scores.max(head)])?)?],
+        )?
     } else {
         0
     };
 
-    MemoryEstimate {
+    Ok(MemoryEstimate {
         total_bytes: train_peak.max(eval_peak),
         weights_bytes: weights,
         lora_bytes: lora,
@@ -245,7 +314,7 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> MemoryEstimate {
         overhead_bytes: overhead,
         eval_peak_bytes: eval_peak,
         tokens,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -293,7 +362,7 @@ mod tests {
 
     #[test]
     fn smollm2_parts_match_hand_counts() {
-        let est = estimate(&smollm2(), &shape(4, 128, false));
+        let est = estimate(&smollm2(), &shape(4, 128, false)).unwrap();
         // 134,515,008 parameters (HF's `num_parameters()` for SmolLM2-135M), f32.
         assert_eq!(est.weights_bytes, 134_515_008 * 4);
         // r16 on all 7 modules: 16 * (1152 + 768 + 768 + 1152 + 2112 * 3) = 162,816 per layer.
@@ -320,7 +389,10 @@ mod tests {
     #[test]
     fn smollm2_estimates_are_within_the_calibration_band() {
         for (ckpt, measured) in [(false, 1690.0), (true, 795.0)] {
-            let est = estimate(&smollm2(), &shape(4, 128, ckpt)).total_bytes as f64 / MIB;
+            let est = estimate(&smollm2(), &shape(4, 128, ckpt))
+                .unwrap()
+                .total_bytes as f64
+                / MIB;
             let err = est / measured - 1.0;
             assert!(
                 (-0.10..=0.15).contains(&err),
@@ -333,11 +405,11 @@ mod tests {
     #[test]
     fn checkpointing_and_length_move_the_estimate_the_right_way() {
         let cfg = smollm2();
-        let off = estimate(&cfg, &shape(4, 512, false));
-        let on = estimate(&cfg, &shape(4, 512, true));
+        let off = estimate(&cfg, &shape(4, 512, false)).unwrap();
+        let on = estimate(&cfg, &shape(4, 512, true)).unwrap();
         assert!(on.activations_bytes * 10 < off.activations_bytes);
         assert!(on.total_bytes < off.total_bytes);
-        let long = estimate(&cfg, &shape(4, 1024, false));
+        let long = estimate(&cfg, &shape(4, 1024, false)).unwrap();
         // Linear in the length on the CPU: its attention makes no `t x t` tensor.
         let ratio = long.activations_bytes as f64 / off.activations_bytes as f64;
         assert!((ratio - 2.0).abs() < 1e-6, "{ratio}");
@@ -348,7 +420,7 @@ mod tests {
     #[test]
     fn bf16_on_cuda_halves_the_weights_and_adds_the_context() {
         let cfg = smollm2();
-        let cpu = estimate(&cfg, &shape(1, 64, false));
+        let cpu = estimate(&cfg, &shape(1, 64, false)).unwrap();
         let gpu = estimate(
             &cfg,
             &JobShape {
@@ -356,7 +428,8 @@ mod tests {
                 cuda: true,
                 ..shape(1, 64, false)
             },
-        );
+        )
+        .unwrap();
         assert_eq!(gpu.weights_bytes * 2, cpu.weights_bytes);
         assert_eq!(gpu.overhead_bytes, CUDA_OVERHEAD);
         assert_eq!(gpu.lora_bytes, cpu.lora_bytes, "LoRA stays f32");
@@ -367,7 +440,7 @@ mod tests {
         let cfg = smollm2();
         let mut job = shape(1, 2048, true);
         job.eval_pairs = 16;
-        let est = estimate(&cfg, &job);
+        let est = estimate(&cfg, &job).unwrap();
         assert!(est.eval_peak_bytes > 0);
         assert_eq!(est.total_bytes, est.eval_peak_bytes);
     }
@@ -388,6 +461,131 @@ mod tests {
             assert_eq!(est.weights_bytes, 4 * params as u64);
         }
         assert!(read_config(&dir.path().join("missing.gguf")).is_err());
+    }
+
+    /// Llama 3 8B's shape (untied, GQA 32/8, 128k vocabulary).
+    fn llama3_8b() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 128_256,
+            hidden_size: 4096,
+            intermediate_size: 14336,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            tie_word_embeddings: false,
+            ..smollm2()
+        }
+    }
+
+    /// Totals computed by the unchecked arithmetic before it became checked: the checks change
+    /// no number of a real shape. A bf16 CUDA job with dropout, checkpointing and evaluation
+    /// goes through every term.
+    #[test]
+    fn checked_arithmetic_gives_the_numbers_of_before() {
+        let gpu = JobShape {
+            dtype_bytes: 2,
+            cuda: true,
+            pairs: 2,
+            eval_pairs: 8,
+            max_length: 1024,
+            dropout: true,
+            ..shape(4, 128, true)
+        };
+        let total = |cfg: &ModelConfig, job: &JobShape| estimate(cfg, job).unwrap();
+        let est = total(&smollm2(), &shape(4, 128, false));
+        assert_eq!(est.total_bytes, 1_963_273_061);
+        assert_eq!(est.activations_bytes, 1_149_684_940);
+        let est = total(&smollm2(), &gpu);
+        assert_eq!(est.total_bytes, 3_811_920_921);
+        assert_eq!(est.workspace_bytes, 1_134_978_662);
+        assert_eq!(est.logits_bytes, 332_188_876);
+        assert_eq!(
+            total(&llama3_8b(), &shape(4, 128, false)).total_bytes,
+            43_444_826_931
+        );
+        let est = total(&llama3_8b(), &gpu);
+        assert_eq!(est.total_bytes, 27_643_512_422);
+        assert_eq!(est.activations_bytes, 1_310_300_569);
+    }
+
+    /// Finding: `vocab_size: 0` made the head's chunk rule divide by zero, and the scheduler
+    /// panicked on every round. Every zero or absurd size is an error naming its key.
+    #[test]
+    fn impossible_configs_are_errors_naming_the_key() {
+        assert_eq!(head_chunk_rows(0), 1024);
+        assert_eq!(head_chunk_rows(u64::MAX), 64);
+        type Spoil = fn(&mut ModelConfig);
+        let cases: [(&str, Spoil); 9] = [
+            ("vocab_size", |c| c.vocab_size = 0),
+            ("vocab_size", |c| c.vocab_size = usize::MAX),
+            ("hidden_size", |c| c.hidden_size = 0),
+            ("intermediate_size", |c| c.intermediate_size = 1 << 40),
+            ("num_hidden_layers", |c| c.num_hidden_layers = 0),
+            ("num_hidden_layers", |c| c.num_hidden_layers = 1 << 40),
+            ("num_attention_heads", |c| c.num_attention_heads = 0),
+            ("num_key_value_heads", |c| c.num_key_value_heads = 0),
+            ("num_key_value_heads", |c| c.num_key_value_heads = 2),
+        ];
+        for (key, spoil) in cases {
+            let mut cfg = smollm2();
+            spoil(&mut cfg);
+            let err = estimate(&cfg, &shape(4, 128, false))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let mut job = shape(4, 128, false);
+        job.modules.push(LORA_MODULES.len());
+        assert!(estimate(&smollm2(), &job).is_err());
+    }
+
+    /// Finding: `max_length = 2^62` wrapped to an estimate of 0.8 GB in release builds (and
+    /// panicked in debug ones). Spec validation refuses it first; the estimate refuses it too.
+    #[test]
+    fn an_overflowing_shape_is_an_error() {
+        for job in [
+            shape(4, 1 << 62, false),
+            shape(4, 1 << 62, true),
+            shape(usize::MAX, 128, false),
+            JobShape {
+                cuda: true,
+                ..shape(4, 1 << 31, false)
+            },
+            JobShape {
+                r: usize::MAX,
+                ..shape(4, 128, false)
+            },
+            JobShape {
+                eval_pairs: usize::MAX / 2,
+                ..shape(4, 128, false)
+            },
+        ] {
+            let err = estimate(&smollm2(), &job).unwrap_err().to_string();
+            assert!(err.starts_with("the estimate overflows: "), "{err}");
+        }
+        // Through the job file, with spec validation bypassed.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            crate::model::testing::tiny_config(Arch::Llama)
+                .to_hf_json("float32", None, 0)
+                .to_string(),
+        )
+        .unwrap();
+        let mut spec = JobSpec::default();
+        spec.model.base = dir.path().to_string_lossy().into_owned();
+        assert!(estimate_job(&spec, false).is_ok());
+        spec.data.max_length = 1 << 62;
+        let err = estimate_job(&spec, false).unwrap_err().to_string();
+        assert!(err.contains("overflows"), "{err}");
+        let mut json =
+            crate::model::testing::tiny_config(Arch::Llama).to_hf_json("float32", None, 0);
+        json["vocab_size"] = 0.into();
+        std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+        spec.data.max_length = 128;
+        let err = estimate_job(&spec, false).unwrap_err().to_string();
+        assert!(err.contains("`vocab_size` is 0"), "{err}");
     }
 
     #[test]

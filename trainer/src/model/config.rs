@@ -49,6 +49,19 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
 }
 
+/// The largest value of each size, by `config.json` key: far above any released model (Llama
+/// 3.1 405B has hidden 16384, intermediate 53248, 126 layers, 128 heads; Gemma a 256k
+/// vocabulary), and small enough that the weights, the per-token activations and the memory
+/// estimate's products of them stay far inside 64 bits.
+pub const SIZE_LIMITS: [(&str, usize); 6] = [
+    ("vocab_size", 1 << 24),
+    ("hidden_size", 1 << 20),
+    ("intermediate_size", 1 << 22),
+    ("num_hidden_layers", 1 << 12),
+    ("num_attention_heads", 1 << 12),
+    ("head_dim", 1 << 12),
+];
+
 /// The `model_type` values we can train, as the error message lists them.
 const SUPPORTED: &str = "llama (also SmolLM2), mistral, qwen2";
 
@@ -119,26 +132,70 @@ impl ModelConfig {
         Ok(config)
     }
 
-    /// Checks the head layout can be built: GQA needs the query heads to split evenly.
+    /// Checks the config describes a network that can be built and whose sizes multiply
+    /// without overflow; the error names the file and the `config.json` key.
     pub fn validate(&self, path: &Path) -> Result<()> {
-        if self.num_key_value_heads == 0 || self.num_attention_heads % self.num_key_value_heads != 0
-        {
-            return Err(Error::model(
-                path,
-                format!(
-                    "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-                    self.num_attention_heads, self.num_key_value_heads
-                ),
+        self.check_values()
+            .map_err(|message| Error::model(path, message))
+    }
+
+    /// What is wrong with the config's values, naming the `config.json` key: a size of 0 or
+    /// past [`SIZE_LIMITS`], query heads that do not split evenly over the KV heads (GQA), an
+    /// odd `head_dim`, a norm epsilon or rope setting that is not a positive finite number.
+    pub fn check_values(&self) -> std::result::Result<(), String> {
+        // In the order of `SIZE_LIMITS`.
+        let sizes = [
+            self.vocab_size,
+            self.hidden_size,
+            self.intermediate_size,
+            self.num_hidden_layers,
+            self.num_attention_heads,
+            self.head_dim,
+        ];
+        for ((key, max), value) in SIZE_LIMITS.into_iter().zip(sizes) {
+            if !(1..=max).contains(&value) {
+                return Err(format!("`{key}` is {value}; accepted: 1 to {max}"));
+            }
+        }
+        let kv = self.num_key_value_heads;
+        if kv == 0 || self.num_attention_heads % kv != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {kv}",
+                self.num_attention_heads
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(Error::model(
-                path,
-                format!(
-                    "head_dim {} must be even for rotary embeddings",
-                    self.head_dim
-                ),
+            return Err(format!(
+                "head_dim {} must be even for rotary embeddings",
+                self.head_dim
             ));
+        }
+        if self.sliding_window == Some(0) {
+            return Err("`sliding_window` is 0; accepted: at least 1, or null".into());
+        }
+        let mut floats = vec![
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ];
+        if let Some(s) = &self.rope_scaling {
+            floats.extend([
+                ("rope_scaling.factor", s.factor),
+                ("rope_scaling.low_freq_factor", s.low_freq_factor),
+                ("rope_scaling.high_freq_factor", s.high_freq_factor),
+            ]);
+            if s.original_max_position_embeddings == 0 {
+                return Err(
+                    "`rope_scaling.original_max_position_embeddings` is 0; accepted: at least 1"
+                        .into(),
+                );
+            }
+        }
+        for (key, value) in floats {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!(
+                    "`{key}` is {value:?}; accepted: a finite number > 0"
+                ));
+            }
         }
         Ok(())
     }
@@ -365,5 +422,51 @@ impl<'a> Fields<'a> {
 
     fn unsupported(&self, what: String) -> Error {
         Error::model(self.path, format!("{what} is not supported by the trainer"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(change: impl FnOnce(&mut Value)) -> Result<ModelConfig> {
+        let mut json = json!({
+            "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+            "vocab_size": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0
+        });
+        change(&mut json);
+        ModelConfig::from_hf_json(&json, Path::new("config.json"))
+    }
+
+    /// Finding: `vocab_size: 0` loaded and later divided by zero. Zero, absurd and non-positive
+    /// values are refused at read time, naming the key.
+    #[test]
+    fn impossible_values_are_refused_naming_the_key() {
+        config(|_| {}).unwrap();
+        for (key, value) in [
+            ("vocab_size", json!(0)),
+            ("vocab_size", json!(1u64 << 40)),
+            ("hidden_size", json!(0)),
+            ("intermediate_size", json!(0)),
+            ("num_hidden_layers", json!(0)),
+            ("num_hidden_layers", json!(u64::MAX)),
+            ("head_dim", json!(0)),
+            ("num_key_value_heads", json!(0)),
+            ("num_key_value_heads", json!(3)),
+            ("rms_norm_eps", json!(0.0)),
+            ("rope_theta", json!(-1.0)),
+            ("sliding_window", json!(0)),
+        ] {
+            let err = config(|j| {
+                j[key] = value.clone();
+                if key == "sliding_window" {
+                    j["model_type"] = json!("mistral");
+                }
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(key), "{key} = {value}: {err}");
+        }
     }
 }

@@ -13,9 +13,10 @@ use super::{with_backward1, with_backward2};
 const HEAD_CHUNK_BYTES: usize = 96 << 20;
 
 /// Rows per chunk of [`target_logprobs`] for `vocab` logits per row (the memory estimate
-/// counts the same slice).
+/// counts the same slice). Total for any `vocab`: an empty vocabulary (a broken config) gets the
+/// most rows instead of a division by zero, a huge one the fewest instead of an overflow.
 pub fn head_chunk_rows(vocab: usize) -> usize {
-    (HEAD_CHUNK_BYTES / (vocab * 4)).clamp(64, 1024)
+    (HEAD_CHUNK_BYTES / vocab.saturating_mul(4).max(1)).clamp(64, 1024)
 }
 
 /// `log_softmax(h @ w^T)[target]` for each row of `h: [m, hidden]`, with `w: [vocab, hidden]` the
