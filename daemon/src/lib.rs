@@ -12,12 +12,14 @@
 //! - [`devices`]: GPUs (NVML) and the CPU host, what each has free; the admission policy.
 //! - [`http`]: the v1 API routes, the one error mapping, the OpenAPI document.
 //! - [`checkpoints`]: a job's checkpoint folders as the API lists them.
+//! - [`disk`]: free space on the state folder, checked before anything a client sends is kept.
 
 pub mod checkpoints;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod devices;
+pub mod disk;
 pub mod http;
 pub mod server;
 pub mod store;

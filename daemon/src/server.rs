@@ -32,6 +32,7 @@ pub async fn run(
         tracing::info!("requeued {recovered} job(s) left running by the previous daemon");
     }
     let scheduler = tokio::spawn(supervisor.clone().run());
+    let retention = tokio::spawn(supervisor.clone().retention_loop());
     let state = web::Data::new(AppState {
         store: store.clone(),
         supervisor: supervisor.clone(),
@@ -44,6 +45,9 @@ pub async fn run(
             .configure(http::configure)
     })
     .workers(2)
+    // A client that closes its end is gone: end its response (an event stream would otherwise
+    // run until its next write fails, holding a follower slot and a CLOSE-WAIT socket).
+    .h1_allow_half_closed(false)
     .disable_signals()
     .shutdown_timeout(5)
     .listen(listener)?
@@ -60,7 +64,8 @@ pub async fn run(
     handle.stop(true).await;
     let _ = server_task.await;
     scheduler.abort();
-    store.flush().await?;
+    retention.abort();
+    store.close().await?;
     let _ = std::fs::remove_file(dir.join("orpod.addr"));
     tracing::info!("stopped");
     Ok(())

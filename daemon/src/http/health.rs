@@ -7,21 +7,42 @@ use actix_web::{web, HttpResponse};
 use orpo_api::{HealthView, JobState};
 
 use super::error::ApiError;
+use super::events;
 use super::AppState;
 use crate::store::SCHEMA_VERSION;
 
 /// Health
 ///
-/// `ok` while the daemon serves; with the store's schema version and queue figures.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthView)))]
-pub async fn healthz(state: web::Data<AppState>) -> web::Json<HealthView> {
-    web::Json(HealthView {
-        status: "ok".into(),
+/// `ok` (200) while the daemon serves and schedules; `degraded` (503) with the problems in
+/// words when the scheduler is not running, is stuck, or its last round failed. With the
+/// store's schema version and queue figures.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, body = HealthView), (status = 503, description = "Degraded", body = HealthView)))]
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let problems: Vec<String> = state
+        .supervisor
+        .scheduler_health()
+        .err()
+        .into_iter()
+        .collect();
+    let view = HealthView {
+        status: if problems.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        problems,
         version: env!("CARGO_PKG_VERSION").into(),
         schema_version: SCHEMA_VERSION,
         jobs_running: state.supervisor.running().len(),
         jobs_queued: state.store.queue_len(),
-    })
+    };
+    if view.problems.is_empty() {
+        HttpResponse::Ok().json(view)
+    } else {
+        HttpResponse::ServiceUnavailable().json(view)
+    }
 }
 
 /// Prometheus metrics
@@ -33,6 +54,7 @@ pub async fn healthz(state: web::Data<AppState>) -> web::Json<HealthView> {
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let store = state.store.clone();
     let running = state.supervisor.running();
+    let panics = state.supervisor.scheduler_panics();
     let text = web::block(move || -> Result<String, ApiError> {
         let mut by_state: BTreeMap<&str, u64> =
             JobState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
@@ -55,6 +77,19 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         let _ = writeln!(out, "# HELP orpod_workers Worker processes running.");
         let _ = writeln!(out, "# TYPE orpod_workers gauge");
         let _ = writeln!(out, "orpod_workers {}", running.len());
+        let _ = writeln!(
+            out,
+            "# HELP orpod_scheduler_panics_total Scheduling rounds that panicked (each was logged; \
+             the next round ran)."
+        );
+        let _ = writeln!(out, "# TYPE orpod_scheduler_panics_total counter");
+        let _ = writeln!(out, "orpod_scheduler_panics_total {panics}");
+        let _ = writeln!(
+            out,
+            "# HELP orpod_event_followers Clients following job events."
+        );
+        let _ = writeln!(out, "# TYPE orpod_event_followers gauge");
+        let _ = writeln!(out, "orpod_event_followers {}", events::follower_count());
         let mut gauges = [
             (
                 "orpod_job_step",

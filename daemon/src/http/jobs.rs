@@ -1,47 +1,105 @@
 //! Job routes: submit, list, view, cancel, pause, resume (`orpoctl submit | list | status |
 //! cancel | pause | resume`).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use orpo_api::{ErrorBody, JobList, JobState, JobView, SubmitJobRequest};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::{validate, AppState};
-use crate::store::{JobFilter, NewJob};
+use crate::store::{Idempotency, Inserted, JobFilter, NewJob};
 
 /// Submit a job
 ///
-/// Checks the job file, the model path on the server and the uploaded data sets it names, then
-/// stores the job as `queued`. The answer comes only after the store has flushed the job to
-/// disk, so an acknowledged job survives a crash.
+/// Checks the job file, the model path on the server and the uploaded data sets it names,
+/// estimates its memory, then stores the job as `queued`. The answer comes only after the
+/// store has flushed the job to disk, so an acknowledged job survives a crash. With an
+/// `Idempotency-Key` header a retried submit (same key, same request) returns the job the
+/// first one created (200, `Idempotent-Replayed: true`) instead of a second job; the same key
+/// with a different request is refused (409).
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJobRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "A key of your choosing (1-255 visible ASCII characters) that makes retrying this submit safe")),
     responses((status = 201, description = "Queued", body = JobView),
+        (status = 200, description = "An earlier submit with this Idempotency-Key created the job", body = JobView),
         (status = 400, description = "Malformed request or job file", body = ErrorBody),
-        (status = 422, description = "Model or data set not found", body = ErrorBody)))]
+        (status = 409, description = "Idempotency-Key used for another request", body = ErrorBody),
+        (status = 422, description = "Model or data set not found", body = ErrorBody),
+        (status = 507, description = "The server's disk is below min_free_mib; nothing was stored", body = ErrorBody)))]
 pub async fn submit(
     state: web::Data<AppState>,
+    http: HttpRequest,
     req: web::Json<SubmitJobRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let idempotency = idempotency(&http, &req)?;
+    crate::disk::ensure_free(&state.config.state_dir, state.config.min_free_mib, 0)
+        .map_err(ApiError::InsufficientStorage)?;
     let spec = validate::check(&state, &req)?;
     let owner = req
         .owner
         .clone()
         .filter(|o| !o.trim().is_empty())
         .unwrap_or_else(|| "anonymous".into());
+    orpo_api::check_label("owner", &owner, orpo_api::OWNER_MAX_CHARS)
+        .map_err(ApiError::InvalidJob)?;
+    let estimate = state
+        .supervisor
+        .estimate(&spec)
+        .await
+        .map_err(|m| ApiError::InvalidJob(format!("model.base: {m}")))?;
     let ahead = state.store.queue_len() + state.supervisor.running().len();
-    let view = state.store.insert_job(NewJob {
-        owner,
-        spec,
-        pending_reason: Some(if ahead == 0 {
-            "starting".into()
-        } else {
-            format!("waiting for a free slot ({ahead} job(s) ahead or running)")
-        }),
-    })?;
+    let inserted = state
+        .store
+        .insert_job(NewJob {
+            owner,
+            spec,
+            pending_reason: Some(if ahead == 0 {
+                "starting".into()
+            } else {
+                format!("waiting for a free slot ({ahead} job(s) ahead or running)")
+            }),
+            estimate_bytes: Some(estimate.total_bytes),
+            idempotency,
+        })
+        .await?;
     state.store.flush().await?;
-    state.supervisor.wake();
-    Ok(HttpResponse::Created().json(view))
+    Ok(match inserted {
+        Inserted::New(view) => {
+            state.supervisor.wake();
+            HttpResponse::Created().json(view)
+        }
+        Inserted::Existing(view) => HttpResponse::Ok()
+            .insert_header(("Idempotent-Replayed", "true"))
+            .json(view),
+    })
+}
+
+/// The request's `Idempotency-Key`, with a fingerprint of the request it came with.
+fn idempotency(
+    http: &HttpRequest,
+    req: &SubmitJobRequest,
+) -> Result<Option<Idempotency>, ApiError> {
+    let Some(value) = http.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters".into())
+        })?;
+    let body = serde_json::to_vec(req).map_err(|e| ApiError::Internal(e.into()))?;
+    let fingerprint = Sha256::digest(&body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(Some(Idempotency {
+        key: key.to_string(),
+        fingerprint,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -143,4 +201,17 @@ pub async fn resume(
     id: web::Path<u64>,
 ) -> Result<web::Json<JobView>, ApiError> {
     Ok(web::Json(state.supervisor.resume(*id).await?))
+}
+
+/// Delete a job
+///
+/// Removes a finished job (succeeded, failed or cancelled) with its events, metrics,
+/// checkpoints and adapter. A job that has not finished is refused (409): cancel it first.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+    responses((status = 200, description = "Deleted; the job as it was", body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    id: web::Path<u64>,
+) -> Result<web::Json<JobView>, ApiError> {
+    Ok(web::Json(state.supervisor.delete(*id).await?))
 }

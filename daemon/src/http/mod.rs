@@ -36,10 +36,10 @@ pub struct AppState {
                        cancel, download checkpoints. Errors are `{\"error\": {\"code\", \"message\"}}`."
     ),
     paths(
-        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::pause, jobs::resume,
+        jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::pause, jobs::resume,
         events::metrics, events::events,
         checkpoints::list, checkpoints::download,
-        datasets::upload, datasets::get,
+        datasets::upload, datasets::get, datasets::delete,
         gpus::gpus, gpus::plan,
         health::healthz, health::metrics,
     ),
@@ -92,7 +92,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(jobs::submit))
             .route(web::get().to(jobs::list)),
     )
-    .service(resource("/v1/jobs/{id}", "GET").route(web::get().to(jobs::get)))
+    .service(
+        resource("/v1/jobs/{id}", "GET, DELETE")
+            .route(web::get().to(jobs::get))
+            .route(web::delete().to(jobs::delete)),
+    )
     .service(resource("/v1/jobs/{id}/cancel", "POST").route(web::post().to(jobs::cancel)))
     .service(resource("/v1/jobs/{id}/pause", "POST").route(web::post().to(jobs::pause)))
     .service(resource("/v1/jobs/{id}/resume", "POST").route(web::post().to(jobs::resume)))
@@ -104,7 +108,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(checkpoints::download)),
     )
     .service(resource("/v1/datasets", "POST").route(web::post().to(datasets::upload)))
-    .service(resource("/v1/datasets/{sha256}", "GET").route(web::get().to(datasets::get)))
+    .service(
+        resource("/v1/datasets/{sha256}", "GET, DELETE")
+            .route(web::get().to(datasets::get))
+            .route(web::delete().to(datasets::delete)),
+    )
     .service(resource("/v1/gpus", "GET").route(web::get().to(gpus::gpus)))
     .service(resource("/v1/plan", "POST").route(web::post().to(gpus::plan)))
     .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))

@@ -1,12 +1,35 @@
-//! Per-job event logs and metric records, appended in order with dense sequence numbers.
+//! Per-job event logs and metric records, appended in order with dense sequence numbers (the
+//! writer is the only appender, so a sequence number is the last one plus one).
 
 use orpo_api::{EventKind, EventView, JobState, MetricRecord};
 
-use super::{from_json, pair_key, to_json, Result, Store};
+use super::{from_json, pair_key, to_json, Result, Store, Trees};
+
+/// Appends one event to the job's log on the writer and returns its `seq` (1-based).
+pub(super) fn append(
+    t: &Trees,
+    id: u64,
+    kind: EventKind,
+    message: &str,
+    state: Option<JobState>,
+    checkpoint: Option<String>,
+) -> Result<u64> {
+    let seq = last_seq(&t.events, id)? + 1;
+    let event = EventView {
+        seq,
+        time: crate::now_rfc3339(),
+        kind,
+        message: message.to_string(),
+        state,
+        checkpoint,
+    };
+    t.events.insert(pair_key(id, seq), to_json(&event))?;
+    Ok(seq)
+}
 
 impl Store {
     /// Appends one event to the job's log and returns its `seq` (1-based).
-    pub fn append_event(
+    pub async fn append_event(
         &self,
         id: u64,
         kind: EventKind,
@@ -14,43 +37,52 @@ impl Store {
         state: Option<JobState>,
         checkpoint: Option<String>,
     ) -> Result<u64> {
-        let _guard = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = last_seq(&self.events, id)? + 1;
-        let event = EventView {
-            seq,
-            time: crate::now_rfc3339(),
-            kind,
-            message: message.to_string(),
-            state,
-            checkpoint,
-        };
-        self.events.insert(pair_key(id, seq), to_json(&event))?;
-        Ok(seq)
+        let message = message.to_string();
+        self.writer
+            .run(false, move |t| {
+                append(t, id, kind, &message, state, checkpoint)
+            })
+            .await
     }
 
-    /// Events with `seq > since`, at most `limit`.
+    /// Events with `seq > since`, at most `limit`. Unreadable records are skipped.
     pub fn events(&self, id: u64, since: u64, limit: usize) -> Result<Vec<EventView>> {
         let range = pair_key(id, since.saturating_add(1))..pair_key(id.saturating_add(1), 0);
-        self.events
-            .range(range)
-            .values()
-            .take(limit)
-            .map(|v| from_json("events", &v?))
-            .collect()
+        let mut out = Vec::new();
+        for v in self.t.events.range(range).values() {
+            match from_json("events", &v?) {
+                Ok(e) => out.push(e),
+                Err(e) => tracing::warn!(job = id, "skipping an event: {e}"),
+            }
+            if out.len() == limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
-    pub fn append_metric(&self, id: u64, record: &MetricRecord) -> Result<()> {
-        let _guard = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let seq = last_seq(&self.metrics, id)? + 1;
-        self.metrics.insert(pair_key(id, seq), to_json(record))?;
-        Ok(())
+    pub async fn append_metric(&self, id: u64, record: &MetricRecord) -> Result<()> {
+        let value = to_json(record);
+        self.writer
+            .run(false, move |t| {
+                let seq = last_seq(&t.metrics, id)? + 1;
+                t.metrics.insert(pair_key(id, seq), value)?;
+                Ok(())
+            })
+            .await
     }
 
-    /// Records with `step > since`, in the order they were logged.
+    /// Records with `step > since`, in the order they were logged, at most `limit`.
     pub fn metrics(&self, id: u64, since: usize, limit: usize) -> Result<Vec<MetricRecord>> {
         let mut out = Vec::new();
-        for v in self.metrics.scan_prefix(id.to_be_bytes()).values() {
-            let rec: MetricRecord = from_json("metrics", &v?)?;
+        for v in self.t.metrics.scan_prefix(id.to_be_bytes()).values() {
+            let rec: MetricRecord = match from_json("metrics", &v?) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(job = id, "skipping a metric record: {e}");
+                    continue;
+                }
+            };
             if rec.step > since {
                 out.push(rec);
             }
@@ -62,18 +94,21 @@ impl Store {
     }
 
     /// Replaces the job's records with `records`: a resumed run's history up to its checkpoint
-    /// is the truth (steps after it will be trained again).
-    pub fn replace_metrics(&self, id: u64, records: &[MetricRecord]) -> Result<()> {
-        let _guard = self.append_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut batch = sled::Batch::default();
-        for key in self.metrics.scan_prefix(id.to_be_bytes()).keys() {
-            batch.remove(key?);
-        }
-        for (i, rec) in records.iter().enumerate() {
-            batch.insert(&pair_key(id, i as u64 + 1), to_json(rec));
-        }
-        self.metrics.apply_batch(batch)?;
-        Ok(())
+    /// is the truth (steps after it will be trained again). Not atomic, and need not be: a
+    /// crash part-way means a restart, and the resumed worker sends its history again.
+    pub async fn replace_metrics(&self, id: u64, records: &[MetricRecord]) -> Result<()> {
+        let values: Vec<Vec<u8>> = records.iter().map(to_json).collect();
+        self.writer
+            .run(false, move |t| {
+                for key in t.metrics.scan_prefix(id.to_be_bytes()).keys() {
+                    t.metrics.remove(key?)?;
+                }
+                for (i, v) in values.into_iter().enumerate() {
+                    t.metrics.insert(pair_key(id, i as u64 + 1), v)?;
+                }
+                Ok(())
+            })
+            .await
     }
 }
 

@@ -1,16 +1,43 @@
-//! Jobs and the queue: insert, read, list with filters and cursors, and transactional updates
-//! that keep the `queue` tree equal to the set of queued jobs.
+//! Jobs and the queue: insert (once per idempotency key), read, list with filters and cursors,
+//! updates that keep the queue index equal to the set of queued jobs, and deletion.
 
 use orpo_api::{EventKind, JobSpec, JobState, JobView, Memory, Progress};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use serde::{Deserialize, Serialize};
 
-use super::{job_from_json, to_json, Result, Store, StoreError};
+use super::{job_from_json, job_to_json, to_json, Result, Store, StoreError, Trees};
 
 /// What a submit stores.
 pub struct NewJob {
     pub owner: String,
     pub spec: JobSpec,
     pub pending_reason: Option<String>,
+    /// The memory estimate, when the submit computed it.
+    pub estimate_bytes: Option<u64>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A client's `Idempotency-Key` and a fingerprint of its request: the same key with the same
+/// request returns the job it created; with another request it is refused.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The outcome of [`Store::insert_job`].
+#[derive(Debug)]
+pub enum Inserted {
+    New(JobView),
+    /// The job an earlier request with the same idempotency key created.
+    Existing(JobView),
+}
+
+/// What the `idempotency` tree holds under `owner \0 key`.
+#[derive(Serialize, Deserialize)]
+pub(super) struct IdemEntry {
+    pub job: u64,
+    pub fingerprint: String,
 }
 
 /// `GET /v1/jobs` filters. `cursor`: list jobs with ids below it (newest first).
@@ -24,7 +51,7 @@ pub struct JobFilter {
 
 /// Queue order: highest priority first, then lowest id (submit order). The priority's sign bit
 /// is flipped so it sorts as unsigned, and the result inverted so larger priorities come first.
-fn queue_key(view: &JobView) -> [u8; 12] {
+pub(super) fn queue_key(view: &JobView) -> [u8; 12] {
     let p = !((view.spec.priority as u32) ^ 0x8000_0000);
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&p.to_be_bytes());
@@ -32,28 +59,54 @@ fn queue_key(view: &JobView) -> [u8; 12] {
     k
 }
 
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
-
-fn unwrap_tx<T>(r: std::result::Result<T, TransactionError<StoreError>>) -> Result<T> {
-    r.map_err(|e| match e {
-        TransactionError::Abort(e) => e,
-        TransactionError::Storage(e) => StoreError::Sled(e),
+pub(super) fn read_next_id(t: &Trees) -> Result<u64> {
+    Ok(match t.meta.get("next_job_id")? {
+        Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "meta",
+            message: "next_job_id is not a u64".into(),
+        })?),
+        None => 1,
     })
 }
 
+fn idem_key(owner: &str, key: &str) -> Vec<u8> {
+    [owner.as_bytes(), b"\0", key.as_bytes()].concat()
+}
+
+fn get_job(t: &Trees, id: u64) -> Result<JobView> {
+    match t.jobs.get(id.to_be_bytes())? {
+        Some(bytes) => job_from_json(&bytes),
+        None => Err(StoreError::NotFound(id)),
+    }
+}
+
 impl Store {
-    /// Stores a new job as `queued` and returns it. Not durable until [`Store::flush`].
-    pub fn insert_job(&self, new: NewJob) -> Result<JobView> {
+    /// Stores a new job as `queued`, or returns the job an earlier submit with the same
+    /// idempotency key created. Not durable until [`Store::flush`].
+    pub async fn insert_job(&self, new: NewJob) -> Result<Inserted> {
         let created_at = crate::now_rfc3339();
-        let view = unwrap_tx((&self.meta, &self.jobs, &self.queue).transaction(
-            |(meta, jobs, queue)| {
-                let id = match meta.get("next_job_id")? {
-                    Some(v) => u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8])),
-                    None => 1,
-                };
-                meta.insert("next_job_id", &(id + 1).to_be_bytes())?;
+        self.writer
+            .run(false, move |t| {
+                if let Some(idem) = &new.idempotency {
+                    let key = idem_key(&new.owner, &idem.key);
+                    if let Some(bytes) = t.idempotency.get(&key)? {
+                        let entry: IdemEntry = super::from_json("idempotency", &bytes)?;
+                        if entry.fingerprint != idem.fingerprint {
+                            return Err(StoreError::Rejected(format!(
+                                "Idempotency-Key {:?} was used for another request (job {}); \
+                                 use a new key for a new job",
+                                idem.key, entry.job
+                            )));
+                        }
+                        match get_job(t, entry.job) {
+                            Ok(view) => return Ok(Inserted::Existing(view)),
+                            // Deleted since: the key is free again.
+                            Err(StoreError::NotFound(_)) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                let id = read_next_id(t)?;
                 let view = JobView {
                     id,
                     name: new.spec.name.clone(),
@@ -64,7 +117,10 @@ impl Store {
                     progress: Progress::default(),
                     metrics: None,
                     eval_metrics: None,
-                    memory: Memory::default(),
+                    memory: Memory {
+                        estimate_bytes: new.estimate_bytes,
+                        ..Memory::default()
+                    },
                     error: None,
                     attempts: 0,
                     created_at: created_at.clone(),
@@ -72,89 +128,133 @@ impl Store {
                     finished_at: None,
                     spec: new.spec.clone(),
                 };
-                jobs.insert(&id.to_be_bytes(), to_json(&view))?;
-                queue.insert(&queue_key(&view), &id.to_be_bytes())?;
-                Ok(view)
-            },
-        ))?;
-        self.append_event(
-            view.id,
-            EventKind::State,
-            "submitted; queued",
-            Some(JobState::Queued),
-            None,
-        )?;
-        Ok(view)
+                let record = job_to_json(&view)?;
+                // In this order (see the module docs): the id, the key, the job, its event.
+                t.meta.insert("next_job_id", &(id + 1).to_be_bytes())?;
+                if let Some(idem) = &new.idempotency {
+                    let entry = IdemEntry {
+                        job: id,
+                        fingerprint: idem.fingerprint.clone(),
+                    };
+                    t.idempotency
+                        .insert(idem_key(&new.owner, &idem.key), to_json(&entry))?;
+                }
+                t.jobs.insert(id.to_be_bytes(), record)?;
+                t.queue().insert(queue_key(&view), id);
+                super::events::append(
+                    t,
+                    id,
+                    EventKind::State,
+                    "submitted; queued",
+                    Some(JobState::Queued),
+                    None,
+                )?;
+                Ok(Inserted::New(view))
+            })
+            .await
     }
 
     pub fn job(&self, id: u64) -> Result<JobView> {
-        match self.jobs.get(id.to_be_bytes())? {
-            Some(bytes) => job_from_json(&bytes),
-            None => Err(StoreError::NotFound(id)),
-        }
+        get_job(&self.t, id)
     }
 
-    /// Applies `change` to the job in one transaction and keeps the queue in step with the new
-    /// state. `change` may run more than once (sled retries on conflict) and refuses a change by
-    /// returning `Err(reason)`. A state change is recorded as an event with `note`.
-    pub fn update_job(
+    /// Applies `change` to the job and keeps the queue in step with the new state; nothing is
+    /// written when `change` leaves the job as it was. `change` refuses by returning
+    /// `Err(reason)`. A state change is recorded as an event.
+    pub async fn update_job(
         &self,
         id: u64,
-        change: impl Fn(&mut JobView) -> std::result::Result<(), String>,
+        change: impl FnOnce(&mut JobView) -> std::result::Result<(), String> + Send + 'static,
     ) -> Result<JobView> {
-        let (before, after) = unwrap_tx((&self.jobs, &self.queue).transaction(|(jobs, queue)| {
-            let key = id.to_be_bytes();
-            let bytes = jobs.get(key)?.ok_or(abort(StoreError::NotFound(id)))?;
-            let before = job_from_json(&bytes).map_err(abort)?;
-            let mut after = before.clone();
-            change(&mut after).map_err(|m| abort(StoreError::Rejected(m)))?;
-            if before.state == JobState::Queued {
-                queue.remove(&queue_key(&before))?;
-            }
-            if after.state == JobState::Queued {
-                queue.insert(&queue_key(&after), &key)?;
-            }
-            jobs.insert(&key, to_json(&after))?;
-            Ok((before, after))
-        }))?;
-        if before.state != after.state {
-            let mut msg = format!("{} → {}", before.state, after.state);
-            let detail = match after.state {
-                JobState::Failed => after.error.as_ref().map(|e| e.message.clone()),
-                _ => after.pending_reason.clone(),
-            };
-            if let Some(d) = detail {
-                msg = format!("{msg}: {d}");
-            }
-            self.append_event(id, EventKind::State, &msg, Some(after.state), None)?;
-        }
-        Ok(after)
+        self.writer
+            .run(false, move |t| {
+                let before = get_job(t, id)?;
+                let mut after = before.clone();
+                change(&mut after).map_err(StoreError::Rejected)?;
+                if after == before {
+                    return Ok(after);
+                }
+                after.id = id;
+                let record = job_to_json(&after)?;
+                t.jobs.insert(id.to_be_bytes(), record)?;
+                let mut queue = t.queue();
+                if before.state == JobState::Queued {
+                    queue.remove(&queue_key(&before));
+                }
+                if after.state == JobState::Queued {
+                    queue.insert(queue_key(&after), id);
+                }
+                drop(queue);
+                if before.state != after.state {
+                    let mut msg = format!("{} → {}", before.state, after.state);
+                    let detail = match after.state {
+                        JobState::Failed => after.error.as_ref().map(|e| e.message.clone()),
+                        _ => after.pending_reason.clone(),
+                    };
+                    if let Some(d) = detail {
+                        msg = format!("{msg}: {d}");
+                    }
+                    super::events::append(t, id, EventKind::State, &msg, Some(after.state), None)?;
+                }
+                Ok(after)
+            })
+            .await
+    }
+
+    /// Removes a job in a final state with its events, metric records and idempotency entry.
+    /// Its files are the caller's.
+    pub async fn delete_job(&self, id: u64) -> Result<JobView> {
+        self.writer
+            .run(false, move |t| {
+                let view = get_job(t, id)?;
+                if !view.state.is_terminal() {
+                    return Err(StoreError::Rejected(format!(
+                        "job {id} is {}; cancel it first, only finished jobs are deleted",
+                        view.state
+                    )));
+                }
+                // The record last: a crash part-way leaves a job whose history is shorter,
+                // which a second delete finishes.
+                for tree in [&t.events, &t.metrics] {
+                    for key in tree.scan_prefix(id.to_be_bytes()).keys() {
+                        tree.remove(key?)?;
+                    }
+                }
+                for kv in t.idempotency.iter() {
+                    let (k, v) = kv?;
+                    if super::from_json::<IdemEntry>("idempotency", &v).is_ok_and(|e| e.job == id) {
+                        t.idempotency.remove(k)?;
+                    }
+                }
+                t.jobs.remove(id.to_be_bytes())?;
+                Ok(view)
+            })
+            .await
     }
 
     /// The queued job that runs next.
-    pub fn next_queued(&self) -> Result<Option<u64>> {
-        Ok(self
-            .queue
-            .first()?
-            .map(|(_, v)| u64::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 8]))))
+    pub fn next_queued(&self) -> Option<u64> {
+        self.t.queue().values().next().copied()
     }
 
     /// Queued job ids in run order.
-    pub fn queued(&self) -> Result<Vec<u64>> {
-        self.queue
-            .iter()
-            .values()
-            .map(|v| Ok(u64::from_be_bytes(v?.as_ref().try_into().unwrap_or([0; 8]))))
-            .collect()
+    pub fn queued(&self) -> Vec<u64> {
+        self.t.queue().values().copied().collect()
     }
 
     /// Newest first, after `filter.cursor`; also returns the cursor of the next page.
     pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobView>, Option<u64>)> {
         let end = filter.cursor.unwrap_or(u64::MAX).to_be_bytes();
         let mut out = Vec::new();
-        for item in self.jobs.range(..end).rev() {
+        for item in self.t.jobs.range(..end).rev() {
             let (_, bytes) = item?;
-            let view = job_from_json(&bytes)?;
+            let view = match job_from_json(&bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("skipping a job record: {e}");
+                    continue;
+                }
+            };
             if filter.state.is_some_and(|s| s != view.state)
                 || filter.owner.as_ref().is_some_and(|o| *o != view.owner)
             {
@@ -169,15 +269,21 @@ impl Store {
         Ok((out, None))
     }
 
-    /// Every job, oldest first (recovery, counts).
+    /// Every job, oldest first (recovery, counts). Unreadable records are skipped.
     pub fn all_jobs(&self) -> impl Iterator<Item = Result<JobView>> + '_ {
-        self.jobs
-            .iter()
-            .values()
-            .map(|v| job_from_json(&v.map_err(StoreError::Sled)?))
+        self.t.jobs.iter().values().filter_map(|v| match v {
+            Err(e) => Some(Err(StoreError::Sled(e))),
+            Ok(bytes) => match job_from_json(&bytes) {
+                Ok(view) => Some(Ok(view)),
+                Err(e) => {
+                    tracing::warn!("skipping a job record: {e}");
+                    None
+                }
+            },
+        })
     }
 
     pub fn queue_len(&self) -> usize {
-        self.queue.len()
+        self.t.queue().len()
     }
 }

@@ -1,31 +1,54 @@
-//! The daemon's durable state in sled: jobs, the queue order, per-job events and metric records,
-//! and the index of uploaded data sets. Only the daemon opens it (sled takes an exclusive lock);
-//! workers report through their stdout.
+//! The daemon's durable state in sled: jobs, per-job events and metric records, the index of
+//! uploaded data sets and the idempotency keys of submits. Only the daemon opens it (sled takes
+//! an exclusive lock); workers report through their stdout.
 //!
-//! Trees (keys are big-endian so sled's byte order is numeric order):
+//! # One writer
+//! Every change goes through one thread, [`writer`], which also does every flush; callers await
+//! its answer. Nothing else writes, so no two changes race (a read-modify-write such as
+//! [`Store::update_job`] is atomic without a sled transaction), and sled's own background
+//! flusher is off. Why: sled 0.34's transactions take a process-wide write lock that its
+//! flushes take as a read lock, re-entrantly; a transaction waiting between a flush's two read
+//! acquisitions deadlocks both (eight concurrent submits did it within seconds). The store
+//! therefore uses no sled transaction or batch at all (those are what switch sled to the
+//! lock), and each change is single-key inserts and removes that are correct in the order they
+//! are made, because sled recovers a prefix of them after a crash:
+//! - a job is one record; the queue order is an index in memory, rebuilt from the records when
+//!   the store opens;
+//! - `next_job_id` is written before the job that takes the id; the idempotency entry before
+//!   the job it names (an entry whose job is missing after a crash is dropped at open).
+//!
+//! Reads (`job`, `list_jobs`, `events`, ...) go straight to sled from any thread: without the
+//! lock switched on they take no lock.
+//!
+//! # Trees
+//! Keys are big-endian so sled's byte order is numeric order.
 //! - `meta`: `schema_version` (u32), `next_job_id` (u64).
 //! - `jobs`: job id → the job's [`JobView`] as JSON.
-//! - `queue`: `(priority flipped, job id)` → job id; exactly the queued jobs, highest priority
-//!   first, ties in submit order. Kept in step with `jobs` by transactions.
 //! - `events`, `metrics`: `(job id, seq)` → JSON.
 //! - `datasets`: sha256 hex → [`DatasetView`] as JSON (the bytes are files beside the db).
+//! - `idempotency`: `owner \0 key` → the job it created and a fingerprint of the request.
+//! - `quarantine`: `tree/key` → the raw bytes of a record that could not be read, moved aside
+//!   at open so that one bad record never stops the queue.
 //!
-//! sled buffers writes and flushes every 500 ms; whatever must survive a crash once the client
+//! Writes are buffered and flushed every 500 ms; whatever must survive a crash once a client
 //! has been told so (a submitted job, a state change asked for over HTTP) is followed by
-//! [`Store::flush`] before the answer goes out.
+//! [`Store::flush`] before the answer goes out. Flushes asked for at the same time are one.
 
 mod events;
 mod jobs;
+mod writer;
 
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use orpo_api::{DatasetView, JobView};
+use orpo_api::{DatasetView, JobState, JobView};
 
-pub use jobs::{JobFilter, NewJob};
+pub use jobs::{Idempotency, Inserted, JobFilter, NewJob};
 
 /// Bumped whenever a stored format changes; an older daemon refuses a newer store.
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: the queue order lives in memory (the `queue` tree is gone); `idempotency`, `quarantine`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -42,52 +65,68 @@ pub enum StoreError {
         "store at {path} has schema version {found}; this orpod reads version {SCHEMA_VERSION}"
     )]
     Schema { path: String, found: u32 },
+    /// The writer thread is gone (the store was closed) or the operation panicked there.
+    #[error("store: {0}")]
+    Writer(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// A handle on the open database; cheap to clone (sled trees are `Arc`s).
+/// The trees and the in-memory queue index: what the writer changes and readers read.
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Trees {
     db: sled::Db,
     meta: sled::Tree,
     jobs: sled::Tree,
-    queue: sled::Tree,
     events: sled::Tree,
     metrics: sled::Tree,
     datasets: sled::Tree,
-    /// Serialises appends so each job's sequence numbers are dense and unique.
-    append_lock: std::sync::Arc<Mutex<()>>,
+    idempotency: sled::Tree,
+    quarantine: sled::Tree,
+    /// `queue_key(job)` → id for exactly the queued jobs: highest priority first, ties in
+    /// submit order. Only the writer changes it.
+    queue: Arc<Mutex<BTreeMap<[u8; 12], u64>>>,
+}
+
+impl Trees {
+    fn queue(&self) -> std::sync::MutexGuard<'_, BTreeMap<[u8; 12], u64>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A handle on the open database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    t: Trees,
+    writer: writer::Handle,
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir` and checks its schema version.
+    /// Opens (or creates) the store in `dir`, checks (and upgrades) its schema version, moves
+    /// records that cannot be read into `quarantine`, rebuilds the queue and starts the writer.
     pub fn open(dir: &Path) -> Result<Store> {
-        let db = sled::Config::new().path(dir).open()?;
-        let store = Store {
+        // No background flusher: the writer flushes (see the module docs for why).
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let t = Trees {
             meta: db.open_tree("meta")?,
             jobs: db.open_tree("jobs")?,
-            queue: db.open_tree("queue")?,
             events: db.open_tree("events")?,
             metrics: db.open_tree("metrics")?,
             datasets: db.open_tree("datasets")?,
+            idempotency: db.open_tree("idempotency")?,
+            quarantine: db.open_tree("quarantine")?,
             db,
-            append_lock: Default::default(),
+            queue: Default::default(),
         };
-        match store.meta.get("schema_version")? {
-            None => {
-                store
-                    .meta
-                    .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-                store.db.flush()?;
-            }
+        match t.meta.get("schema_version")? {
+            None => {}
             Some(v) => {
                 let found =
                     u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
                         tree: "meta",
                         message: "schema_version is not a u32".into(),
                     })?);
-                if found != SCHEMA_VERSION {
+                if found > SCHEMA_VERSION {
                     return Err(StoreError::Schema {
                         path: dir.display().to_string(),
                         found,
@@ -95,33 +134,157 @@ impl Store {
                 }
             }
         }
-        Ok(store)
+        // Version 1 kept the queue order in a tree; it is rebuilt from the jobs below.
+        t.db.drop_tree("queue")?;
+        t.meta
+            .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+        let moved = quarantine_unreadable(&t)?;
+        if moved > 0 {
+            tracing::error!(
+                "store: moved {moved} unreadable record(s) to the quarantine tree; \
+                 the rest of the queue goes on"
+            );
+        }
+        rebuild(&t)?;
+        t.db.flush()?;
+        let writer = writer::spawn(t.clone());
+        Ok(Store { t, writer })
     }
 
-    /// Writes and fsyncs everything so far.
+    /// Makes everything written so far durable (one fsync for all callers waiting at once).
     pub async fn flush(&self) -> Result<()> {
-        self.db.flush_async().await?;
+        self.writer.run(true, |_| Ok(())).await
+    }
+
+    /// Flushes, stops the writer and waits for it; later writes fail. Reads keep working.
+    pub async fn close(&self) -> Result<()> {
+        self.flush().await?;
+        self.writer.stop();
         Ok(())
     }
 
-    /// Blocking flush, for shutdown paths outside the runtime.
-    pub fn flush_blocking(&self) -> Result<()> {
-        self.db.flush()?;
-        Ok(())
-    }
-
-    pub fn put_dataset(&self, view: &DatasetView) -> Result<()> {
-        self.datasets
-            .insert(view.sha256.as_bytes(), to_json(view))?;
-        Ok(())
+    pub async fn put_dataset(&self, view: &DatasetView) -> Result<()> {
+        let (key, value) = (view.sha256.clone(), to_json(view));
+        self.writer
+            .run(false, move |t| {
+                t.datasets.insert(key.as_bytes(), value)?;
+                Ok(())
+            })
+            .await
     }
 
     pub fn dataset(&self, sha256: &str) -> Result<Option<DatasetView>> {
-        self.datasets
+        self.t
+            .datasets
             .get(sha256.as_bytes())?
             .map(|v| from_json("datasets", &v))
             .transpose()
     }
+
+    /// Every stored data set, in sha256 order. Unreadable records are skipped (and logged).
+    pub fn datasets(&self) -> Result<Vec<DatasetView>> {
+        let mut out = Vec::new();
+        for item in self.t.datasets.iter().values() {
+            match from_json("datasets", &item?) {
+                Ok(v) => out.push(v),
+                Err(e) => tracing::warn!("{e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forgets a data set's record (its file is the caller's).
+    pub async fn remove_dataset(&self, sha256: &str) -> Result<()> {
+        let key = sha256.to_string();
+        self.writer
+            .run(false, move |t| {
+                t.datasets.remove(key.as_bytes())?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Records moved aside at open, as `(tree/key, bytes)`.
+    pub fn quarantined(&self) -> Result<Vec<(String, usize)>> {
+        self.t
+            .quarantine
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.len()))
+            })
+            .collect()
+    }
+
+    /// Raw access for tests that need to damage a record.
+    #[cfg(test)]
+    fn trees(&self) -> &Trees {
+        &self.t
+    }
+}
+
+/// Moves every `jobs` and `datasets` record that does not decode into `quarantine`, under
+/// `tree/<key as text>`. Returns how many it moved.
+fn quarantine_unreadable(t: &Trees) -> Result<usize> {
+    let mut moved = 0;
+    let mut bad = Vec::new();
+    for kv in t.jobs.iter() {
+        let (k, v) = kv?;
+        if let Err(e) = job_from_json(&v) {
+            let id = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            tracing::error!("store: job {id} cannot be read ({e}); moved to quarantine");
+            bad.push((format!("jobs/{id}"), k, v));
+        }
+    }
+    for kv in t.datasets.iter() {
+        let (k, v) = kv?;
+        if let Err(e) = from_json::<DatasetView>("datasets", &v) {
+            let name = String::from_utf8_lossy(&k).into_owned();
+            tracing::error!("store: data set {name} cannot be read ({e}); moved to quarantine");
+            bad.push((format!("datasets/{name}"), k, v));
+        }
+    }
+    for (name, key, value) in bad {
+        // Copy first, then remove: a crash in between leaves the record in both places, and
+        // the next open moves it again.
+        t.quarantine.insert(name.as_bytes(), value)?;
+        if name.starts_with("jobs/") {
+            t.jobs.remove(key)?;
+        } else {
+            t.datasets.remove(key)?;
+        }
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// The queue index from the job records, `next_job_id` past every job, and idempotency entries
+/// whose job is missing dropped.
+fn rebuild(t: &Trees) -> Result<()> {
+    let mut queue = t.queue();
+    queue.clear();
+    let mut max_id = 0;
+    for v in t.jobs.iter().values() {
+        let view = job_from_json(&v?)?;
+        max_id = max_id.max(view.id);
+        if view.state == JobState::Queued {
+            queue.insert(jobs::queue_key(&view), view.id);
+        }
+    }
+    let next = jobs::read_next_id(t)?;
+    if next <= max_id {
+        t.meta.insert("next_job_id", &(max_id + 1).to_be_bytes())?;
+    }
+    for kv in t.idempotency.iter() {
+        let (k, v) = kv?;
+        let keep = from_json::<jobs::IdemEntry>("idempotency", &v)
+            .map(|e| t.jobs.contains_key(e.job.to_be_bytes()).unwrap_or(false))
+            .unwrap_or(false);
+        if !keep {
+            t.idempotency.remove(k)?;
+        }
+    }
+    Ok(())
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -137,6 +300,19 @@ fn from_json<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -
 
 fn job_from_json(bytes: &[u8]) -> Result<JobView> {
     from_json("jobs", bytes)
+}
+
+/// A job record as stored, refused if it would not read back (a non-finite float, which JSON
+/// writes as `null`): what the store writes it can always read.
+fn job_to_json(view: &JobView) -> Result<Vec<u8>> {
+    let bytes = to_json(view);
+    job_from_json(&bytes).map_err(|e| {
+        StoreError::Rejected(format!(
+            "job {} was not stored: its record would not read back ({e})",
+            view.id
+        ))
+    })?;
+    Ok(bytes)
 }
 
 /// `(job id, seq)` as 16 big-endian bytes.

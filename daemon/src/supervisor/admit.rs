@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use orpo_api::{JobSpec, JobState};
+use orpo_api::{JobError, JobSpec, JobState};
 use orpo_trainer::estimate::{estimate_job, MemoryEstimate};
 
-use super::Supervisor;
+use super::{panic_text, Supervisor};
 use crate::devices::admission::{admit, Candidate, Decision, DeviceState, Policy};
 
 /// Id of the job being planned in [`Supervisor::plan`]; never a stored job's id.
@@ -67,51 +67,96 @@ impl Supervisor {
     }
 
     /// Whether a job with this `resources.device` is estimated for a GPU (bf16, CUDA context).
-    fn on_gpu(&self, pin: &str) -> bool {
+    pub fn on_gpu(&self, pin: &str) -> bool {
         pin != "cpu" && self.devices.gpus_take_jobs()
     }
 
-    /// The estimate of a stored job, computed once and kept in its view.
-    fn job_estimate(&self, id: u64, spec: &JobSpec, stored: Option<u64>) -> Option<u64> {
-        if stored.is_some() {
-            return stored;
+    /// The memory estimate of `spec`, off the async runtime. An estimate that fails or panics
+    /// (a model config no one could train) is an error that says why.
+    pub async fn estimate(&self, spec: &JobSpec) -> Result<MemoryEstimate, String> {
+        let (spec, cuda) = (spec.clone(), self.on_gpu(&spec.resources.device));
+        match tokio::task::spawn_blocking(move || estimate_job(&spec, cuda)).await {
+            Ok(Ok(e)) => Ok(e),
+            Ok(Err(e)) => Err(format!("cannot estimate the job's memory: {e}")),
+            Err(e) => Err(format!(
+                "the memory estimate crashed: {}",
+                e.try_into_panic()
+                    .map(panic_text)
+                    .unwrap_or_else(|e| e.to_string())
+            )),
         }
-        if self.unestimated().contains(&id) {
-            return None;
-        }
-        match estimate_job(spec, self.on_gpu(&spec.resources.device)) {
-            Ok(e) => {
-                let bytes = e.total_bytes;
-                let _ = self.store.update_job(id, |v| {
-                    v.memory.estimate_bytes = Some(bytes);
-                    Ok(())
-                });
-                Some(bytes)
+    }
+
+    /// Gives every queued job that has none its estimate, once (a submit computes it; jobs
+    /// stored before that, or by an older daemon, get it here). A job whose estimate fails
+    /// ends `failed` with the reason.
+    async fn estimate_queued(&self, queued: &[(u64, JobSpec, Option<u64>)]) -> anyhow::Result<()> {
+        for (id, spec, stored) in queued {
+            if stored.is_some() {
+                continue;
             }
-            Err(e) => {
-                tracing::warn!(job = id, "no memory estimate, admitting without one: {e}");
-                self.unestimated().insert(id);
-                None
+            let id = *id;
+            match self.estimate(spec).await {
+                Ok(e) => {
+                    let bytes = e.total_bytes;
+                    self.store
+                        .update_job(id, move |v| {
+                            v.memory.estimate_bytes = Some(bytes);
+                            Ok(())
+                        })
+                        .await?;
+                }
+                Err(message) => {
+                    tracing::warn!(job = id, "{message}");
+                    self.store
+                        .update_job(id, move |v| {
+                            if v.state != JobState::Queued {
+                                return Ok(());
+                            }
+                            v.state = JobState::Failed;
+                            v.pending_reason = None;
+                            v.finished_at = Some(crate::now_rfc3339());
+                            v.error = Some(JobError {
+                                kind: "estimate".into(),
+                                message,
+                            });
+                            Ok(())
+                        })
+                        .await?;
+                }
             }
         }
+        Ok(())
     }
 
     /// One scheduling round.
     pub(super) async fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
-        let queued = self.store.queued()?;
-        if queued.is_empty() {
+        let ids = self.store.queued();
+        if ids.is_empty() {
             return Ok(());
         }
-        let mut candidates = Vec::with_capacity(queued.len());
-        for id in queued {
-            let view = self.store.job(id)?;
-            let estimate = self.job_estimate(id, &view.spec, view.memory.estimate_bytes);
-            candidates.push(Candidate {
-                id,
-                estimate,
-                pin: view.spec.resources.device.clone(),
-            });
+        let mut queued = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.store.job(id) {
+                Ok(v) => queued.push((id, v.spec, v.memory.estimate_bytes)),
+                // Deleted or changed since the index was read: the next round sees it.
+                Err(e) => tracing::debug!(job = id, "skipped this round: {e}"),
+            }
         }
+        if queued.iter().any(|(_, _, e)| e.is_none()) {
+            self.estimate_queued(&queued).await?;
+            // The next round (right away) admits with the estimates in place.
+            self.wake();
+            return Ok(());
+        }
+        let candidates: Vec<Candidate> = queued
+            .iter()
+            .map(|(id, spec, estimate)| Candidate {
+                id: *id,
+                estimate: *estimate,
+                pin: spec.resources.device.clone(),
+            })
+            .collect();
         let devices = self.device_states()?;
         let running = self.slots().len();
         for decision in admit(&candidates, &devices, running, &self.policy()) {
@@ -127,13 +172,23 @@ impl Supervisor {
                     }
                 }
                 Decision::Wait { id, reason } => {
-                    let _ = self.store.update_job(id, |v| {
-                        if v.state == JobState::Queued && v.pending_reason.as_ref() != Some(&reason)
-                        {
-                            v.pending_reason = Some(reason.clone());
-                        }
-                        Ok(())
-                    });
+                    // Only a changed reason is written: a long queue costs no writes per round.
+                    let unchanged = self
+                        .store
+                        .job(id)
+                        .is_ok_and(|v| v.pending_reason.as_ref() == Some(&reason));
+                    if unchanged {
+                        continue;
+                    }
+                    let _ = self
+                        .store
+                        .update_job(id, move |v| {
+                            if v.state == JobState::Queued {
+                                v.pending_reason = Some(reason);
+                            }
+                            Ok(())
+                        })
+                        .await;
                 }
             }
         }
@@ -146,15 +201,17 @@ impl Supervisor {
         let estimate = estimate_job(spec, self.on_gpu(&spec.resources.device))?;
         let mut candidates = Vec::new();
         let mut inserted = false;
-        for id in self.store.queued()? {
-            let view = self.store.job(id)?;
+        for id in self.store.queued() {
+            let Ok(view) = self.store.job(id) else {
+                continue;
+            };
             if !inserted && view.spec.priority < spec.priority {
                 inserted = true;
                 candidates.push(planned(spec, &estimate));
             }
             candidates.push(Candidate {
                 id,
-                estimate: self.job_estimate(id, &view.spec, view.memory.estimate_bytes),
+                estimate: view.memory.estimate_bytes,
                 pin: view.spec.resources.device.clone(),
             });
         }

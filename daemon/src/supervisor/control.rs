@@ -32,15 +32,18 @@ impl Supervisor {
             });
             return Ok(view);
         }
-        let view = self.store.update_job(id, |v| {
-            if v.state.is_terminal() || v.state.has_worker() {
-                return Err(format!("job {id} is {}", v.state));
-            }
-            v.state = JobState::Cancelled;
-            v.pending_reason = None;
-            v.finished_at = Some(crate::now_rfc3339());
-            Ok(())
-        })?;
+        let view = self
+            .store
+            .update_job(id, move |v| {
+                if v.state.is_terminal() || v.state.has_worker() {
+                    return Err(format!("job {id} is {}", v.state));
+                }
+                v.state = JobState::Cancelled;
+                v.pending_reason = None;
+                v.finished_at = Some(crate::now_rfc3339());
+                Ok(())
+            })
+            .await?;
         self.store.flush().await?;
         Ok(view)
     }
@@ -48,21 +51,24 @@ impl Supervisor {
     /// `POST /v1/jobs/{id}/pause`: a running job checkpoints and stops; a queued one leaves the
     /// queue.
     pub async fn pause(self: &Arc<Self>, id: u64) -> Result<JobView, StoreError> {
-        let view = self.store.update_job(id, |v| {
-            match v.state {
-                JobState::Starting | JobState::Running => v.state = JobState::Pausing,
-                JobState::Queued | JobState::Interrupted => {
-                    v.state = JobState::Paused;
-                    v.pending_reason = Some(PAUSED.into());
+        let view = self
+            .store
+            .update_job(id, move |v| {
+                match v.state {
+                    JobState::Starting | JobState::Running => v.state = JobState::Pausing,
+                    JobState::Queued | JobState::Interrupted => {
+                        v.state = JobState::Paused;
+                        v.pending_reason = Some(PAUSED.into());
+                    }
+                    s => {
+                        return Err(format!(
+                            "job {id} is {s}; only queued or running jobs pause"
+                        ))
+                    }
                 }
-                s => {
-                    return Err(format!(
-                        "job {id} is {s}; only queued or running jobs pause"
-                    ))
-                }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })
+            .await?;
         if view.state == JobState::Pausing {
             self.stop_worker(id, Intent::Pause);
         }
@@ -73,14 +79,17 @@ impl Supervisor {
     /// `POST /v1/jobs/{id}/resume`: back into the queue; the worker resumes from the newest
     /// checkpoint.
     pub async fn resume(self: &Arc<Self>, id: u64) -> Result<JobView, StoreError> {
-        let view = self.store.update_job(id, |v| {
-            if !matches!(v.state, JobState::Paused | JobState::Interrupted) {
-                return Err(format!("job {id} is {}; only paused jobs resume", v.state));
-            }
-            v.state = JobState::Queued;
-            v.pending_reason = Some("resumed; continues from its newest checkpoint".into());
-            Ok(())
-        })?;
+        let view = self
+            .store
+            .update_job(id, move |v| {
+                if !matches!(v.state, JobState::Paused | JobState::Interrupted) {
+                    return Err(format!("job {id} is {}; only paused jobs resume", v.state));
+                }
+                v.state = JobState::Queued;
+                v.pending_reason = Some("resumed; continues from its newest checkpoint".into());
+                Ok(())
+            })
+            .await?;
         self.store.flush().await?;
         self.wake();
         Ok(view)

@@ -13,9 +13,10 @@ mod admit;
 mod control;
 mod monitor;
 pub mod protocol;
+mod retention;
 pub mod spawn;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,9 +56,25 @@ pub struct Supervisor {
     wake: Notify,
     stopping: AtomicBool,
     pub devices: Devices,
-    /// Jobs whose model could not be read for an estimate (not retried every round).
-    unestimated: Mutex<HashSet<u64>>,
+    /// How the scheduler loop is doing, for `/healthz`.
+    health: Mutex<SchedulerHealth>,
 }
+
+/// The scheduler loop's last signs of life.
+#[derive(Debug, Clone)]
+pub struct SchedulerHealth {
+    /// When the last round ended (or the loop started).
+    pub last_round: std::time::Instant,
+    /// The last round's failure or panic, cleared by a round that succeeds.
+    pub last_error: Option<String>,
+    /// Rounds that panicked since the daemon started.
+    pub panics: u64,
+    /// False once the loop has returned (shutdown).
+    pub running: bool,
+}
+
+/// A round that has not ended for this long means the scheduler is stuck.
+pub const SCHEDULER_STUCK_AFTER: Duration = Duration::from_secs(60);
 
 impl Supervisor {
     pub fn new(store: Store, config: Arc<ServeConfig>) -> Arc<Supervisor> {
@@ -67,13 +84,43 @@ impl Supervisor {
             wake: Notify::new(),
             stopping: AtomicBool::new(false),
             devices: Devices::detect(&config),
-            unestimated: Mutex::new(HashSet::new()),
+            health: Mutex::new(SchedulerHealth {
+                last_round: std::time::Instant::now(),
+                last_error: None,
+                panics: 0,
+                running: false,
+            }),
             config,
         })
     }
 
-    fn unestimated(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
-        self.unestimated.lock().unwrap_or_else(|e| e.into_inner())
+    fn health_mut(&self) -> std::sync::MutexGuard<'_, SchedulerHealth> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The scheduler's state, for `/healthz`: `Err(why)` when it is not running, stuck, or
+    /// its last round failed.
+    pub fn scheduler_health(&self) -> Result<(), String> {
+        let h = self.health_mut().clone();
+        if !h.running {
+            return Err("the scheduler is not running".into());
+        }
+        let since = h.last_round.elapsed();
+        if since > SCHEDULER_STUCK_AFTER {
+            return Err(format!(
+                "the scheduler has not finished a round for {} s",
+                since.as_secs()
+            ));
+        }
+        match h.last_error {
+            Some(e) => Err(format!("the scheduler's last round failed: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Scheduling rounds that panicked since the daemon started.
+    pub fn scheduler_panics(&self) -> u64 {
+        self.health_mut().panics
     }
 
     /// Job ids with a worker on each device now.
@@ -124,27 +171,34 @@ impl Supervisor {
             .collect::<Result<_, _>>()?;
         for job in &stale {
             if job.state == JobState::Pausing {
-                self.store.update_job(job.id, |v| {
-                    v.state = JobState::Paused;
-                    v.pending_reason = Some(PAUSED.into());
-                    Ok(())
-                })?;
+                self.store
+                    .update_job(job.id, |v| {
+                        v.state = JobState::Paused;
+                        v.pending_reason = Some(PAUSED.into());
+                        Ok(())
+                    })
+                    .await?;
                 continue;
             }
             if job.state != JobState::Interrupted {
-                self.store.update_job(job.id, |v| {
-                    v.state = JobState::Interrupted;
-                    v.pending_reason = Some("the daemon stopped while the job ran".into());
-                    Ok(())
-                })?;
+                self.store
+                    .update_job(job.id, |v| {
+                        v.state = JobState::Interrupted;
+                        v.pending_reason = Some("the daemon stopped while the job ran".into());
+                        Ok(())
+                    })
+                    .await?;
             }
-            self.store.update_job(job.id, |v| {
-                v.state = JobState::Queued;
-                v.pending_reason = Some(
-                    "requeued after a daemon restart; resumes from its newest checkpoint".into(),
-                );
-                Ok(())
-            })?;
+            self.store
+                .update_job(job.id, |v| {
+                    v.state = JobState::Queued;
+                    v.pending_reason = Some(
+                        "requeued after a daemon restart; resumes from its newest checkpoint"
+                            .into(),
+                    );
+                    Ok(())
+                })
+                .await?;
         }
         self.store.flush().await?;
         Ok(stale.len())
@@ -152,16 +206,39 @@ impl Supervisor {
 
     /// The scheduler loop: a round of admission on every wake-up (a submit, a worker's exit)
     /// and every two seconds, since other people's processes free memory without telling us.
+    /// A round that fails or panics is logged and shown by `/healthz`; the next round runs as
+    /// usual, so one bad job never stops scheduling for everyone.
     pub async fn run(self: Arc<Self>) {
+        use futures_util::FutureExt;
+        self.health_mut().running = true;
         loop {
             if self.stopping.load(Ordering::SeqCst) {
-                return;
+                break;
             }
-            if let Err(e) = self.schedule().await {
-                tracing::error!("scheduling: {e:#}");
+            let round = std::panic::AssertUnwindSafe(self.schedule())
+                .catch_unwind()
+                .await;
+            let error = match round {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => {
+                    tracing::error!("scheduling: {e:#}");
+                    Some(format!("{e:#}"))
+                }
+                Err(panic) => {
+                    let text = panic_text(panic);
+                    tracing::error!("a scheduling round panicked: {text}");
+                    self.health_mut().panics += 1;
+                    Some(format!("panicked: {text}"))
+                }
+            };
+            {
+                let mut h = self.health_mut();
+                h.last_round = std::time::Instant::now();
+                h.last_error = error;
             }
             let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
         }
+        self.health_mut().running = false;
     }
 
     /// Moves a queued job to `starting` on `device` and spawns its worker.
@@ -174,18 +251,22 @@ impl Supervisor {
                 ..Slot::default()
             },
         );
-        let view = self.store.update_job(id, |v| {
-            if v.state != JobState::Queued {
-                return Err(format!("job is {}", v.state));
-            }
-            v.state = JobState::Starting;
-            v.pending_reason = None;
-            v.error = None;
-            v.attempts += 1;
-            v.device = Some(device.clone());
-            v.started_at.get_or_insert_with(crate::now_rfc3339);
-            Ok(())
-        });
+        let placed = device.clone();
+        let view = self
+            .store
+            .update_job(id, move |v| {
+                if v.state != JobState::Queued {
+                    return Err(format!("job is {}", v.state));
+                }
+                v.state = JobState::Starting;
+                v.pending_reason = None;
+                v.error = None;
+                v.attempts += 1;
+                v.device = Some(placed);
+                v.started_at.get_or_insert_with(crate::now_rfc3339);
+                Ok(())
+            })
+            .await;
         let view = match view {
             Ok(v) => v,
             Err(e) => {
@@ -209,15 +290,18 @@ impl Supervisor {
             Ok(c) => c,
             Err(e) => {
                 self.slots().remove(&id);
-                self.store.update_job(id, |v| {
-                    v.state = JobState::Failed;
-                    v.finished_at = Some(crate::now_rfc3339());
-                    v.error = Some(JobError {
-                        kind: "spawn".into(),
-                        message: format!("{e:#}"),
-                    });
-                    Ok(())
-                })?;
+                let message = format!("{e:#}");
+                self.store
+                    .update_job(id, move |v| {
+                        v.state = JobState::Failed;
+                        v.finished_at = Some(crate::now_rfc3339());
+                        v.error = Some(JobError {
+                            kind: "spawn".into(),
+                            message,
+                        });
+                        Ok(())
+                    })
+                    .await?;
                 return Ok(());
             }
         };
@@ -291,3 +375,47 @@ impl Supervisor {
 }
 
 const PAUSED: &str = "paused; `resume` puts it back in the queue";
+
+/// The message of a caught panic.
+pub(crate) fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/healthz` reads this: not running before the loop starts and after it stops; running
+    /// and healthy while rounds end.
+    #[tokio::test]
+    async fn scheduler_health_follows_the_loop() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let config = Arc::new(ServeConfig {
+            state_dir: dir.path().to_path_buf(),
+            ..ServeConfig::default()
+        });
+        let sup = Supervisor::new(store, config);
+        assert_eq!(
+            sup.scheduler_health(),
+            Err("the scheduler is not running".into())
+        );
+        let task = tokio::spawn(sup.clone().run());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sup.scheduler_health(), Ok(()));
+        sup.health_mut().last_round = std::time::Instant::now() - SCHEDULER_STUCK_AFTER * 2;
+        let stuck = sup.scheduler_health().unwrap_err();
+        assert!(stuck.contains("has not finished a round for"), "{stuck}");
+        sup.shutdown().await;
+        task.await.unwrap();
+        assert_eq!(
+            sup.scheduler_health(),
+            Err("the scheduler is not running".into())
+        );
+        assert_eq!(sup.scheduler_panics(), 0);
+    }
+}

@@ -18,7 +18,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
             match lines.next_line().await {
                 Ok(Some(line)) => match serde_json::from_str::<WorkerEvent>(&line) {
                     Ok(event) => {
-                        if let Err(e) = apply(&sup, id, event, &mut outcome) {
+                        if let Err(e) = apply(&sup, id, event, &mut outcome).await {
                             tracing::error!(job = id, "recording a worker event: {e}");
                         }
                     }
@@ -39,7 +39,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
         Err(e) => e.to_string(),
     };
     tracing::info!(job = id, ?intent, ?outcome, "worker exited: {status_text}");
-    if let Err(e) = settle(&sup, id, intent, outcome, &status_text) {
+    if let Err(e) = settle(&sup, id, intent, outcome, &status_text).await {
         tracing::error!(job = id, "settling the job after its worker exited: {e}");
     }
     sup.slots().remove(&id);
@@ -49,7 +49,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
     sup.wake();
 }
 
-fn apply(
+async fn apply(
     sup: &Supervisor,
     id: u64,
     event: WorkerEvent,
@@ -58,7 +58,9 @@ fn apply(
     let store = &sup.store;
     match event {
         WorkerEvent::Log { message } => {
-            store.append_event(id, EventKind::Log, &message, None, None)?;
+            store
+                .append_event(id, EventKind::Log, &message, None, None)
+                .await?;
         }
         WorkerEvent::Started {
             total_steps,
@@ -71,32 +73,39 @@ fn apply(
                 "training {total_steps} steps on {train_pairs} pairs ({eval_pairs} eval), \
                  {trainable_parameters} LoRA parameters, on {device}"
             );
-            store.append_event(id, EventKind::Log, &msg, None, None)?;
-            store.update_job(id, |v| {
-                if v.state == JobState::Starting {
-                    v.state = JobState::Running;
-                }
-                v.progress.total_steps = total_steps;
-                // A job on a fake GPU keeps that name; its worker runs on the CPU.
-                if !sup.devices.is_fake() {
-                    v.device = Some(device.clone());
-                }
-                Ok(())
-            })?;
+            store
+                .append_event(id, EventKind::Log, &msg, None, None)
+                .await?;
+            // A job on a fake GPU keeps that name; its worker runs on the CPU.
+            let fake = sup.devices.is_fake();
+            store
+                .update_job(id, move |v| {
+                    if v.state == JobState::Starting {
+                        v.state = JobState::Running;
+                    }
+                    v.progress.total_steps = total_steps;
+                    if !fake {
+                        v.device = Some(device);
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         WorkerEvent::Resumed {
             step,
             checkpoint,
             records,
         } => {
-            store.replace_metrics(id, &records)?;
-            store.append_event(
-                id,
-                EventKind::Log,
-                &format!("resumed from {checkpoint} after step {step}"),
-                None,
-                Some(checkpoint),
-            )?;
+            store.replace_metrics(id, &records).await?;
+            store
+                .append_event(
+                    id,
+                    EventKind::Log,
+                    &format!("resumed from {checkpoint} after step {step}"),
+                    None,
+                    Some(checkpoint),
+                )
+                .await?;
             let last_train = records
                 .iter()
                 .rev()
@@ -107,66 +116,76 @@ fn apply(
                 .rev()
                 .find(|r| r.learning_rate.is_none())
                 .cloned();
-            store.update_job(id, |v| {
-                if let Some(r) = &last_train {
-                    update_progress(v, r);
-                }
-                v.metrics = last_train.clone();
-                v.eval_metrics = last_eval.clone();
-                Ok(())
-            })?;
+            store
+                .update_job(id, move |v| {
+                    if let Some(r) = &last_train {
+                        update_progress(v, r);
+                    }
+                    v.metrics = last_train;
+                    v.eval_metrics = last_eval;
+                    Ok(())
+                })
+                .await?;
         }
         WorkerEvent::Memory { peak_rss_bytes } => {
             // On the CPU (fake GPUs included, whose workers run there) the worker's RSS is
             // the memory it takes from the device; on a GPU it is not, NVML says (below).
             let on_cpu = sup.devices.is_fake() || job_device(sup, id).as_deref() == Some("cpu");
             if on_cpu {
-                raise_peak(store, id, peak_rss_bytes)?;
+                raise_peak(store, id, peak_rss_bytes).await?;
             }
         }
         WorkerEvent::Step { record } => {
             if let (Some(device), Some(pid)) = (job_device(sup, id), sup.worker_pid(id)) {
                 if device != "cpu" {
                     if let Some(bytes) = sup.devices.process_memory(&device, pid) {
-                        raise_peak(store, id, bytes)?;
+                        raise_peak(store, id, bytes).await?;
                     }
                 }
             }
-            store.append_metric(id, &record)?;
+            store.append_metric(id, &record).await?;
             // A transaction, not a read-modify-write: a pause or cancel may change the state
             // between the two.
-            store.update_job(id, |v| {
-                update_progress(v, &record);
-                v.metrics = Some(record.clone());
-                Ok(())
-            })?;
+            store
+                .update_job(id, move |v| {
+                    update_progress(v, &record);
+                    v.metrics = Some(record);
+                    Ok(())
+                })
+                .await?;
         }
         WorkerEvent::Eval { record } => {
-            store.append_metric(id, &record)?;
-            store.append_event(
-                id,
-                EventKind::Metrics,
-                &format!("evaluated at step {}", record.step),
-                None,
-                None,
-            )?;
-            store.update_job(id, |v| {
-                v.eval_metrics = Some(record.clone());
-                Ok(())
-            })?;
+            store.append_metric(id, &record).await?;
+            store
+                .append_event(
+                    id,
+                    EventKind::Metrics,
+                    &format!("evaluated at step {}", record.step),
+                    None,
+                    None,
+                )
+                .await?;
+            store
+                .update_job(id, move |v| {
+                    v.eval_metrics = Some(record);
+                    Ok(())
+                })
+                .await?;
         }
         WorkerEvent::Saved { path } => {
             let name = std::path::Path::new(&path)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or(path.clone());
-            store.append_event(
-                id,
-                EventKind::Checkpoint,
-                &format!("checkpoint {name} written"),
-                None,
-                Some(name),
-            )?;
+            store
+                .append_event(
+                    id,
+                    EventKind::Checkpoint,
+                    &format!("checkpoint {name} written"),
+                    None,
+                    Some(name),
+                )
+                .await?;
         }
         WorkerEvent::Finished => *outcome = Some(Outcome::Finished),
         WorkerEvent::Stopped => *outcome = Some(Outcome::Stopped),
@@ -181,17 +200,19 @@ fn job_device(sup: &Supervisor, id: u64) -> Option<String> {
 }
 
 /// Records `bytes` as the job's measured peak if it is above the one recorded (over attempts).
-fn raise_peak(
+async fn raise_peak(
     store: &crate::store::Store,
     id: u64,
     bytes: u64,
 ) -> Result<(), crate::store::StoreError> {
-    store.update_job(id, |v| {
-        if v.memory.peak_bytes.is_none_or(|p| p < bytes) {
-            v.memory.peak_bytes = Some(bytes);
-        }
-        Ok(())
-    })?;
+    store
+        .update_job(id, move |v| {
+            if v.memory.peak_bytes.is_none_or(|p| p < bytes) {
+                v.memory.peak_bytes = Some(bytes);
+            }
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
 
@@ -209,7 +230,7 @@ fn update_progress(view: &mut JobView, rec: &MetricRecord) {
 
 /// The job's state after its worker exited: what the worker said, read against what the
 /// daemon had asked of it.
-fn settle(
+async fn settle(
     sup: &Supervisor,
     id: u64,
     intent: Option<Intent>,
@@ -217,55 +238,63 @@ fn settle(
     status: &str,
 ) -> Result<(), crate::store::StoreError> {
     let log = super::spawn::job_dir(&sup.config.state_dir, id).join("worker.log");
-    sup.store.update_job(id, |v| {
-        let now = crate::now_rfc3339();
-        let mut fail = |kind: &str, message: String| {
-            v.state = JobState::Failed;
-            v.error = Some(JobError {
-                kind: kind.into(),
-                message,
-            });
-        };
-        match (&outcome, intent) {
-            (Some(Outcome::Finished), _) => {
-                v.state = JobState::Succeeded;
-                v.progress.eta_s = Some(0.0);
-            }
-            (_, Some(Intent::Cancel)) => v.state = JobState::Cancelled,
-            (Some(Outcome::Failed { kind, message }), _) => fail(kind, message.clone()),
-            (Some(Outcome::Stopped), Some(Intent::Pause)) => {
-                v.state = JobState::Paused;
-                v.pending_reason = Some(PAUSED.into());
-            }
-            (_, Some(Intent::Shutdown)) => {
-                v.state = JobState::Interrupted;
-                v.pending_reason =
-                    Some("the daemon stopped; the job resumes from its newest checkpoint".into());
-            }
-            (Some(Outcome::Stopped), _) => fail(
-                "crashed",
-                "the worker was stopped by a signal from outside the daemon".into(),
-            ),
-            (None, Some(Intent::Pause)) => fail(
-                "crashed",
-                format!(
-                    "the worker exited ({status}) while pausing; see {}",
-                    log.display()
+    let status = status.to_string();
+    sup.store
+        .update_job(id, move |v| {
+            let now = crate::now_rfc3339();
+            let mut fail = |kind: &str, message: String| {
+                v.state = JobState::Failed;
+                v.error = Some(JobError {
+                    kind: kind.into(),
+                    message,
+                });
+            };
+            match (&outcome, intent) {
+                (Some(Outcome::Finished), _) => {
+                    v.state = JobState::Succeeded;
+                    v.progress.eta_s = Some(0.0);
+                }
+                (_, Some(Intent::Cancel)) => v.state = JobState::Cancelled,
+                // What the worker said, without a backtrace (RUST_BACKTRACE in the daemon's
+                // environment makes candle attach one): every owner of the job reads this.
+                (Some(Outcome::Failed { kind, message }), _) => {
+                    fail(kind, crate::http::error::client_message(message.clone()))
+                }
+                (Some(Outcome::Stopped), Some(Intent::Pause)) => {
+                    v.state = JobState::Paused;
+                    v.pending_reason = Some(PAUSED.into());
+                }
+                (_, Some(Intent::Shutdown)) => {
+                    v.state = JobState::Interrupted;
+                    v.pending_reason = Some(
+                        "the daemon stopped; the job resumes from its newest checkpoint".into(),
+                    );
+                }
+                (Some(Outcome::Stopped), _) => fail(
+                    "crashed",
+                    "the worker was stopped by a signal from outside the daemon".into(),
                 ),
-            ),
-            (None, None) => fail(
-                "crashed",
-                format!(
-                    "the worker exited ({status}) without a result; see {}",
-                    log.display()
+                (None, Some(Intent::Pause)) => fail(
+                    "crashed",
+                    format!(
+                        "the worker exited ({status}) while pausing; see {}",
+                        log.display()
+                    ),
                 ),
-            ),
-        }
-        if v.state.is_terminal() {
-            v.finished_at = Some(now);
-            v.pending_reason = None;
-        }
-        Ok(())
-    })?;
+                (None, None) => fail(
+                    "crashed",
+                    format!(
+                        "the worker exited ({status}) without a result; see {}",
+                        log.display()
+                    ),
+                ),
+            }
+            if v.state.is_terminal() {
+                v.finished_at = Some(now);
+                v.pending_reason = None;
+            }
+            Ok(())
+        })
+        .await?;
     Ok(())
 }
