@@ -42,8 +42,34 @@ pub struct ServeConfig {
     /// Seconds running jobs get to checkpoint when the daemon stops (keep systemd's
     /// `TimeoutStopSec` above this).
     pub shutdown_grace_s: u64,
-    /// Largest data set upload accepted, in bytes.
+    /// Largest data set upload accepted, in bytes. Default 1 GiB.
     pub max_upload_bytes: usize,
+    /// Most rows (non-blank lines) in an uploaded data set. Default 5,000,000: ten times the
+    /// largest public preference sets.
+    pub max_upload_rows: usize,
+    /// Longest line of an uploaded data set, in bytes; an upload is checked a line at a time, so
+    /// this bounds the memory one upload takes. Default 1 MiB (about 250k tokens of text).
+    pub max_line_bytes: usize,
+    /// Most clients following one job's events (`GET /v1/jobs/{id}/events?follow=true`) at
+    /// once. Default 16.
+    pub max_followers_per_job: usize,
+    /// Most clients following events at once, all jobs together. Default 256.
+    pub max_followers: usize,
+    /// Seconds between keep-alive comments on a quiet event stream; a client that went away is
+    /// only noticed when a write to it fails, so this bounds how long its stream lingers.
+    /// Default 15.
+    pub events_keepalive_s: u64,
+    /// Days after which a finished job's intermediate checkpoints (`checkpoints/step-N/`, the
+    /// bulk of its disk) are removed; its final adapter, record and metrics stay until
+    /// `orpoctl rm`. 0 keeps them. Default 14.
+    pub checkpoint_retention_days: u64,
+    /// Days after which a finished job is deleted whole (record, history, files). 0 keeps
+    /// finished jobs until `orpoctl rm`. Default 0.
+    pub job_retention_days: u64,
+    /// MiB that must stay free on the state folder's file system: uploads and submits are
+    /// refused below it (507), so a full disk never stops the queue or corrupts the store.
+    /// Default 256.
+    pub min_free_mib: u64,
     /// The program run as `<worker_exe> worker --job-dir DIR`; empty: this executable.
     pub worker_exe: Option<PathBuf>,
 }
@@ -62,6 +88,14 @@ impl Default for ServeConfig {
             cancel_grace_s: 10,
             shutdown_grace_s: 60,
             max_upload_bytes: 1 << 30,
+            max_upload_rows: 5_000_000,
+            max_line_bytes: 1 << 20,
+            max_followers_per_job: 16,
+            max_followers: 256,
+            events_keepalive_s: 15,
+            checkpoint_retention_days: 14,
+            job_retention_days: 0,
+            min_free_mib: 256,
             worker_exe: None,
         }
     }
@@ -129,6 +163,19 @@ mod tests {
         let err = format!("{:#}", ServeConfig::load(Some(&p)).unwrap_err());
         assert!(err.contains("listn"), "{err}");
         assert_eq!(ServeConfig::load(None).unwrap().listen, DEFAULT_LISTEN);
+    }
+
+    /// The example config documents every default (only `model_roots` differs).
+    #[test]
+    fn example_config_lists_the_defaults() {
+        let example: ServeConfig =
+            toml::from_str(include_str!("../../systemd/orpod.toml")).unwrap();
+        let defaults = ServeConfig {
+            model_roots: example.model_roots.clone(),
+            state_dir: example.state_dir.clone(),
+            ..ServeConfig::default()
+        };
+        assert_eq!(example, defaults);
     }
 
     #[test]

@@ -2,15 +2,31 @@
 //! number) before anything is stored; the bytes are kept under their sha256, so uploading the
 //! same file again stores nothing new. `GET /v1/datasets/{sha256}` tells a client whether the
 //! server already has a file, so `orpoctl submit` can skip uploading it.
+//!
+//! An upload is never held in memory: its chunks go through a small channel to a blocking
+//! task that writes them to a temporary file in the datasets folder, hashes them and checks
+//! the rows a line at a time (`orpo_trainer`'s [`RowChecker`], so messages are those of a job
+//! reading the file). Memory per upload is bounded by `max_line_bytes`; `max_upload_bytes` and
+//! `max_upload_rows` bound the rest. The file is synced and renamed into place only when it is
+//! complete and good; on any error the temporary file is removed.
 
-use actix_web::{web, HttpResponse};
+use std::io::Write;
+use std::path::Path;
+
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use orpo_api::{parse_dataset_ref, DatasetView, ErrorBody, DATASET_REF_PREFIX};
+use orpo_trainer::data::RowChecker;
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::ServeConfig;
 use crate::supervisor::spawn::dataset_path;
+
+/// How rows are named in messages, as before uploads were streamed.
+const UPLOAD_NAME: &str = "upload.jsonl";
 
 /// Upload a data set
 ///
@@ -20,49 +36,89 @@ use crate::supervisor::spawn::dataset_path;
 #[utoipa::path(post, path = "/v1/datasets", tag = "datasets",
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The JSONL file"),
     responses((status = 201, body = DatasetView), (status = 200, body = DatasetView),
-        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, description = "Bad rows, with line numbers", body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, description = "Bad rows, with line numbers", body = ErrorBody),
+        (status = 507, description = "The server's disk is below min_free_mib; nothing was stored", body = ErrorBody)))]
 pub async fn upload(
     state: web::Data<AppState>,
+    req: HttpRequest,
     mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let limit = state.config.max_upload_bytes;
-    let mut bytes = web::BytesMut::new();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if bytes.len() + chunk.len() > limit {
-            return Err(ApiError::PayloadTooLarge(format!(
-                "data sets are limited to {limit} bytes (max_upload_bytes)"
-            )));
-        }
-        bytes.extend_from_slice(&chunk);
+    let too_large = || {
+        ApiError::PayloadTooLarge(format!(
+            "data sets are limited to {limit} bytes (max_upload_bytes)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
     }
-    let bytes = bytes.freeze();
-    let dir = state.config.state_dir.clone();
-    let store = state.store.clone();
-    let (view, created) = web::block(move || -> Result<(DatasetView, bool), ApiError> {
-        let sha256 = hex(&Sha256::digest(&bytes));
-        if let Some(view) = store.dataset(&sha256)? {
-            return Ok((view, false));
-        }
-        let rows = orpo_trainer::data::parse_rows(&bytes, std::path::Path::new("upload.jsonl"))
-            .map_err(|e| ApiError::InvalidData(e.to_string()))?;
-        if rows.is_empty() {
-            return Err(ApiError::InvalidData("upload.jsonl: no rows".into()));
-        }
-        let path = dataset_path(&dir, &sha256);
-        write_atomic(&path, &bytes).map_err(ApiError::Internal)?;
-        let view = DatasetView {
-            reference: format!("{DATASET_REF_PREFIX}{sha256}"),
-            sha256,
-            rows: rows.len(),
-            size_bytes: bytes.len() as u64,
+    crate::disk::ensure_free(
+        &state.config.state_dir,
+        state.config.min_free_mib,
+        declared.unwrap_or(0),
+    )
+    .map_err(ApiError::InsufficientStorage)?;
+    // The temporary file goes in the folder of stored data sets, so storing it is a rename.
+    let datasets = dataset_path(&state.config.state_dir, "")
+        .parent()
+        .expect("datasets folder")
+        .to_path_buf();
+    // A few chunks in flight: enough to keep the disk busy, little enough to stay small.
+    let (tx, rx) = mpsc::channel(4);
+    let config = state.config.clone();
+    let receiver = tokio::task::spawn_blocking(move || receive(rx, &datasets, &config));
+    let mut size = 0;
+    let mut failed = None;
+    while let Some(chunk) = body.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failed = Some(ApiError::BadRequest(format!("reading the upload: {e}")));
+                break;
+            }
         };
-        store.put_dataset(&view)?;
-        Ok((view, true))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))??;
-    state.store.flush().await?;
+        size += chunk.len();
+        if size > limit {
+            failed = Some(too_large());
+            break;
+        }
+        if tx.send(Chunk::Data(chunk)).await.is_err() {
+            break; // the receiver stopped at an error, which it returns below
+        }
+    }
+    if failed.is_none() {
+        let _ = tx.send(Chunk::End).await;
+    }
+    drop(tx);
+    // Waited for even after an error, so the temporary file is gone when the client hears.
+    let received = receiver.await.map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let received = received?;
+    let (view, created) = match state.store.dataset(&received.sha256)? {
+        Some(view) => (view, false),
+        None => {
+            let path = dataset_path(&state.config.state_dir, &received.sha256);
+            let view = DatasetView {
+                reference: format!("{DATASET_REF_PREFIX}{}", received.sha256),
+                sha256: received.sha256,
+                rows: received.rows,
+                size_bytes: received.size,
+            };
+            web::block(move || persist(received.file, &path))
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?
+                .map_err(ApiError::Internal)?;
+            state.store.put_dataset(&view).await?;
+            state.store.flush().await?;
+            (view, true)
+        }
+    };
     Ok(if created {
         HttpResponse::Created().json(view)
     } else {
@@ -95,22 +151,261 @@ pub async fn get(
     }
 }
 
+/// Delete a data set
+///
+/// Removes an uploaded data set that no unfinished job names (409 otherwise, with the jobs).
+/// Finished jobs keep their reference; their data is gone with it.
+#[utoipa::path(delete, path = "/v1/datasets/{sha256}", tag = "datasets",
+    params(("sha256" = String, Path, description = "Hex sha256 of the file")),
+    responses((status = 200, description = "Deleted; the data set as it was", body = DatasetView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete(
+    state: web::Data<AppState>,
+    sha256: web::Path<String>,
+) -> Result<web::Json<DatasetView>, ApiError> {
+    let view = get(state.clone(), sha256).await?.into_inner();
+    let reference = view.reference.clone();
+    let store = state.store.clone();
+    let users: Vec<u64> = web::block(move || {
+        store
+            .all_jobs()
+            .filter_map(|j| j.ok())
+            .filter(|j| !j.state.is_terminal())
+            .filter(|j| j.spec.data.train == reference || j.spec.data.eval == reference)
+            .map(|j| j.id)
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    if !users.is_empty() {
+        let ids: Vec<String> = users.iter().map(u64::to_string).collect();
+        return Err(ApiError::Conflict(format!(
+            "data set {} is used by unfinished job(s) {}; delete it when they are done",
+            view.reference,
+            ids.join(", ")
+        )));
+    }
+    // The record first: a crash in between leaves a file no record names, which a new
+    // upload of the same bytes simply replaces.
+    state.store.remove_dataset(&view.sha256).await?;
+    state.store.flush().await?;
+    let path = dataset_path(&state.config.state_dir, &view.sha256);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!("removing {}: {e}", path.display())
+        }
+        _ => {}
+    }
+    Ok(web::Json(view))
+}
+
 /// Lower-case hex.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Temporary file, fsync, rename: a stored data set is complete or absent.
-fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// What the request handler sends the receiving task: the body's chunks, then `End` once the
+/// body is complete. A channel closed without `End` means the upload failed.
+enum Chunk {
+    Data(web::Bytes),
+    End,
+}
+
+/// A complete upload whose rows all passed, synced in its temporary file (removed when dropped
+/// unless persisted).
+struct Received {
+    file: tempfile::NamedTempFile,
+    sha256: String,
+    rows: usize,
+    size: u64,
+}
+
+/// Receives an upload (blocking: run it with `spawn_blocking`): the chunks are written to a
+/// temporary file, hashed and split into lines for the row checks.
+fn receive(
+    mut rx: mpsc::Receiver<Chunk>,
+    dir: &Path,
+    config: &ServeConfig,
+) -> Result<Received, ApiError> {
     use anyhow::Context;
-    use std::io::Write;
-    let dir = path.parent().expect("datasets folder");
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    let file = tempfile::Builder::new()
+        .prefix(".upload-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let mut hasher = Sha256::new();
+    let mut lines = Lines::new(config);
+    let mut size = 0u64;
+    loop {
+        match rx.blocking_recv() {
+            Some(Chunk::Data(chunk)) => {
+                size += chunk.len() as u64;
+                hasher.update(&chunk);
+                lines.feed(&chunk)?;
+                out.write_all(&chunk).map_err(write_error)?;
+            }
+            Some(Chunk::End) => break,
+            // The handler gave up (bad body, too large) and answers the client itself.
+            None => return Err(ApiError::BadRequest("the upload was not complete".into())),
+        }
+    }
+    let rows = lines.finish()?;
+    let file = out.into_inner().map_err(|e| write_error(e.into_error()))?;
+    file.as_file().sync_all().map_err(write_error)?;
+    Ok(Received {
+        file,
+        sha256: hex(&hasher.finalize()),
+        rows,
+        size,
+    })
+}
+
+/// A failed write of the upload: a full disk is the client's to hear about (507), anything else
+/// is the daemon's.
+fn write_error(e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        return ApiError::InsufficientStorage(
+            "the server's disk filled up while the upload was written; nothing was stored, \
+             try again when an admin has made room"
+                .into(),
+        );
+    }
+    ApiError::Internal(anyhow::Error::new(e).context("writing the upload"))
+}
+
+/// Renames the upload's file to `path` and syncs the folder, so the stored data set is complete
+/// or absent after a crash.
+fn persist(file: tempfile::NamedTempFile, path: &Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    file.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("storing {}", path.display()))?;
+    let dir = path.parent().expect("datasets folder");
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+/// An upload split into lines for the row checks, with the limits on rows and line length.
+struct Lines {
+    checker: RowChecker,
+    /// The start of a line whose end has not arrived yet.
+    partial: Vec<u8>,
+    max_rows: usize,
+    max_line: usize,
+}
+
+impl Lines {
+    fn new(config: &ServeConfig) -> Lines {
+        Lines {
+            checker: RowChecker::default(),
+            partial: Vec::new(),
+            max_rows: config.max_upload_rows,
+            max_line: config.max_line_bytes,
+        }
+    }
+
+    fn feed(&mut self, mut chunk: &[u8]) -> Result<(), ApiError> {
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            if self.partial.is_empty() {
+                self.line(&chunk[..end])?;
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.extend_from_slice(&chunk[..end]);
+                self.line(&line)?;
+                line.clear();
+                self.partial = line; // keeps its allocation for the next long line
+            }
+            chunk = &chunk[end + 1..];
+        }
+        self.partial.extend_from_slice(chunk);
+        self.check_length(self.partial.len())
+    }
+
+    /// The number of good rows, or every bad row with its line.
+    fn finish(mut self) -> Result<usize, ApiError> {
+        let last = std::mem::take(&mut self.partial);
+        self.line(&last)?;
+        self.checker
+            .finish(Path::new(UPLOAD_NAME))
+            .map_err(|e| ApiError::InvalidData(e.to_string()))
+    }
+
+    fn line(&mut self, raw: &[u8]) -> Result<(), ApiError> {
+        self.check_length(raw.len())?;
+        self.checker.check_line(raw);
+        if self.checker.rows() > self.max_rows {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "{UPLOAD_NAME}: more than {} rows (max_upload_rows)",
+                self.max_rows
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_length(&self, len: usize) -> Result<(), ApiError> {
+        if len > self.max_line {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "{UPLOAD_NAME}:{}: the line is longer than {} bytes (max_line_bytes)",
+                self.checker.lines() + 1,
+                self.max_line
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(max_rows: usize, max_line: usize) -> Lines {
+        Lines::new(&ServeConfig {
+            max_upload_rows: max_rows,
+            max_line_bytes: max_line,
+            ..ServeConfig::default()
+        })
+    }
+
+    const ROW: &str = r#"{"prompt":"a","chosen":"b","rejected":"c"}"#;
+
+    #[test]
+    fn rows_split_across_chunks_are_checked_whole() {
+        let text = format!("{ROW}\n\n{ROW}\nnot json\n{ROW}");
+        for size in [1, 2, 7, 64, text.len()] {
+            let mut l = lines(100, 1000);
+            for chunk in text.as_bytes().chunks(size) {
+                l.feed(chunk).unwrap();
+            }
+            let err = l.finish().unwrap_err().to_string();
+            assert!(
+                err.starts_with("upload.jsonl:4: invalid JSON"),
+                "{size}: {err}"
+            );
+        }
+        let mut l = lines(100, 1000);
+        l.feed(format!("{ROW}\r\n{ROW}\n").as_bytes()).unwrap();
+        assert_eq!(l.finish().unwrap(), 2);
+        let err = lines(100, 1000).finish().unwrap_err().to_string();
+        assert!(err.contains("no preference rows"), "{err}");
+    }
+
+    #[test]
+    fn limits_name_their_keys() {
+        let mut l = lines(2, 1000);
+        let text = format!("{ROW}\n{ROW}\n\n{ROW}\n");
+        let err = l.feed(text.as_bytes()).unwrap_err();
+        assert!(matches!(err, ApiError::PayloadTooLarge(_)));
+        assert!(err.to_string().contains("max_upload_rows"), "{err}");
+        // A long line is refused before its end arrives, so it is never held whole.
+        let mut l = lines(100, 50);
+        l.feed(format!("{ROW}\n").as_bytes()).unwrap();
+        let err = l.feed(&[b'x'; 51]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("upload.jsonl:2: the line is longer than 50 bytes (max_line_bytes)"),
+            "{err}"
+        );
+    }
 }

@@ -1,6 +1,10 @@
 //! The one mapping from what went wrong to an HTTP status and the error body
 //! `{"error": {"code", "message"}}`. Messages of client errors say what to do next; internal
 //! errors are logged in full and answered with a generic message.
+//!
+//! A client message never carries a backtrace (candle attaches one to its errors when
+//! `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` is set, and a model error quotes it) and is at most
+//! [`MAX_MESSAGE`] bytes; what is cut goes to the daemon's log.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -40,9 +44,15 @@ pub enum ApiError {
     /// 409: the job's state does not allow it (pausing a finished job, ...).
     #[error("{0}")]
     Conflict(String),
-    /// 413
+    /// 413: an upload over one of the size limits (the message names the config key).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429: too many clients at once (event followers); the message names the config key.
+    #[error("{0}")]
+    TooManyRequests(String),
+    /// 507: the state folder's disk is below `min_free_mib`; nothing was stored.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// 500: logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -62,6 +72,8 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::InsufficientStorage(_) => "insufficient_storage",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -90,6 +102,8 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,7 +114,7 @@ impl ResponseError for ApiError {
                 tracing::error!("internal error: {e:#}");
                 "internal error; the daemon's log has the details".to_string()
             }
-            e => e.to_string(),
+            e => client_message(e.to_string()),
         };
         HttpResponse::build(self.status_code()).json(ErrorBody {
             error: ErrorDetail {
@@ -111,7 +125,57 @@ impl ResponseError for ApiError {
     }
 }
 
+/// The longest message a client gets, in bytes.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `message` without a backtrace and cut to [`MAX_MESSAGE`] bytes; the whole of it is logged
+/// when anything was cut.
+pub fn client_message(message: String) -> String {
+    // std's `Backtrace` prints frames as `   0: name`; anyhow's `{:?}` heads them with
+    // "Stack backtrace:".
+    let end = ["\n   0: ", "Stack backtrace:", "stack backtrace:"]
+        .iter()
+        .filter_map(|marker| message.find(marker))
+        .min()
+        .unwrap_or(message.len());
+    let mut short = message[..end].to_string();
+    short.truncate(short.trim_end().len());
+    if short.len() > MAX_MESSAGE {
+        const MORE: &str = " … (cut; the daemon's log has all of it)";
+        let mut cut = MAX_MESSAGE - MORE.len();
+        while !short.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        short.truncate(cut);
+        short.push_str(MORE);
+    }
+    if short != message {
+        tracing::warn!("error message shortened for the client: {message}");
+    }
+    short
+}
+
 /// Extractor failures (JSON body, query string, path) as 400s in our error body.
 pub fn bad_request(err: impl std::fmt::Display) -> actix_web::Error {
     ApiError::BadRequest(err.to_string()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_lose_backtraces_and_length() {
+        let bt = "model m: bad header\n   0: candle_core::error::Error::bt\n             at /src/error.rs:260:25\n   1: main";
+        assert_eq!(client_message(bt.into()), "model m: bad header");
+        let anyhow_debug = "bad\n\nStack backtrace:\n   0: x at y.rs:1";
+        assert_eq!(client_message(anyhow_debug.into()), "bad");
+        let long = "é".repeat(2000);
+        let short = client_message(long);
+        assert!(short.len() <= MAX_MESSAGE, "{}", short.len());
+        assert!(short.ends_with("the daemon's log has all of it)"));
+        assert_eq!(client_message("plain: line 3".into()), "plain: line 3");
+        let resp = ApiError::TooManyRequests("x (max_followers)".into()).error_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
 }

@@ -1,7 +1,15 @@
 //! A job's history: per-step metric records and the event log, the latter also as a live
 //! server-sent-event stream (`orpoctl metrics | logs [-f] | watch`).
+//!
+//! Followers are counted and capped per job and in all (`max_followers_per_job`,
+//! `max_followers`). actix only notices that a client went away when a write to it fails, so a
+//! quiet stream sends an SSE comment every `events_keepalive_s`: the stream of a gone client
+//! ends at the second write after it left (the first one draws the peer's reset), and its count
+//! with it, even when its job is paused for days.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpResponse};
 use futures_util::stream;
@@ -11,6 +19,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::ServeConfig;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -52,11 +61,14 @@ pub struct EventsQuery {
 ///
 /// State changes, worker log lines, checkpoints. With `follow=true` the answer is a
 /// `text/event-stream`: one SSE message per event (`id` = seq, `event` = kind, `data` = the
-/// event as JSON), ending after the job reaches a final state.
+/// event as JSON), ending after the job reaches a final state. A quiet stream carries an SSE
+/// comment (`: keep-alive`) every `events_keepalive_s` seconds. Followers are capped per job and
+/// in all (429 over a cap).
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = u64, Path, description = "Job id"), EventsQuery),
     responses((status = 200, body = Vec<EventView>, description = "The events; with follow=true a text/event-stream"),
-        (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, description = "Too many followers (max_followers_per_job, max_followers)", body = ErrorBody)))]
 pub async fn events(
     state: web::Data<AppState>,
     id: web::Path<u64>,
@@ -68,37 +80,56 @@ pub async fn events(
     if !q.follow.unwrap_or(false) {
         return Ok(HttpResponse::Ok().json(state.store.events(id, since, usize::MAX)?));
     }
+    let follower = Follower::join(id, &state.config)?;
+    let keepalive = Duration::from_secs(state.config.events_keepalive_s.max(1));
     // The store is polled rather than subscribed to: appends happen in several places, a poll
     // every 250 ms is cheap, and a follower that falls behind simply reads more at once.
     let store = state.store.clone();
-    let body = stream::unfold(since, move |mut since| {
+    let start = Follow {
+        since,
+        done: false,
+        last_write: Instant::now(),
+        _follower: follower,
+    };
+    let body = stream::unfold(start, move |mut f| {
         let store = store.clone();
         async move {
+            if f.done {
+                return None;
+            }
             // A job's final state event is appended just after its record changes, so after
             // the job ends the stream looks once more before closing.
             let mut quiet_after_end = 0;
             loop {
                 let finished = store.job(id).map(|v| v.state.is_terminal()).unwrap_or(true);
-                let batch = match store.events(id, since, 256) {
+                let batch = match store.events(id, f.since, 256) {
                     Ok(b) => b,
-                    Err(e) => return Some((Err(ApiError::from(e).into()), u64::MAX)),
+                    Err(e) => {
+                        f.done = true;
+                        return Some((Err(ApiError::from(e).into()), f));
+                    }
                 };
                 if !batch.is_empty() {
                     let mut text = String::new();
                     for e in &batch {
-                        since = e.seq;
+                        f.since = e.seq;
                         let data = serde_json::to_string(e).expect("events serialise");
                         let kind = serde_json::to_value(e.kind).expect("kinds serialise");
                         let kind = kind.as_str().unwrap_or("log").to_string();
                         text.push_str(&format!("id: {}\nevent: {kind}\ndata: {data}\n\n", e.seq));
                     }
-                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(text)), since));
+                    f.last_write = Instant::now();
+                    return Some((Ok::<_, actix_web::Error>(web::Bytes::from(text)), f));
                 }
-                if finished || since == u64::MAX {
+                if finished {
                     quiet_after_end += 1;
-                    if quiet_after_end > 1 || since == u64::MAX {
+                    if quiet_after_end > 1 {
                         return None;
                     }
+                }
+                if f.last_write.elapsed() >= keepalive {
+                    f.last_write = Instant::now();
+                    return Some((Ok(web::Bytes::from_static(b": keep-alive\n\n")), f));
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -108,4 +139,101 @@ pub async fn events(
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(body))
+}
+
+/// A follow stream's state between polls. Its [`Follower`] is dropped with the stream, however
+/// the stream ends: job over, store error, client gone, daemon stopping.
+struct Follow {
+    since: u64,
+    done: bool,
+    last_write: Instant,
+    _follower: Follower,
+}
+
+/// Followers now: in all, and by job.
+struct Followers {
+    total: usize,
+    by_job: BTreeMap<u64, usize>,
+}
+
+/// Process-wide, as the daemon is one per process; the lock is held for a counter update only.
+static FOLLOWERS: Mutex<Followers> = Mutex::new(Followers {
+    total: 0,
+    by_job: BTreeMap::new(),
+});
+
+/// Clients following events now (`orpod_event_followers` in `/metrics`).
+pub fn follower_count() -> usize {
+    FOLLOWERS.lock().unwrap_or_else(|e| e.into_inner()).total
+}
+
+/// One counted follower of a job's events; dropping it uncounts it.
+struct Follower {
+    job: u64,
+}
+
+impl Follower {
+    /// Counts a new follower of `job`, or refuses it when a cap is reached.
+    fn join(job: u64, config: &ServeConfig) -> Result<Follower, ApiError> {
+        let mut f = FOLLOWERS.lock().unwrap_or_else(|e| e.into_inner());
+        let on_job = f.by_job.get(&job).copied().unwrap_or(0);
+        if on_job >= config.max_followers_per_job {
+            return Err(ApiError::TooManyRequests(format!(
+                "job {job} already has {on_job} followers (max_followers_per_job = {}); \
+                 close one or poll without follow=true",
+                config.max_followers_per_job
+            )));
+        }
+        if f.total >= config.max_followers {
+            return Err(ApiError::TooManyRequests(format!(
+                "the daemon already has {} event followers (max_followers = {}); close one or \
+                 poll without follow=true",
+                f.total, config.max_followers
+            )));
+        }
+        f.total += 1;
+        *f.by_job.entry(job).or_default() += 1;
+        Ok(Follower { job })
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut f = FOLLOWERS.lock().unwrap_or_else(|e| e.into_inner());
+        f.total -= 1;
+        if let Some(n) = f.by_job.get_mut(&self.job) {
+            *n -= 1;
+            if *n == 0 {
+                f.by_job.remove(&self.job);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one test of the process-wide counts, so no other test moves them meanwhile.
+    #[test]
+    fn followers_are_capped_and_uncounted_on_drop() {
+        let config = ServeConfig {
+            max_followers_per_job: 2,
+            max_followers: 3,
+            ..ServeConfig::default()
+        };
+        let a1 = Follower::join(1, &config).unwrap();
+        let a2 = Follower::join(1, &config).unwrap();
+        let err = Follower::join(1, &config).err().unwrap().to_string();
+        assert!(err.contains("max_followers_per_job = 2"), "{err}");
+        let b1 = Follower::join(2, &config).unwrap();
+        let err = Follower::join(3, &config).err().unwrap().to_string();
+        assert!(err.contains("max_followers = 3"), "{err}");
+        assert_eq!(follower_count(), 3);
+        drop(a1);
+        let a3 = Follower::join(1, &config).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(follower_count(), 0);
+        assert!(FOLLOWERS.lock().unwrap().by_job.is_empty());
+    }
 }

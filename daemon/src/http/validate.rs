@@ -2,7 +2,8 @@
 //! model on the server, and the uploaded data sets it names. A job that passes is queued; one
 //! that fails is answered with a 4xx that names the key, path or line at fault.
 
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
 
 use orpo_api::{parse_dataset_ref, JobSpec, SpecError, SubmitJobRequest};
 
@@ -45,28 +46,22 @@ fn spec_error(e: SpecError) -> ApiError {
     ApiError::InvalidJob(e.to_string())
 }
 
-/// A path on the server that must exist and lie inside the configured model roots. A relative
-/// path is taken inside the first root.
+/// A model on the server: a path inside the configured model roots (a relative one is taken
+/// inside the first root) naming a GGUF file or a model folder.
+///
+/// The roots are checked on the path as written before anything on disk is looked at, so a
+/// path outside them tells the client nothing about what is there; they are checked again on
+/// the resolved path, as a symlink inside a root may point out of it. Only then is the file
+/// opened, and messages never quote what it holds.
 fn server_path(state: &AppState, key: &str, value: &str) -> Result<String, ApiError> {
     let roots = &state.config.model_roots;
     let path = match roots.first() {
         Some(root) if Path::new(value).is_relative() => root.join(value),
         _ => PathBuf::from(value),
     };
-    let not_found = || {
+    let real_roots: Vec<PathBuf> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
+    let outside = || {
         ApiError::ModelNotFound(format!(
-            "{key}: {} does not exist on the server (models are not uploaded: put it there first)",
-            path.display()
-        ))
-    };
-    let real = path.canonicalize().map_err(|_| not_found())?;
-    if !roots.is_empty()
-        && !roots
-            .iter()
-            .filter_map(|r| r.canonicalize().ok())
-            .any(|r| real.starts_with(r))
-    {
-        return Err(ApiError::ModelNotFound(format!(
             "{key}: {} is outside the daemon's model roots ({})",
             path.display(),
             roots
@@ -74,9 +69,68 @@ fn server_path(state: &AppState, key: &str, value: &str) -> Result<String, ApiEr
                 .map(|r| r.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
+        ))
+    };
+    let written = lexical(&path);
+    if !roots.is_empty()
+        && !roots
+            .iter()
+            .map(|r| lexical(r))
+            .chain(real_roots.iter().cloned())
+            .any(|r| written.starts_with(r))
+    {
+        return Err(outside());
+    }
+    let real = path.canonicalize().map_err(|_| {
+        ApiError::ModelNotFound(format!(
+            "{key}: {} does not exist on the server (models are not uploaded: put it there first)",
+            path.display()
+        ))
+    })?;
+    if !roots.is_empty() && !real_roots.iter().any(|r| real.starts_with(r)) {
+        return Err(outside());
+    }
+    if !is_model(&real) {
+        return Err(ApiError::ModelNotFound(format!(
+            "{key}: {} is not a model the daemon can read: give a GGUF file or a Hugging Face \
+             model folder (with config.json)",
+            path.display()
         )));
     }
     Ok(real.to_string_lossy().into_owned())
+}
+
+/// `path` with `.` and `..` resolved by name only, without looking at the disk.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A folder with `config.json` or a `.gguf` file, or a file that starts with GGUF's magic (in
+/// either byte order, as candle reads it). Only the first four bytes of a file are read, so a
+/// file that is not a model is never parsed and nothing of it reaches an error message.
+fn is_model(path: &Path) -> bool {
+    if path.is_dir() {
+        return path.join("config.json").is_file()
+            || std::fs::read_dir(path).is_ok_and(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
+            });
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok_and(|()| &magic == b"GGUF" || &magic == b"FUGG")
 }
 
 /// `sha256:<hex>` of an uploaded data set.
@@ -92,5 +146,40 @@ fn dataset(state: &AppState, key: &str, value: &str) -> Result<(), ApiError> {
         None => Err(ApiError::DatasetNotFound(format!(
             "{key}: no data set {value} on the server; upload it with POST /v1/datasets first"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_resolves_dots_by_name() {
+        assert_eq!(
+            lexical(Path::new("/srv/models/../../etc/./shadow")),
+            Path::new("/etc/shadow")
+        );
+        assert_eq!(
+            lexical(Path::new("/srv/models/a/../b")),
+            Path::new("/srv/models/b")
+        );
+    }
+
+    #[test]
+    fn only_model_files_and_folders_pass() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        std::fs::write(p("secret.txt"), "root:$6$hash:19000::::::").unwrap();
+        std::fs::write(p("model.gguf"), b"GGUF\x03\x00\x00\x00").unwrap();
+        std::fs::write(p("short"), b"GG").unwrap();
+        std::fs::create_dir(p("hf")).unwrap();
+        std::fs::write(p("hf/config.json"), "{}").unwrap();
+        std::fs::create_dir(p("empty")).unwrap();
+        assert!(!is_model(&p("secret.txt")));
+        assert!(!is_model(&p("short")));
+        assert!(!is_model(&p("empty")));
+        assert!(is_model(&p("model.gguf")));
+        assert!(is_model(&p("hf")));
+        assert!(is_model(dir.path()), "a folder holding a .gguf file");
     }
 }

@@ -30,7 +30,7 @@ use crate::tokenizer::TokenizerInfo;
 use crate::{Error, Result};
 
 pub use chat::apply_chat_template;
-pub use read::{parse_rows, read_rows};
+pub use read::{parse_rows, read_rows, RowChecker};
 pub use split::split_eval;
 pub use tokenize::tokenize_row;
 

@@ -15,30 +15,81 @@ pub fn read_rows(path: &Path) -> Result<Vec<PreferenceRow>> {
 
 /// Parses JSONL `bytes`; `path` only names the file in errors. Blank lines are skipped.
 pub fn parse_rows(bytes: &[u8], path: &Path) -> Result<Vec<PreferenceRow>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut problems = Problems::default();
     let mut rows = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = i + 1;
-        let text = match std::str::from_utf8(raw) {
-            Ok(text) => text.trim_end_matches('\r'),
-            Err(e) => {
-                problems.push(line, format!("not valid UTF-8 ({e})"));
-                continue;
-            }
-        };
-        if text.trim().is_empty() {
-            continue;
-        }
-        match parse_line(text) {
-            Ok(pair) => rows.push(PreferenceRow { line, pair }),
-            Err(message) => problems.push(line, message),
+        match parse_raw_line(line, raw) {
+            None => {}
+            Some(Ok(pair)) => rows.push(PreferenceRow { line, pair }),
+            Some(Err(message)) => problems.push(line, message),
         }
     }
     if rows.is_empty() && problems.is_empty() {
         problems.push(1, "the file has no preference rows".into());
     }
     problems.into_result(path, rows)
+}
+
+/// Checks a JSONL file one line at a time, with the checks and messages of [`parse_rows`], and
+/// keeps only counts: for a file too large to hold in memory (the daemon's uploads).
+#[derive(Default)]
+pub struct RowChecker {
+    lines: usize,
+    rows: usize,
+    bad: usize,
+    problems: Problems,
+}
+
+impl RowChecker {
+    /// Checks the next line, given without its `\n`.
+    pub fn check_line(&mut self, raw: &[u8]) {
+        self.lines += 1;
+        match parse_raw_line(self.lines, raw) {
+            None => {}
+            Some(Ok(_)) => self.rows += 1,
+            Some(Err(message)) => {
+                self.bad += 1;
+                self.problems.push(self.lines, message);
+            }
+        }
+    }
+
+    /// Lines checked so far, blank ones included.
+    pub fn lines(&self) -> usize {
+        self.lines
+    }
+
+    /// Rows (non-blank lines) checked so far, good or bad.
+    pub fn rows(&self) -> usize {
+        self.rows + self.bad
+    }
+
+    /// The number of good rows, or the error [`parse_rows`] gives for the same file.
+    pub fn finish(mut self, path: &Path) -> Result<usize> {
+        if self.rows == 0 && self.bad == 0 {
+            self.problems
+                .push(1, "the file has no preference rows".into());
+        }
+        self.problems.into_result(path, self.rows)
+    }
+}
+
+/// Line `line` (1-based) of a file: `None` when it is blank, else its pair or what is wrong
+/// with it. A byte order mark is allowed at the start of the file.
+fn parse_raw_line(line: usize, raw: &[u8]) -> Option<std::result::Result<Pair, String>> {
+    let raw = match line {
+        1 => raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw),
+        _ => raw,
+    };
+    let text = match std::str::from_utf8(raw) {
+        Ok(text) => text.trim_end_matches('\r'),
+        Err(e) => return Some(Err(format!("not valid UTF-8 ({e})"))),
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    Some(parse_line(text))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,6 +326,38 @@ mod tests {
             message.ends_with("(12 bad rows in all; the first 10 are shown)"),
             "{message}"
         );
+    }
+
+    /// The streaming checker gives `parse_rows`'s error, line numbers included, line by line.
+    #[test]
+    fn row_checker_agrees_with_parse_rows() {
+        let files: [&[u8]; 5] = [
+            b"\xEF\xBB\xBF{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\r\n\r\n",
+            b"{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n\nnot json\n[1]\n\xFF\n",
+            b"\n  \n",
+            b"",
+            &[b"[]\n".as_slice(); 12].concat(),
+        ];
+        for file in files {
+            let path = Path::new("prefs.jsonl");
+            let mut checker = RowChecker::default();
+            for raw in file.split(|&b| b == b'\n') {
+                checker.check_line(raw);
+            }
+            let want = parse_rows(file, path).map(|rows| rows.len());
+            let got = checker.finish(path);
+            assert_eq!(
+                format!("{got:?}"),
+                format!("{want:?}"),
+                "{}",
+                String::from_utf8_lossy(file)
+            );
+        }
+        let mut checker = RowChecker::default();
+        for raw in [&b"[]"[..], b"", b"{}"] {
+            checker.check_line(raw);
+        }
+        assert_eq!((checker.lines(), checker.rows()), (3, 2));
     }
 
     #[test]
