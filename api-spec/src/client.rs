@@ -148,6 +148,66 @@ impl Client {
         .await
     }
 
+    /// Submits with an `Idempotency-Key` and retries while no answer came back (the daemon
+    /// restarting, a dropped connection) or it answered 5xx: `attempts` tries in all, waiting
+    /// 0.5, 1, 2, ... s (at most 8 s) between them. The key makes a retry of a submit that
+    /// did reach the store return that job instead of queueing a second one.
+    pub async fn submit_idempotent(
+        &self,
+        req: &SubmitJobRequest,
+        key: &str,
+        attempts: u32,
+    ) -> Result<JobView> {
+        let mut wait = Duration::from_millis(500);
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            let sent = self
+                .http
+                .post(self.url("/v1/jobs"))
+                .header("Idempotency-Key", key)
+                .json(req)
+                .send()
+                .await;
+            let result = match sent {
+                Ok(resp) => decode(resp).await,
+                Err(e) => Err(ClientError::Http(e)),
+            };
+            let retry = match &result {
+                Err(ClientError::Http(e)) => e.is_connect() || e.is_request() || e.is_timeout(),
+                Err(ClientError::Api { status, .. }) => *status >= 500 && *status != 507,
+                Ok(_) => false,
+            };
+            if !retry || tried >= attempts {
+                return result;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(8));
+        }
+    }
+
+    /// Deletes an uploaded data set that no unfinished job names.
+    pub async fn delete_dataset(&self, sha256: &str) -> Result<DatasetView> {
+        decode(
+            self.http
+                .delete(self.url(&format!("/v1/datasets/{sha256}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Deletes a finished job with its history and files.
+    pub async fn delete_job(&self, id: u64) -> Result<JobView> {
+        decode(
+            self.http
+                .delete(self.url(&format!("/v1/jobs/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
     pub async fn list(&self, q: &ListJobs) -> Result<JobList> {
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(s) = q.state {

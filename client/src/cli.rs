@@ -97,6 +97,12 @@ pub enum Command {
     Pause { id: u64 },
     /// Queue a paused job again; it continues from its checkpoint
     Resume { id: u64 },
+    /// Delete finished jobs with their history, checkpoints and adapter
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
     /// A job's checkpoints and their files
     Checkpoints {
         id: u64,

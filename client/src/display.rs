@@ -1,6 +1,10 @@
 //! Output helpers: plain aligned tables (no box drawing, so they paste into chat and grep
 //! well, like `cargo tree` or `pueue status --color never`), human sizes, durations, ages and
 //! the loss sparkline.
+//!
+//! Text from the daemon (job names, owners, paths, messages, log lines) is whatever some user
+//! typed: it goes through [`escape`] or [`escape_lines`] before it reaches the terminal, so an
+//! escape sequence in a job name cannot clear the screen or rewrite earlier lines.
 
 use std::time::SystemTime;
 
@@ -26,16 +30,20 @@ impl Table {
         self.rows.is_empty()
     }
 
+    /// The table as text, every cell passed through [`escape`].
     pub fn render(&self) -> String {
-        let cols = self.header.len();
+        let escaped = |r: &Vec<String>| r.iter().map(|c| escape(c)).collect::<Vec<_>>();
+        let header = escaped(&self.header);
+        let rows: Vec<Vec<String>> = self.rows.iter().map(escaped).collect();
+        let cols = header.len();
         let mut width = vec![0; cols];
-        for r in std::iter::once(&self.header).chain(&self.rows) {
+        for r in std::iter::once(&header).chain(&rows) {
             for (i, c) in r.iter().enumerate().take(cols) {
                 width[i] = width[i].max(c.chars().count());
             }
         }
         let mut out = String::new();
-        for r in std::iter::once(&self.header).chain(&self.rows) {
+        for r in std::iter::once(&header).chain(&rows) {
             let mut line = String::new();
             for (i, c) in r.iter().enumerate().take(cols) {
                 line.push_str(c);
@@ -49,6 +57,51 @@ impl Table {
         }
         out
     }
+}
+
+/// `s` safe to print on a terminal: control characters (C0, DEL, C1, which start escape
+/// sequences or move the cursor) and bidirectional overrides (which reorder what is shown)
+/// become visible escapes: `\e`, `\r`, `\n`, `\t`, else `\u{9b}`. Other text is unchanged.
+pub fn escape(s: &str) -> String {
+    escape_but(s, |_| false)
+}
+
+/// [`escape`] that keeps line breaks, for messages of several lines.
+pub fn escape_lines(s: &str) -> String {
+    escape_but(s, |c| c == '\n')
+}
+
+fn escape_but(s: &str, keep: impl Fn(char) -> bool) -> String {
+    let unsafe_char = |c: char| {
+        !keep(c)
+            && (c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    };
+    if !s.contains(unsafe_char) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            c if !unsafe_char(c) => out.push(c),
+            '\x1b' => out.push_str("\\e"),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push_str(&c.escape_unicode().to_string()),
+        }
+    }
+    out
+}
+
+/// `s` cut to `max` characters, the last one an ellipsis, for table cells that a user can make
+/// absurdly long (job names, owners).
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// 1.5 GiB, 340.0 MiB, 12.0 KiB, 512 B (binary units, as nvidia-smi and the daemon use).
@@ -152,6 +205,27 @@ mod tests {
         assert_eq!(sparkline(&[3.0, 2.0, 1.0], 10), "█▅▁");
         assert_eq!(sparkline(&[1.0, 1.0], 10), "▅▅");
         assert_eq!(sparkline(&[1.0, 2.0, 3.0], 2), "▁█");
+    }
+
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let name = "ok\x1b[2J\rgone\u{9b}31m\u{202e}txt.exe\x07";
+        let shown = escape(name);
+        assert_eq!(shown, "ok\\e[2J\\rgone\\u{9b}31m\\u{202e}txt.exe\\u{7}");
+        assert!(!shown.chars().any(|c| c.is_control()));
+        assert_eq!(escape("plain café ✓ name-1"), "plain café ✓ name-1");
+        assert_eq!(escape_lines("a\nb\x1b[K\r"), "a\nb\\e[K\\r");
+        let mut t = Table::new(&["ID", "NAME"]);
+        t.row(vec!["1".into(), "x\x1b[2J\ry".into()]);
+        assert_eq!(t.render(), "ID  NAME\n1   x\\e[2J\\ry\n");
+    }
+
+    #[test]
+    fn long_names_are_cut_with_an_ellipsis() {
+        assert_eq!(truncate("short", 8), "short");
+        assert_eq!(truncate("exactly8", 8), "exactly8");
+        assert_eq!(truncate("much-too-long", 8), "much-to…");
+        assert_eq!(truncate(&"é".repeat(100), 4), "ééé…");
     }
 
     #[test]

@@ -55,6 +55,11 @@ pub async fn list(
     Ok(Outcome::Ok)
 }
 
+/// The widest NAME and OWNER cells of `list`; longer ones end in an ellipsis (`status` shows
+/// them whole).
+const NAME_WIDTH: usize = 40;
+const OWNER_WIDTH: usize = 24;
+
 pub fn render_list(jobs: &[JobView], now: SystemTime) -> String {
     let mut t = Table::new(&[
         "ID", "NAME", "OWNER", "STATE", "PROGRESS", "DEVICE", "MEMORY", "AGE",
@@ -62,8 +67,8 @@ pub fn render_list(jobs: &[JobView], now: SystemTime) -> String {
     for j in jobs {
         t.row(vec![
             j.id.to_string(),
-            display::or_dash(Some(&j.name)),
-            j.owner.clone(),
+            display::truncate(&display::or_dash(Some(&j.name)), NAME_WIDTH),
+            display::truncate(&j.owner, OWNER_WIDTH),
             j.state.to_string(),
             display::progress(&j.progress),
             display::or_dash(j.device.as_deref()),
@@ -95,7 +100,9 @@ pub async fn status(conn: &Conn, id: u64, json: bool) -> anyhow::Result<Outcome>
 
 pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> String {
     let mut out = String::new();
-    let mut kv = |k: &str, v: String| out.push_str(&format!("{k:<11} {v}\n"));
+    // Every value is the daemon's (or another user's) text: escaped before it is printed.
+    let mut kv =
+        |k: &str, v: String| out.push_str(&format!("{k:<11} {}\n", display::escape_lines(&v)));
     kv(
         "job",
         format!("{} ({})", j.id, display::or_dash(Some(&j.name))),
@@ -161,7 +168,7 @@ pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> 
             let size: u64 = c.files.iter().map(|f| f.size_bytes).sum();
             out.push_str(&format!(
                 "  {:<10} {} files, {}\n",
-                c.name,
+                display::escape(&c.name),
                 c.files.len(),
                 display::bytes(size)
             ));
@@ -186,7 +193,11 @@ fn data_line(j: &JobView) -> String {
 fn metric_lines(m: &MetricRecord) -> String {
     let mut out = String::new();
     for (k, v) in &m.metrics {
-        out.push_str(&format!("  {k:<22} {}\n", display::metric(Some(*v))));
+        out.push_str(&format!(
+            "  {:<22} {}\n",
+            display::escape(k),
+            display::metric(Some(*v))
+        ));
     }
     if let Some(lr) = m.learning_rate {
         out.push_str(&format!(
@@ -279,7 +290,7 @@ pub async fn control(conn: &Conn, id: u64, verb: Verb) -> anyhow::Result<Outcome
         (_, st) => {
             println!("job {id} is {st}");
             if let Some(r) = &job.pending_reason {
-                eprintln!("{r}");
+                eprintln!("{}", display::escape_lines(r));
             }
         }
     }
@@ -288,3 +299,40 @@ pub async fn control(conn: &Conn, id: u64, verb: Verb) -> anyhow::Result<Outcome
 
 #[cfg(test)]
 mod tests;
+
+/// Hostile text in the views reaches the terminal escaped (the snapshots are in `tests`).
+#[cfg(test)]
+mod escaping_tests {
+    use super::*;
+
+    #[test]
+    fn names_owners_and_messages_cannot_drive_the_terminal() {
+        let mut job: JobView = serde_json::from_value(serde_json::json!({
+            "id": 7, "name": format!("x\x1b[2J\rfake{}", "n".repeat(100)),
+            "owner": "eve\x1b]0;title\x07", "state": "failed", "pending_reason": null,
+            "device": "cpu", "progress": {"step": 0, "total_steps": 0, "epoch": 0.0,
+            "tokens": 0, "elapsed_s": 0.0, "eta_s": null}, "metrics": null,
+            "eval_metrics": null, "memory": {"estimate_bytes": null, "peak_bytes": null},
+            "error": {"kind": "data", "message": "line 1\nline 2\x1b[1A\r"}, "attempts": 1,
+            "created_at": "2026-11-27T11:58:30Z", "started_at": null, "finished_at": null,
+            "spec": {"model": {"base": "/m\x1b[31m"}, "data": {"train": "t"}}
+        }))
+        .unwrap();
+        let now = humantime::parse_rfc3339("2026-11-27T12:00:00Z").unwrap();
+        let list = render_list(std::slice::from_ref(&job), now);
+        let status = render_status(&job, &[], now);
+        for out in [&list, &status] {
+            assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+        }
+        assert!(list.contains("x\\e[2J\\rfake"), "{list}");
+        assert!(list.contains('…'), "a 100-character name is cut: {list}");
+        assert!(
+            status.contains("nnnnnnnnnn)"),
+            "status shows the whole name: {status}"
+        );
+        assert!(status.contains("line 1\nline 2\\e[1A\\r"), "{status}");
+        assert!(status.contains("/m\\e[31m"), "{status}");
+        job.name = "plain".into();
+        assert!(render_list(&[job], now).contains("  plain  "));
+    }
+}

@@ -3,6 +3,7 @@
 pub mod checkpoints;
 pub mod gpus;
 pub mod jobs;
+pub mod remove;
 pub mod submit;
 pub mod watch;
 
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Cancel { id } => jobs::control(&conn, id, jobs::Verb::Cancel).await,
         Command::Pause { id } => jobs::control(&conn, id, jobs::Verb::Pause).await,
         Command::Resume { id } => jobs::control(&conn, id, jobs::Verb::Resume).await,
+        Command::Rm { ids } => remove::remove(&conn, &ids).await,
         Command::Watch { id } => watch::watch(&conn, id).await,
         Command::Logs { id, follow, json } => watch::logs(&conn, id, follow, json).await,
         Command::Checkpoints { id, json } => checkpoints::list(&conn, id, json).await,

@@ -95,6 +95,25 @@ pub async fn upload_data(conn: &Conn, spec: &mut JobSpec) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Tries of one submit while the daemon does not answer (about 30 s of waiting in all).
+const SUBMIT_ATTEMPTS: u32 = 7;
+
+/// A fresh `Idempotency-Key`: 128 random bits from the kernel, as hex (time and pid when
+/// `/dev/urandom` cannot be read).
+fn idempotency_key() -> String {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (now ^ (u128::from(std::process::id()) << 96)).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub async fn submit(
     conn: &Conn,
     path: &Path,
@@ -111,13 +130,20 @@ pub async fn submit(
         spec.priority = p;
     }
     upload_data(conn, &mut spec).await?;
+    // One key per invocation: the retries below send it again, so a submit whose answer was
+    // lost (the daemon restarting) is not queued twice.
+    let key = idempotency_key();
     let job = conn
         .client
-        .submit(&SubmitJobRequest {
-            spec: Some(spec),
-            owner: Some(conn.settings.owner.clone()),
-            ..Default::default()
-        })
+        .submit_idempotent(
+            &SubmitJobRequest {
+                spec: Some(spec),
+                owner: Some(conn.settings.owner.clone()),
+                ..Default::default()
+            },
+            &key,
+            SUBMIT_ATTEMPTS,
+        )
         .await
         .or_explain(conn)?;
     if json {

@@ -298,12 +298,32 @@ pub fn log_line(ev: &EventView) -> String {
         EventKind::Checkpoint => "checkpoint",
         EventKind::Metrics => "metrics",
     };
-    format!("{}  {kind:<10}  {}", ev.time, ev.message)
+    // Log lines come from workers and job names from users: shown, never obeyed.
+    format!(
+        "{}  {kind:<10}  {}",
+        crate::display::escape(&ev.time),
+        crate::display::escape_lines(&ev.message)
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_lines_cannot_drive_the_terminal() {
+        let ev = EventView {
+            seq: 1,
+            time: "2026-12-01T00:00:00Z".into(),
+            kind: EventKind::Log,
+            message: "loss \x1b[2J\rgone".into(),
+            state: None,
+            checkpoint: None,
+        };
+        let line = log_line(&ev);
+        assert!(!line.contains('\x1b') && !line.contains('\r'), "{line:?}");
+        assert!(line.ends_with("loss \\e[2J\\rgone"), "{line:?}");
+    }
 
     #[test]
     fn bar_message_of_a_running_job() {
