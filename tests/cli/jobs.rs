@@ -317,4 +317,15 @@ async fn pause_resume_and_cancel() {
     // Watching a cancelled job exits 1 with the outcome.
     let out = s.run(&["watch", "1"]).expect(1);
     assert_eq!(out.stdout, "job 1 was cancelled\n");
+
+    // `rm` deletes the finished job and its folder; an unknown id is reported, the rest go on.
+    let dir = s.d.state_dir.join("jobs/1");
+    assert!(dir.is_dir());
+    let out = s.run(&["rm", "1", "99"]).expect(1);
+    assert_eq!(out.stdout, "deleted job 1 (long, cancelled)\n", "{out:#?}");
+    assert!(out.stderr.contains("job 99"), "{out:#?}");
+    assert!(out.stderr.contains("1 of 2 job(s) not deleted"), "{out:#?}");
+    assert!(!dir.exists(), "the job's folder is gone");
+    let out = s.run(&["status", "1"]).expect(1);
+    assert!(out.stderr.contains("not found"), "{out:#?}");
 }

@@ -7,16 +7,24 @@
 //!   download with Range, list filters and cursors), cancel.
 //! - `pause`: pause checkpoints and frees the slot; resume continues from the checkpoint.
 //! - `recovery`: kill -9 of the daemon mid-training, SIGTERM shutdown, 10,000 stored jobs.
+//! - `diskfull`: the state folder on a full tmpfs: new work refused clearly, nothing lost.
+//! - `queue`: bad values refused, unreadable records quarantined, a model no one could train
+//!   fails its own job only, idempotency keys, deleting finished jobs.
+//! - `stress`: sixteen clients at once while a job trains; kill -9 at twenty random moments.
 //! - `errors`: bad inputs get the right 4xx and a message that says what is wrong.
 //! - `openapi`: the committed api-spec/openapi.json is what the code generates.
 //! - `systemd`: the unit file names the real binary and flags.
 
 mod admission;
+mod diskfull;
+mod edges;
 mod errors;
 mod jobs;
 mod openapi;
 mod pause;
+mod queue;
 mod recovery;
+mod stress;
 mod systemd;
 
 use std::path::{Path, PathBuf};

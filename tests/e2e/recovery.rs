@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use orpo_api::client::ListJobs;
 use orpo_api::{JobState, SubmitJobRequest};
 use orpo_tests::{job_toml, submit_tiny, TestDaemon};
-use orpod::store::{NewJob, Store};
+use orpod::store::{Inserted, NewJob, Store};
 
 use crate::{exe, fixture};
 
@@ -131,15 +131,21 @@ async fn restart_with_ten_thousand_stored_jobs() {
     {
         let store = Store::open(&state.join("db")).unwrap();
         for i in 0..10_000u64 {
-            let v = store
+            let Inserted::New(v) = store
                 .insert_job(NewJob {
                     owner: format!("user{}", i % 4),
                     spec: spec.clone(),
                     pending_reason: None,
+                    estimate_bytes: None,
+                    idempotency: None,
                 })
-                .unwrap();
+                .await
+                .unwrap()
+            else {
+                panic!("no idempotency key, yet an existing job");
+            };
             store
-                .update_job(v.id, |j| {
+                .update_job(v.id, move |j| {
                     j.state = if i == 9_999 {
                         JobState::Running
                     } else {
@@ -147,9 +153,10 @@ async fn restart_with_ten_thousand_stored_jobs() {
                     };
                     Ok(())
                 })
+                .await
                 .unwrap();
         }
-        store.flush_blocking().unwrap();
+        store.close().await.unwrap();
     }
     let t = Instant::now();
     let d = TestDaemon::start(exe(), &state, "").await;
