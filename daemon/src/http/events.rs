@@ -2,10 +2,11 @@
 //! server-sent-event stream (`orpoctl metrics | logs [-f] | watch`).
 //!
 //! Followers are counted and capped per job and in all (`max_followers_per_job`,
-//! `max_followers`). actix only notices that a client went away when a write to it fails, so a
-//! quiet stream sends an SSE comment every `events_keepalive_s`: the stream of a gone client
-//! ends at the second write after it left (the first one draws the peer's reset), and its count
-//! with it, even when its job is paused for days.
+//! `max_followers`). A client that closes its connection ends its stream at once (the server
+//! does not allow half-closed connections, see `server.rs`); one that vanishes without closing
+//! (a dead network) is noticed only when a write fails, so a quiet stream sends an SSE comment
+//! every `events_keepalive_s`. Either way the stream ends and its count with it, even when its
+//! job is paused for days.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

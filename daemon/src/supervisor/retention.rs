@@ -141,3 +141,87 @@ async fn remove_dir(dir: impl AsRef<Path> + Send + 'static) {
         tracing::warn!("{e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use orpo_api::{JobSpec, JobState};
+
+    use crate::config::ServeConfig;
+    use crate::store::{Inserted, NewJob, Store};
+    use crate::supervisor::{spawn, Supervisor};
+
+    /// A finished job `days_ago` days ago, with a checkpoint and a final adapter on disk.
+    async fn finished(sup: &Supervisor, days_ago: u64) -> u64 {
+        let spec = JobSpec::parse(
+            "[model]\nbase = \"m\"\n[data]\ntrain = \"t\"\n",
+            "j".as_ref(),
+        )
+        .unwrap();
+        let Inserted::New(job) = sup
+            .store
+            .insert_job(NewJob {
+                owner: "ann".into(),
+                spec,
+                pending_reason: None,
+                estimate_bytes: None,
+                idempotency: None,
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("no key given")
+        };
+        let at = std::time::SystemTime::now() - std::time::Duration::from_secs(days_ago * 86_400);
+        let at = humantime::format_rfc3339_millis(at).to_string();
+        sup.store
+            .update_job(job.id, move |v| {
+                v.state = JobState::Succeeded;
+                v.finished_at = Some(at);
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let dir = spawn::job_dir(&sup.config.state_dir, job.id);
+        std::fs::create_dir_all(dir.join("checkpoints/step-2")).unwrap();
+        std::fs::create_dir_all(dir.join("final")).unwrap();
+        job.id
+    }
+
+    #[tokio::test]
+    async fn the_sweep_follows_the_retention_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let config = Arc::new(ServeConfig {
+            state_dir: dir.path().to_path_buf(),
+            checkpoint_retention_days: 14,
+            job_retention_days: 90,
+            ..ServeConfig::default()
+        });
+        let sup = Supervisor::new(store, config);
+        let fresh = finished(&sup, 1).await;
+        let old = finished(&sup, 30).await;
+        let ancient = finished(&sup, 100).await;
+        // A folder whose record is gone (a crash between a delete's two steps).
+        let orphan = spawn::job_dir(&sup.config.state_dir, 77);
+        std::fs::create_dir_all(&orphan).unwrap();
+        sup.sweep().await.unwrap();
+
+        let dir_of = |id| spawn::job_dir(&sup.config.state_dir, id);
+        assert!(dir_of(fresh).join("checkpoints/step-2").is_dir());
+        assert!(!dir_of(old).join("checkpoints").exists());
+        assert!(dir_of(old).join("final").is_dir(), "final/ is kept");
+        let events = sup.store.events(old, 0, 100).unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.message.contains("checkpoint_retention_days")),
+            "{events:?}"
+        );
+        assert!(sup.store.job(ancient).is_err(), "deleted whole");
+        assert!(!dir_of(ancient).exists());
+        assert!(!orphan.exists());
+        assert!(sup.store.job(fresh).is_ok() && sup.store.job(old).is_ok());
+    }
+}
