@@ -70,3 +70,41 @@ async fn pause_checkpoints_frees_the_slot_and_resume_continues() {
         "the second attempt resumed from step-{at}: {events:#?}"
     );
 }
+
+/// Found by CI on a busy machine: a pause that reaches a worker before it has installed its
+/// SIGTERM handler killed it, and the job ended `failed` ("exited (signal: 15) while
+/// pausing"). A pause right after the submit (queued, starting or running by then) must end
+/// `paused`.
+#[tokio::test]
+async fn a_pause_right_after_the_start_pauses() {
+    let (tmp, model) = fixture();
+    let d = TestDaemon::start(exe(), &tmp.path().join("state"), "").await;
+    let ds = d
+        .client
+        .upload_dataset(orpo_tests::prefs_jsonl(8))
+        .await
+        .unwrap();
+    let req = orpo_api::SubmitJobRequest {
+        job_toml: Some(orpo_tests::job_toml(
+            &model,
+            &ds.reference,
+            "max_steps = 100000",
+        )),
+        ..Default::default()
+    };
+    let mut with_worker = 0;
+    for _ in 0..8 {
+        let job = d.client.submit(&req).await.unwrap();
+        // The scheduler starts it within milliseconds of the submit; pause at once.
+        let asked = d.client.pause(job.id).await.unwrap();
+        with_worker += usize::from(asked.state == JobState::Pausing);
+        let paused = d
+            .wait_for(job.id, Duration::from_secs(60), "paused", |j| {
+                j.state.is_terminal() || j.state == JobState::Paused
+            })
+            .await;
+        assert_eq!(paused.state, JobState::Paused, "{paused:#?}");
+        d.client.cancel(job.id).await.unwrap();
+    }
+    eprintln!("{with_worker} of 8 pauses reached a worker (the rest a queued job)");
+}

@@ -39,7 +39,11 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
         Err(e) => e.to_string(),
     };
     tracing::info!(job = id, ?intent, ?outcome, "worker exited: {status_text}");
-    if let Err(e) = settle(&sup, id, intent, outcome, &status_text).await {
+    let signal = {
+        use std::os::unix::process::ExitStatusExt;
+        status.as_ref().ok().and_then(|s| s.signal())
+    };
+    if let Err(e) = settle(&sup, id, intent, outcome, &status_text, signal).await {
         tracing::error!(job = id, "settling the job after its worker exited: {e}");
     }
     sup.slots().remove(&id);
@@ -236,6 +240,7 @@ async fn settle(
     intent: Option<Intent>,
     outcome: Option<Outcome>,
     status: &str,
+    signal: Option<i32>,
 ) -> Result<(), crate::store::StoreError> {
     let log = super::spawn::job_dir(&sup.config.state_dir, id).join("worker.log");
     let status = status.to_string();
@@ -261,6 +266,13 @@ async fn settle(
                     fail(kind, crate::http::error::client_message(message.clone()))
                 }
                 (Some(Outcome::Stopped), Some(Intent::Pause)) => {
+                    v.state = JobState::Paused;
+                    v.pending_reason = Some(PAUSED.into());
+                }
+                // Our SIGTERM reached the worker before it had installed its handler (a pause
+                // right after the start): it had nothing to checkpoint, and resumes from the
+                // newest checkpoint there is.
+                (None, Some(Intent::Pause)) if signal == Some(libc::SIGTERM) => {
                     v.state = JobState::Paused;
                     v.pending_reason = Some(PAUSED.into());
                 }
