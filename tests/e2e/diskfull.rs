@@ -118,15 +118,27 @@ async fn a_full_disk_refuses_new_work_clearly_and_loses_nothing() {
     assert!(d.client.health().await.is_ok());
     let cancelled = d.client.cancel(parked.id).await.map(|j| j.state);
     eprintln!("cancel with the disk full: {cancelled:?}");
-    assert!(d.client.job(parked.id).await.is_ok());
+    // Reads go on whatever happened to the writes.
+    d.client.job(parked.id).await.unwrap();
+    d.client.list(&ListJobs::default()).await.unwrap();
+    let health = d.client.health().await.map(|h| h.problems);
+    eprintln!("health with the disk full: {health:?}");
 
     // Space returns: work is taken again, and everything survives a restart.
     std::fs::remove_file(fs.0.join("filler2")).unwrap();
     std::fs::remove_file(&filler).unwrap();
-    d.client.upload_dataset(prefs_jsonl(9)).await.unwrap();
-    let second = d.client.submit(&req).await.unwrap();
+    d.client
+        .upload_dataset(prefs_jsonl(9))
+        .await
+        .unwrap_or_else(|e| panic!("upload after space returned: {e}\n{}", d.log()));
+    let second = d
+        .client
+        .submit(&req)
+        .await
+        .unwrap_or_else(|e| panic!("submit after space returned: {e}\n{}", d.log()));
     d.wait_state(second.id, JobState::Succeeded, Duration::from_secs(120))
         .await;
+    assert_eq!(d.client.health().await.unwrap().status, "ok");
     let _ = d.client.cancel(parked.id).await;
     d.wait_for(parked.id, Duration::from_secs(60), "cancelled", |j| {
         j.state.is_terminal()

@@ -166,17 +166,17 @@ pub async fn delete(
     let view = get(state.clone(), sha256).await?.into_inner();
     let reference = view.reference.clone();
     let store = state.store.clone();
-    let users: Vec<u64> = web::block(move || {
-        store
-            .all_jobs()
-            .filter_map(|j| j.ok())
+    let users: Vec<u64> = web::block(move || -> Result<Vec<u64>, ApiError> {
+        Ok(store
+            .all_jobs()?
+            .into_iter()
             .filter(|j| !j.state.is_terminal())
             .filter(|j| j.spec.data.train == reference || j.spec.data.eval == reference)
             .map(|j| j.id)
-            .collect()
+            .collect())
     })
     .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    .map_err(|e| ApiError::Internal(e.into()))??;
     if !users.is_empty() {
         let ids: Vec<String> = users.iter().map(u64::to_string).collect();
         return Err(ApiError::Conflict(format!(

@@ -53,6 +53,9 @@ pub enum ApiError {
     /// 507: the state folder's disk is below `min_free_mib`; nothing was stored.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// 503: the store is being reopened after a failed write; retry shortly.
+    #[error("{0}")]
+    Unavailable(String),
     /// 500: logged, not shown.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::InsufficientStorage(_) => "insufficient_storage",
+            ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -84,6 +88,16 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(id) => ApiError::JobNotFound(id),
             StoreError::Rejected(m) => ApiError::Conflict(m),
+            StoreError::Sled(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::InsufficientStorage(
+                    "the server's disk is full; nothing was stored, try again when an admin \
+                     has made room"
+                        .into(),
+                )
+            }
+            e @ StoreError::Unavailable(_) => {
+                ApiError::Unavailable(format!("{e}; the disk may be full: try again in a moment"))
+            }
             e => ApiError::Internal(e.into()),
         }
     }
@@ -104,6 +118,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -14,8 +14,9 @@ use crate::store::SCHEMA_VERSION;
 /// Health
 ///
 /// `ok` (200) while the daemon serves and schedules; `degraded` (503) with the problems in
-/// words when the scheduler is not running, is stuck, or its last round failed. With the
-/// store's schema version and queue figures.
+/// words when the scheduler is not running, is stuck, or its last round failed, or when the
+/// store is being reopened after a failed write (a full disk). With the store's schema version
+/// and queue figures.
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, description = "Degraded", body = HealthView)))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
@@ -58,8 +59,8 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let text = web::block(move || -> Result<String, ApiError> {
         let mut by_state: BTreeMap<&str, u64> =
             JobState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
-        for job in store.all_jobs() {
-            *by_state.entry(job?.state.as_str()).or_default() += 1;
+        for job in store.all_jobs()? {
+            *by_state.entry(job.state.as_str()).or_default() += 1;
         }
         let mut out = String::new();
         let _ = writeln!(out, "# HELP orpod_build_info The running orpod's version.");

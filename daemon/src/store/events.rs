@@ -49,7 +49,7 @@ impl Store {
     pub fn events(&self, id: u64, since: u64, limit: usize) -> Result<Vec<EventView>> {
         let range = pair_key(id, since.saturating_add(1))..pair_key(id.saturating_add(1), 0);
         let mut out = Vec::new();
-        for v in self.t.events.range(range).values() {
+        for v in self.t()?.events.range(range).values() {
             match from_json("events", &v?) {
                 Ok(e) => out.push(e),
                 Err(e) => tracing::warn!(job = id, "skipping an event: {e}"),
@@ -75,7 +75,7 @@ impl Store {
     /// Records with `step > since`, in the order they were logged, at most `limit`.
     pub fn metrics(&self, id: u64, since: usize, limit: usize) -> Result<Vec<MetricRecord>> {
         let mut out = Vec::new();
-        for v in self.t.metrics.scan_prefix(id.to_be_bytes()).values() {
+        for v in self.t()?.metrics.scan_prefix(id.to_be_bytes()).values() {
             let rec: MetricRecord = match from_json("metrics", &v?) {
                 Ok(r) => r,
                 Err(e) => {

@@ -155,7 +155,7 @@ impl Store {
     }
 
     pub fn job(&self, id: u64) -> Result<JobView> {
-        get_job(&self.t, id)
+        get_job(&self.t()?, id)
     }
 
     /// Applies `change` to the job and keeps the queue in step with the new state; nothing is
@@ -232,21 +232,23 @@ impl Store {
             .await
     }
 
-    /// The queued job that runs next.
+    /// The queued job that runs next (none while the store is unavailable).
     pub fn next_queued(&self) -> Option<u64> {
-        self.t.queue().values().next().copied()
+        self.t().ok()?.queue().values().next().copied()
     }
 
-    /// Queued job ids in run order.
+    /// Queued job ids in run order (none while the store is unavailable).
     pub fn queued(&self) -> Vec<u64> {
-        self.t.queue().values().copied().collect()
+        self.t()
+            .map(|t| t.queue().values().copied().collect())
+            .unwrap_or_default()
     }
 
     /// Newest first, after `filter.cursor`; also returns the cursor of the next page.
     pub fn list_jobs(&self, filter: &JobFilter) -> Result<(Vec<JobView>, Option<u64>)> {
         let end = filter.cursor.unwrap_or(u64::MAX).to_be_bytes();
         let mut out = Vec::new();
-        for item in self.t.jobs.range(..end).rev() {
+        for item in self.t()?.jobs.range(..end).rev() {
             let (_, bytes) = item?;
             let view = match job_from_json(&bytes) {
                 Ok(v) => v,
@@ -270,20 +272,18 @@ impl Store {
     }
 
     /// Every job, oldest first (recovery, counts). Unreadable records are skipped.
-    pub fn all_jobs(&self) -> impl Iterator<Item = Result<JobView>> + '_ {
-        self.t.jobs.iter().values().filter_map(|v| match v {
-            Err(e) => Some(Err(StoreError::Sled(e))),
-            Ok(bytes) => match job_from_json(&bytes) {
-                Ok(view) => Some(Ok(view)),
-                Err(e) => {
-                    tracing::warn!("skipping a job record: {e}");
-                    None
-                }
-            },
-        })
+    pub fn all_jobs(&self) -> Result<Vec<JobView>> {
+        let mut out = Vec::new();
+        for v in self.t()?.jobs.iter().values() {
+            match job_from_json(&v?) {
+                Ok(view) => out.push(view),
+                Err(e) => tracing::warn!("skipping a job record: {e}"),
+            }
+        }
+        Ok(out)
     }
 
     pub fn queue_len(&self) -> usize {
-        self.t.queue().len()
+        self.t().map_or(0, |t| t.queue().len())
     }
 }

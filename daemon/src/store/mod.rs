@@ -68,6 +68,10 @@ pub enum StoreError {
     /// The writer thread is gone (the store was closed) or the operation panicked there.
     #[error("store: {0}")]
     Writer(String),
+    /// A write failed (a full disk) and the database is being opened again from what is on
+    /// disk; the request may be retried.
+    #[error("store: unavailable until it is reopened after a failed write ({0})")]
+    Unavailable(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -94,10 +98,37 @@ impl Trees {
     }
 }
 
+/// The open database, or why there is none. sled refuses every write for good after one
+/// failed (its "global error") but still reads, so the writer keeps it for readers until the
+/// disk has room, then drops it and opens the folder again, which recovers what was flushed.
+pub(crate) struct Shared {
+    dir: std::path::PathBuf,
+    trees: std::sync::RwLock<std::result::Result<Trees, String>>,
+    /// Why the open database can no longer write, until it is reopened; reads go on.
+    broken: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn get(&self) -> Result<Trees> {
+        match &*self.trees.read().unwrap_or_else(|e| e.into_inner()) {
+            Ok(t) => Ok(t.clone()),
+            Err(why) => Err(StoreError::Unavailable(why.clone())),
+        }
+    }
+
+    fn set(&self, trees: std::result::Result<Trees, String>) {
+        *self.trees.write().unwrap_or_else(|e| e.into_inner()) = trees;
+    }
+
+    fn broken(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.broken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// A handle on the open database; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    t: Trees,
+    shared: Arc<Shared>,
     writer: writer::Handle,
 }
 
@@ -105,50 +136,29 @@ impl Store {
     /// Opens (or creates) the store in `dir`, checks (and upgrades) its schema version, moves
     /// records that cannot be read into `quarantine`, rebuilds the queue and starts the writer.
     pub fn open(dir: &Path) -> Result<Store> {
-        // No background flusher: the writer flushes (see the module docs for why).
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
-        let t = Trees {
-            meta: db.open_tree("meta")?,
-            jobs: db.open_tree("jobs")?,
-            events: db.open_tree("events")?,
-            metrics: db.open_tree("metrics")?,
-            datasets: db.open_tree("datasets")?,
-            idempotency: db.open_tree("idempotency")?,
-            quarantine: db.open_tree("quarantine")?,
-            db,
-            queue: Default::default(),
-        };
-        match t.meta.get("schema_version")? {
-            None => {}
-            Some(v) => {
-                let found =
-                    u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-                        tree: "meta",
-                        message: "schema_version is not a u32".into(),
-                    })?);
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::Schema {
-                        path: dir.display().to_string(),
-                        found,
-                    });
-                }
-            }
+        let t = open_trees(dir)?;
+        let shared = Arc::new(Shared {
+            dir: dir.to_path_buf(),
+            trees: std::sync::RwLock::new(Ok(t)),
+            broken: Mutex::new(None),
+        });
+        let writer = writer::spawn(shared.clone());
+        Ok(Store { shared, writer })
+    }
+
+    /// The open trees, or [`StoreError::Unavailable`] while the store is being reopened.
+    fn t(&self) -> Result<Trees> {
+        self.shared.get()
+    }
+
+    /// `Err(why)` while the store cannot write (it is reopened once there is room again).
+    pub fn health(&self) -> std::result::Result<(), String> {
+        if let Some(why) = self.shared.broken().clone() {
+            return Err(format!(
+                "the store cannot write ({why}); it reopens when there is room"
+            ));
         }
-        // Version 1 kept the queue order in a tree; it is rebuilt from the jobs below.
-        t.db.drop_tree("queue")?;
-        t.meta
-            .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-        let moved = quarantine_unreadable(&t)?;
-        if moved > 0 {
-            tracing::error!(
-                "store: moved {moved} unreadable record(s) to the quarantine tree; \
-                 the rest of the queue goes on"
-            );
-        }
-        rebuild(&t)?;
-        t.db.flush()?;
-        let writer = writer::spawn(t.clone());
-        Ok(Store { t, writer })
+        self.t().map(|_| ()).map_err(|e| e.to_string())
     }
 
     /// Makes everything written so far durable (one fsync for all callers waiting at once).
@@ -174,7 +184,7 @@ impl Store {
     }
 
     pub fn dataset(&self, sha256: &str) -> Result<Option<DatasetView>> {
-        self.t
+        self.t()?
             .datasets
             .get(sha256.as_bytes())?
             .map(|v| from_json("datasets", &v))
@@ -184,7 +194,7 @@ impl Store {
     /// Every stored data set, in sha256 order. Unreadable records are skipped (and logged).
     pub fn datasets(&self) -> Result<Vec<DatasetView>> {
         let mut out = Vec::new();
-        for item in self.t.datasets.iter().values() {
+        for item in self.t()?.datasets.iter().values() {
             match from_json("datasets", &item?) {
                 Ok(v) => out.push(v),
                 Err(e) => tracing::warn!("{e}"),
@@ -206,7 +216,7 @@ impl Store {
 
     /// Records moved aside at open, as `(tree/key, bytes)`.
     pub fn quarantined(&self) -> Result<Vec<(String, usize)>> {
-        self.t
+        self.t()?
             .quarantine
             .iter()
             .map(|kv| {
@@ -218,9 +228,56 @@ impl Store {
 
     /// Raw access for tests that need to damage a record.
     #[cfg(test)]
-    fn trees(&self) -> &Trees {
-        &self.t
+    fn trees(&self) -> Trees {
+        self.t().expect("the store is open")
     }
+}
+
+/// Opens the database in `dir` (see [`Store::open`]) without starting a writer.
+pub(crate) fn open_trees(dir: &Path) -> Result<Trees> {
+    // No background flusher: the writer flushes (see the module docs for why).
+    let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+    let t = Trees {
+        meta: db.open_tree("meta")?,
+        jobs: db.open_tree("jobs")?,
+        events: db.open_tree("events")?,
+        metrics: db.open_tree("metrics")?,
+        datasets: db.open_tree("datasets")?,
+        idempotency: db.open_tree("idempotency")?,
+        quarantine: db.open_tree("quarantine")?,
+        db,
+        queue: Default::default(),
+    };
+    match t.meta.get("schema_version")? {
+        None => {}
+        Some(v) => {
+            let found =
+                u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    tree: "meta",
+                    message: "schema_version is not a u32".into(),
+                })?);
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::Schema {
+                    path: dir.display().to_string(),
+                    found,
+                });
+            }
+        }
+    }
+    // Version 1 kept the queue order in a tree; it is rebuilt from the jobs below.
+    t.db.drop_tree("queue")?;
+    t.meta
+        .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+    let moved = quarantine_unreadable(&t)?;
+    if moved > 0 {
+        tracing::error!(
+            "store: moved {moved} unreadable record(s) to the quarantine tree; \
+                 the rest of the queue goes on"
+        );
+    }
+    rebuild(&t)?;
+    t.db.flush()?;
+    Ok(t)
 }
 
 /// Moves every `jobs` and `datasets` record that does not decode into `quarantine`, under

@@ -382,3 +382,30 @@ async fn the_queue_is_rebuilt_at_open() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.queued(), order);
 }
+
+/// After a failed write sled refuses writes for good: the writer keeps the database for
+/// readers, refuses changes while the disk has no room, then reopens the folder and goes on
+/// with what was flushed. (The failure is marked by hand here; tests/e2e/diskfull.rs fills a
+/// real disk.)
+#[tokio::test]
+async fn after_a_failed_write_the_store_reopens_with_what_was_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = new(&store, 0).await;
+    store.flush().await.unwrap();
+    *store.shared.broken() = Some("a write failed: No space left on device".into());
+    assert!(store.health().unwrap_err().contains("cannot write"));
+    // Reads go on meanwhile.
+    assert_eq!(store.job(a).unwrap().id, a);
+    assert_eq!(store.queued(), vec![a]);
+    // The disk has room here, so the next change reopens the folder first, and succeeds.
+    let b = new(&store, 5).await;
+    assert!(store.health().is_ok());
+    assert_eq!(
+        store.queued(),
+        vec![b, a],
+        "the queue was rebuilt from disk"
+    );
+    store.flush().await.unwrap();
+    assert_eq!(store.job(a).unwrap().id, a);
+}

@@ -5,6 +5,13 @@
 //!
 //! A change that panics is answered with an error (its reply channel is dropped); the writer
 //! goes on with the next one.
+//!
+//! A flush that fails (a full disk: sled writes its buffers out there) leaves sled refusing
+//! every write for good (its "global error"), though it still reads. The writer then keeps the
+//! database for readers and answers changes with [`StoreError::Unavailable`] until the state
+//! folder has [`REOPEN_MIN_FREE`] free again; then it drops the database and opens the folder
+//! again (at most every [`REOPEN_EVERY`]), which recovers everything flushed before the
+//! failure.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -13,17 +20,22 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Result, StoreError, Trees};
+use super::{open_trees, Result, Shared, StoreError, Trees};
 
 /// Buffered writes reach the disk at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(500);
 /// Durable changes answered by one flush at most; past it the writer flushes and goes on.
 const GROUP_MAX: usize = 256;
+/// How soon the writer tries again after it failed to reopen a database.
+const REOPEN_EVERY: Duration = Duration::from_millis(500);
+/// Free bytes on the state folder's disk before a database that failed a write is reopened.
+const REOPEN_MIN_FREE: u64 = 4 << 20;
 
 /// Called with the outcome of the flush that covers a durable change.
 type AfterFlush = Box<dyn FnOnce(Result<()>) + Send>;
-/// One change: runs on the writer; returns what to call after the next flush, if anything.
-type Op = Box<dyn FnOnce(&Trees) -> Option<AfterFlush> + Send>;
+/// One change: runs on the writer with the open trees (or why there are none); returns what to
+/// call after the next flush, if anything.
+type Op = Box<dyn FnOnce(Result<&Trees>) -> Option<AfterFlush> + Send>;
 
 enum Msg {
     Op(Op),
@@ -37,11 +49,11 @@ pub(super) struct Handle {
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-pub(super) fn spawn(trees: Trees) -> Handle {
+pub(super) fn spawn(shared: Arc<Shared>) -> Handle {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("orpod-store".into())
-        .spawn(move || run_writer(trees, rx))
+        .spawn(move || run_writer(shared, rx))
         .expect("starting the store writer thread");
     Handle {
         tx,
@@ -58,7 +70,7 @@ impl Handle {
         change: impl FnOnce(&Trees) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel::<Result<T>>();
-        let op: Op = Box::new(move |t| match change(t) {
+        let op: Op = Box::new(move |t| match t.and_then(change) {
             Ok(value) if durable => Some(Box::new(move |flushed: Result<()>| {
                 let _ = reply.send(flushed.map(|()| value));
             })),
@@ -85,7 +97,14 @@ impl Handle {
     }
 }
 
-fn run_writer(t: Trees, rx: mpsc::Receiver<Msg>) {
+fn run_writer(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) {
+    let mut db = Db {
+        t: shared.get().ok(),
+        shared,
+        last_reopen: Instant::now()
+            .checked_sub(REOPEN_EVERY)
+            .unwrap_or_else(Instant::now),
+    };
     let mut dirty = false;
     let mut last_flush = Instant::now();
     let mut waiting: Vec<AfterFlush> = Vec::new();
@@ -98,12 +117,12 @@ fn run_writer(t: Trees, rx: mpsc::Receiver<Msg>) {
         let mut stop = false;
         match rx.recv_timeout(wait) {
             Ok(Msg::Op(op)) => {
-                apply(&t, op, &mut waiting);
+                db.apply(op, &mut waiting);
                 dirty = true;
                 // Take what else is waiting, so one flush answers it all.
                 while waiting.len() < GROUP_MAX {
                     match rx.try_recv() {
-                        Ok(Msg::Op(op)) => apply(&t, op, &mut waiting),
+                        Ok(Msg::Op(op)) => db.apply(op, &mut waiting),
                         Ok(Msg::Stop) => {
                             stop = true;
                             break;
@@ -116,14 +135,11 @@ fn run_writer(t: Trees, rx: mpsc::Receiver<Msg>) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if !waiting.is_empty() || stop || (dirty && last_flush.elapsed() >= FLUSH_EVERY) {
-            let flushed = t.db.flush().map(|_| ()).map_err(|e| e.to_string());
-            if let Err(e) = &flushed {
-                tracing::error!("store: flush failed: {e}");
-            }
+            let flushed = db.flush();
             for done in waiting.drain(..) {
-                done(flushed.clone().map_err(StoreError::Writer));
+                done(flushed.clone().map_err(StoreError::Unavailable));
             }
-            dirty = flushed.is_err();
+            dirty = false;
             last_flush = Instant::now();
         }
         if stop {
@@ -132,10 +148,89 @@ fn run_writer(t: Trees, rx: mpsc::Receiver<Msg>) {
     }
 }
 
-fn apply(t: &Trees, op: Op, waiting: &mut Vec<AfterFlush>) {
-    match std::panic::catch_unwind(AssertUnwindSafe(|| op(t))) {
-        Ok(Some(after)) => waiting.push(after),
-        Ok(None) => {}
-        Err(_) => tracing::error!("store: a change panicked; it was not applied in full"),
+/// The writer's view of the database: the open trees (or none while reopening), and whether
+/// they can still write.
+struct Db {
+    t: Option<Trees>,
+    shared: Arc<Shared>,
+    last_reopen: Instant,
+}
+
+impl Db {
+    /// Runs one change on the open trees, reopening them first if a write had failed.
+    fn apply(&mut self, op: Op, waiting: &mut Vec<AfterFlush>) {
+        self.reopen_if_broken();
+        let broken = self.shared.broken().clone();
+        let trees = match (&self.t, broken) {
+            (Some(t), None) => Ok(t),
+            (_, Some(why)) => Err(StoreError::Unavailable(why)),
+            (None, None) => Err(StoreError::Unavailable(
+                "the database is being reopened".into(),
+            )),
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| op(trees))) {
+            Ok(Some(after)) => waiting.push(after),
+            Ok(None) => {}
+            Err(_) => tracing::error!("store: a change panicked; it was not applied in full"),
+        }
+    }
+
+    /// Flushes the open trees; a failure marks them broken (see the module docs). sled writes
+    /// its buffers out here, so this is where a full disk shows.
+    fn flush(&mut self) -> std::result::Result<(), String> {
+        if let Some(why) = self.shared.broken().clone() {
+            return Err(why);
+        }
+        let Some(t) = &self.t else {
+            return Err("the database could not be reopened yet".into());
+        };
+        match t.db.flush() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let why = format!("a write failed: {e}");
+                tracing::error!("store: {why}; changes wait until the disk has room");
+                *self.shared.broken() = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+
+    /// Once the disk has room, drops the broken database (readers get
+    /// [`StoreError::Unavailable`] for the moment it takes) and opens the folder again.
+    fn reopen_if_broken(&mut self) {
+        let broken = self.shared.broken().is_some() || self.t.is_none();
+        if !broken {
+            return;
+        }
+        // The free space is cheap to read and is what decides; only a failed open waits.
+        let room = crate::disk::free_bytes(&self.shared.dir).unwrap_or(u64::MAX);
+        if room < REOPEN_MIN_FREE || self.last_reopen.elapsed() < REOPEN_EVERY {
+            return;
+        }
+        self.last_reopen = Instant::now();
+        self.shared.set(Err(
+            "the database is being reopened after a failed write".into()
+        ));
+        self.t = None;
+        // A reader may still hold the old handle for a moment, and with it sled's file lock.
+        for _ in 0..50 {
+            match open_trees(&self.shared.dir) {
+                Ok(t) => {
+                    tracing::info!("store: reopened after a failed write");
+                    self.last_reopen = Instant::now()
+                        .checked_sub(REOPEN_EVERY)
+                        .unwrap_or_else(Instant::now);
+                    self.shared.set(Ok(t.clone()));
+                    *self.shared.broken() = None;
+                    self.t = Some(t);
+                    return;
+                }
+                Err(e) => {
+                    self.shared.set(Err(format!("reopening failed: {e}")));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+        tracing::warn!("store: could not reopen the database yet; trying again later");
     }
 }

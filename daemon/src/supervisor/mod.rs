@@ -162,13 +162,10 @@ impl Supervisor {
     pub async fn recover(&self) -> Result<usize, StoreError> {
         let stale: Vec<JobView> = self
             .store
-            .all_jobs()
-            .filter(|j| {
-                j.as_ref()
-                    .map(|v| v.state.has_worker() || v.state == JobState::Interrupted)
-                    .unwrap_or(true)
-            })
-            .collect::<Result<_, _>>()?;
+            .all_jobs()?
+            .into_iter()
+            .filter(|v| v.state.has_worker() || v.state == JobState::Interrupted)
+            .collect();
         for job in &stale {
             if job.state == JobState::Pausing {
                 self.store

@@ -44,8 +44,8 @@ impl Supervisor {
         let days = |d: u64| Duration::from_secs(d.saturating_mul(86_400));
         let finished: Vec<(u64, Duration)> = self
             .store
-            .all_jobs()
-            .filter_map(|j| j.ok())
+            .all_jobs()?
+            .into_iter()
             .filter(|j| j.state.is_terminal())
             .filter_map(|j| {
                 let at = humantime::parse_rfc3339(j.finished_at.as_deref()?).ok()?;
