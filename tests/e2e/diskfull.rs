@@ -146,15 +146,7 @@ async fn a_full_disk_refuses_new_work_clearly_and_loses_nothing() {
     .await;
     d.stop();
     d.restart().await;
-    let ids: Vec<u64> = d
-        .client
-        .list(&ListJobs::default())
-        .await
-        .unwrap()
-        .jobs
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    let ids = d.job_ids().await;
     assert_eq!(ids, vec![second.id, parked.id, first.id]);
     d.stop();
     drop(d);

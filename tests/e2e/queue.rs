@@ -152,15 +152,7 @@ async fn stored_bad_jobs_fail_alone_and_the_queue_goes_on() {
     assert!(error.message.contains("vocab_size"), "{error:?}");
     d.wait_state(3, JobState::Succeeded, Duration::from_secs(120))
         .await;
-    let ids: Vec<u64> = d
-        .client
-        .list(&ListJobs::default())
-        .await
-        .unwrap()
-        .jobs
-        .iter()
-        .map(|j| j.id)
-        .collect();
+    let ids = d.job_ids().await;
     assert_eq!(ids, vec![3, 2]);
     assert_eq!(d.client.health().await.unwrap().status, "ok");
 }

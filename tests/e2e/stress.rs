@@ -17,26 +17,6 @@ use crate::{exe, fixture};
 /// What each request may take at most while the box is busy training.
 const SLOW: Duration = Duration::from_secs(5);
 
-/// Every job of the store, by paging through the list.
-async fn all_jobs(c: &Client) -> Vec<JobView> {
-    let (mut out, mut cursor) = (Vec::new(), None);
-    loop {
-        let page = c
-            .list(&ListJobs {
-                limit: Some(1000),
-                cursor,
-                ..Default::default()
-            })
-            .await
-            .expect("list");
-        out.extend(page.jobs);
-        cursor = page.next_cursor;
-        if cursor.is_none() {
-            return out;
-        }
-    }
-}
-
 /// A request with a deadline; its latency goes into `worst`.
 async fn timed<T>(
     worst: &Mutex<Duration>,
@@ -171,7 +151,7 @@ async fn sixteen_clients_at_once_while_a_job_trains() {
     let took = d.stop();
     assert!(took < Duration::from_secs(30), "SIGTERM took {took:?}");
     d.restart().await;
-    let ids: Vec<u64> = all_jobs(&d.client).await.iter().map(|j| j.id).collect();
+    let ids = d.job_ids().await;
     let unique: BTreeSet<u64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "a job listed twice");
     for id in &acked {
@@ -263,7 +243,7 @@ async fn kill9_at_twenty_random_moments_loses_nothing_acknowledged() {
         // What was acknowledged before the listing starts must be in it (clients go on
         // submitting to the new daemon meanwhile).
         let acked_now: Vec<u64> = acked.lock().unwrap().values().copied().collect();
-        let ids: Vec<u64> = all_jobs(&d.client).await.iter().map(|j| j.id).collect();
+        let ids = d.job_ids().await;
         let unique: BTreeSet<u64> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "round {round}: a job listed twice");
         for id in acked_now {
@@ -278,7 +258,8 @@ async fn kill9_at_twenty_random_moments_loses_nothing_acknowledged() {
         c.await.expect("a client task failed");
     }
     let acked = acked.lock().unwrap().clone();
-    let crash_jobs: Vec<JobView> = all_jobs(&d.client)
+    let crash_jobs: Vec<JobView> = d
+        .all_jobs()
         .await
         .into_iter()
         .filter(|j| j.owner == "crash")

@@ -154,6 +154,32 @@ impl TestDaemon {
         }
     }
 
+    /// Every job of the store, newest first, paging through `GET /v1/jobs`.
+    pub async fn all_jobs(&self) -> Vec<JobView> {
+        let (mut out, mut cursor) = (Vec::new(), None);
+        loop {
+            let page = self
+                .client
+                .list(&orpo_api::client::ListJobs {
+                    limit: Some(1000),
+                    cursor,
+                    ..Default::default()
+                })
+                .await
+                .expect("list");
+            out.extend(page.jobs);
+            cursor = page.next_cursor;
+            if cursor.is_none() {
+                return out;
+            }
+        }
+    }
+
+    /// The ids of [`TestDaemon::all_jobs`].
+    pub async fn job_ids(&self) -> Vec<u64> {
+        self.all_jobs().await.iter().map(|j| j.id).collect()
+    }
+
     pub async fn wait_state(&self, id: u64, state: JobState, timeout: Duration) -> JobView {
         self.wait_for(id, timeout, state.as_str(), |j| j.state == state)
             .await
