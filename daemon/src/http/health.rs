@@ -20,11 +20,9 @@ use crate::store::SCHEMA_VERSION;
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, body = HealthView), (status = 503, description = "Degraded", body = HealthView)))]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    let problems: Vec<String> = state
-        .supervisor
-        .scheduler_health()
-        .err()
+    let problems: Vec<String> = [state.supervisor.scheduler_health(), state.store.health()]
         .into_iter()
+        .filter_map(Result::err)
         .collect();
     let view = HealthView {
         status: if problems.is_empty() {
