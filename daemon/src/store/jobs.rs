@@ -91,16 +91,17 @@ impl Store {
                     let key = idem_key(&new.owner, &idem.key);
                     if let Some(bytes) = t.idempotency.get(&key)? {
                         let entry: IdemEntry = super::from_json("idempotency", &bytes)?;
-                        if entry.fingerprint != idem.fingerprint {
-                            return Err(StoreError::Rejected(format!(
-                                "Idempotency-Key {:?} was used for another request (job {}); \
-                                 use a new key for a new job",
-                                idem.key, entry.job
-                            )));
-                        }
                         match get_job(t, entry.job) {
+                            Ok(_) if entry.fingerprint != idem.fingerprint => {
+                                return Err(StoreError::Rejected(format!(
+                                    "Idempotency-Key {:?} was used for another request (job \
+                                     {}); use a new key for a new job",
+                                    idem.key, entry.job
+                                )))
+                            }
                             Ok(view) => return Ok(Inserted::Existing(view)),
-                            // Deleted since: the key is free again.
+                            // Its job was deleted: the key is free again (the entry is
+                            // overwritten below, or dropped at the next open).
                             Err(StoreError::NotFound(_)) => {}
                             Err(e) => return Err(e),
                         }
@@ -201,8 +202,8 @@ impl Store {
             .await
     }
 
-    /// Removes a job in a final state with its events, metric records and idempotency entry.
-    /// Its files are the caller's.
+    /// Removes a job in a final state with its events and metric records. Its files are the
+    /// caller's; an idempotency key that named it is free from now on (see `insert_job`).
     pub async fn delete_job(&self, id: u64) -> Result<JobView> {
         self.writer
             .run(false, move |t| {
@@ -218,12 +219,6 @@ impl Store {
                 for tree in [&t.events, &t.metrics] {
                     for key in tree.scan_prefix(id.to_be_bytes()).keys() {
                         tree.remove(key?)?;
-                    }
-                }
-                for kv in t.idempotency.iter() {
-                    let (k, v) = kv?;
-                    if super::from_json::<IdemEntry>("idempotency", &v).is_ok_and(|e| e.job == id) {
-                        t.idempotency.remove(k)?;
                     }
                 }
                 t.jobs.remove(id.to_be_bytes())?;

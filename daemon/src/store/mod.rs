@@ -191,18 +191,6 @@ impl Store {
             .transpose()
     }
 
-    /// Every stored data set, in sha256 order. Unreadable records are skipped (and logged).
-    pub fn datasets(&self) -> Result<Vec<DatasetView>> {
-        let mut out = Vec::new();
-        for item in self.t()?.datasets.iter().values() {
-            match from_json("datasets", &item?) {
-                Ok(v) => out.push(v),
-                Err(e) => tracing::warn!("{e}"),
-            }
-        }
-        Ok(out)
-    }
-
     /// Forgets a data set's record (its file is the caller's).
     pub async fn remove_dataset(&self, sha256: &str) -> Result<()> {
         let key = sha256.to_string();
@@ -214,15 +202,13 @@ impl Store {
             .await
     }
 
-    /// Records moved aside at open, as `(tree/key, bytes)`.
-    pub fn quarantined(&self) -> Result<Vec<(String, usize)>> {
+    /// The names (`tree/key`) of the records moved aside at open.
+    pub fn quarantined(&self) -> Result<Vec<String>> {
         self.t()?
             .quarantine
             .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), v.len()))
-            })
+            .keys()
+            .map(|k| Ok(String::from_utf8_lossy(&k?).into_owned()))
             .collect()
     }
 
@@ -268,29 +254,35 @@ pub(crate) fn open_trees(dir: &Path) -> Result<Trees> {
     t.db.drop_tree("queue")?;
     t.meta
         .insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
-    let moved = quarantine_unreadable(&t)?;
-    if moved > 0 {
-        tracing::error!(
-            "store: moved {moved} unreadable record(s) to the quarantine tree; \
-                 the rest of the queue goes on"
-        );
-    }
     rebuild(&t)?;
     t.db.flush()?;
     Ok(t)
 }
 
-/// Moves every `jobs` and `datasets` record that does not decode into `quarantine`, under
-/// `tree/<key as text>`. Returns how many it moved.
-fn quarantine_unreadable(t: &Trees) -> Result<usize> {
-    let mut moved = 0;
+/// In one pass over the job records: the queue index, `next_job_id` past every job, and every
+/// record that does not decode moved into `quarantine` (under `jobs/<id>`, logged once); the
+/// same for data set records; then idempotency entries whose job is missing dropped.
+fn rebuild(t: &Trees) -> Result<()> {
     let mut bad = Vec::new();
-    for kv in t.jobs.iter() {
-        let (k, v) = kv?;
-        if let Err(e) = job_from_json(&v) {
-            let id = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            tracing::error!("store: job {id} cannot be read ({e}); moved to quarantine");
-            bad.push((format!("jobs/{id}"), k, v));
+    let mut max_id = 0;
+    {
+        let mut queue = t.queue();
+        queue.clear();
+        for kv in t.jobs.iter() {
+            let (k, v) = kv?;
+            match job_from_json(&v) {
+                Ok(view) => {
+                    max_id = max_id.max(view.id);
+                    if view.state == JobState::Queued {
+                        queue.insert(jobs::queue_key(&view), view.id);
+                    }
+                }
+                Err(e) => {
+                    let id = k.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+                    tracing::error!("store: job {id} cannot be read ({e}); moved to quarantine");
+                    bad.push((&t.jobs, format!("jobs/{id}"), k, v));
+                }
+            }
         }
     }
     for kv in t.datasets.iter() {
@@ -298,38 +290,23 @@ fn quarantine_unreadable(t: &Trees) -> Result<usize> {
         if let Err(e) = from_json::<DatasetView>("datasets", &v) {
             let name = String::from_utf8_lossy(&k).into_owned();
             tracing::error!("store: data set {name} cannot be read ({e}); moved to quarantine");
-            bad.push((format!("datasets/{name}"), k, v));
+            bad.push((&t.datasets, format!("datasets/{name}"), k, v));
         }
     }
-    for (name, key, value) in bad {
+    if !bad.is_empty() {
+        tracing::error!(
+            "store: moved {} unreadable record(s) to the quarantine tree; the rest of the \
+             queue goes on",
+            bad.len()
+        );
+    }
+    for (tree, name, key, value) in bad {
         // Copy first, then remove: a crash in between leaves the record in both places, and
         // the next open moves it again.
         t.quarantine.insert(name.as_bytes(), value)?;
-        if name.starts_with("jobs/") {
-            t.jobs.remove(key)?;
-        } else {
-            t.datasets.remove(key)?;
-        }
-        moved += 1;
+        tree.remove(key)?;
     }
-    Ok(moved)
-}
-
-/// The queue index from the job records, `next_job_id` past every job, and idempotency entries
-/// whose job is missing dropped.
-fn rebuild(t: &Trees) -> Result<()> {
-    let mut queue = t.queue();
-    queue.clear();
-    let mut max_id = 0;
-    for v in t.jobs.iter().values() {
-        let view = job_from_json(&v?)?;
-        max_id = max_id.max(view.id);
-        if view.state == JobState::Queued {
-            queue.insert(jobs::queue_key(&view), view.id);
-        }
-    }
-    let next = jobs::read_next_id(t)?;
-    if next <= max_id {
+    if jobs::read_next_id(t)? <= max_id {
         t.meta.insert("next_job_id", &(max_id + 1).to_be_bytes())?;
     }
     for kv in t.idempotency.iter() {

@@ -193,7 +193,7 @@ async fn an_unreadable_record_is_quarantined_and_the_queue_goes_on() {
     assert_eq!(page.iter().map(|j| j.id).collect::<Vec<_>>(), vec![b]);
     let q = store.quarantined().unwrap();
     assert_eq!(q.len(), 1);
-    assert_eq!(q[0].0, format!("jobs/{a}"));
+    assert_eq!(q[0], format!("jobs/{a}"));
     // A new job does not reuse the id of the quarantined one.
     assert_eq!(new(&store, 0).await, b + 1);
 }

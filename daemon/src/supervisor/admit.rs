@@ -2,9 +2,10 @@
 //! admission policy over the queue, start what it admits and write each waiting job's reason.
 //! `POST /v1/plan` runs the same policy for a job that is not stored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use orpo_api::{JobError, JobSpec, JobState};
+use orpo_api::{JobError, JobSpec, JobState, JobView};
 use orpo_trainer::estimate::{estimate_job, MemoryEstimate};
 
 use super::{panic_text, Supervisor};
@@ -90,13 +91,10 @@ impl Supervisor {
     /// Gives every queued job that has none its estimate, once (a submit computes it; jobs
     /// stored before that, or by an older daemon, get it here). A job whose estimate fails
     /// ends `failed` with the reason.
-    async fn estimate_queued(&self, queued: &[(u64, JobSpec, Option<u64>)]) -> anyhow::Result<()> {
-        for (id, spec, stored) in queued {
-            if stored.is_some() {
-                continue;
-            }
-            let id = *id;
-            match self.estimate(spec).await {
+    async fn estimate_queued(&self, queued: &[JobView]) -> anyhow::Result<()> {
+        for job in queued.iter().filter(|j| j.memory.estimate_bytes.is_none()) {
+            let id = job.id;
+            match self.estimate(&job.spec).await {
                 Ok(e) => {
                     let bytes = e.total_bytes;
                     self.store
@@ -138,12 +136,12 @@ impl Supervisor {
         let mut queued = Vec::with_capacity(ids.len());
         for id in ids {
             match self.store.job(id) {
-                Ok(v) => queued.push((id, v.spec, v.memory.estimate_bytes)),
+                Ok(v) => queued.push(v),
                 // Deleted or changed since the index was read: the next round sees it.
                 Err(e) => tracing::debug!(job = id, "skipped this round: {e}"),
             }
         }
-        if queued.iter().any(|(_, _, e)| e.is_none()) {
+        if queued.iter().any(|j| j.memory.estimate_bytes.is_none()) {
             self.estimate_queued(&queued).await?;
             // The next round (right away) admits with the estimates in place.
             self.wake();
@@ -151,11 +149,15 @@ impl Supervisor {
         }
         let candidates: Vec<Candidate> = queued
             .iter()
-            .map(|(id, spec, estimate)| Candidate {
-                id: *id,
-                estimate: *estimate,
-                pin: spec.resources.device.clone(),
+            .map(|j| Candidate {
+                id: j.id,
+                estimate: j.memory.estimate_bytes,
+                pin: j.spec.resources.device.clone(),
             })
+            .collect();
+        let reasons: HashMap<u64, Option<&String>> = queued
+            .iter()
+            .map(|j| (j.id, j.pending_reason.as_ref()))
             .collect();
         let devices = self.device_states()?;
         let running = self.slots().len();
@@ -173,10 +175,7 @@ impl Supervisor {
                 }
                 Decision::Wait { id, reason } => {
                     // Only a changed reason is written: a long queue costs no writes per round.
-                    let unchanged = self
-                        .store
-                        .job(id)
-                        .is_ok_and(|v| v.pending_reason.as_ref() == Some(&reason));
+                    let unchanged = reasons.get(&id) == Some(&Some(&reason));
                     if unchanged {
                         continue;
                     }

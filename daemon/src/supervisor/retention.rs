@@ -116,7 +116,7 @@ impl Supervisor {
             let Some(id) = name.to_str().and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
-            let in_quarantine = quarantined.iter().any(|(k, _)| *k == format!("jobs/{id}"));
+            let in_quarantine = quarantined.contains(&format!("jobs/{id}"));
             if !in_quarantine && matches!(self.store.job(id), Err(StoreError::NotFound(_))) {
                 tracing::info!(job = id, "removing the folder of a deleted job");
                 remove_dir(entry.path()).await;
