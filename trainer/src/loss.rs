@@ -1,5 +1,5 @@
 //! The ORPO objective on one micro-batch, with TRL's metric names and definitions
-//! (orpo-reference.md §1.1-§1.4, §1.8).
+//! (docs/orpo.md#the-loss, docs/orpo.md#metrics).
 //!
 //! TRL runs `[chosen; rejected]` right-padded to one length through the model, takes
 //! length-averaged log-probs of the completion tokens of each row (`c`, `r`), the token-pooled NLL

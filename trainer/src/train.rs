@@ -213,6 +213,38 @@ fn epoch_shape(rows: usize, batch: usize, accum: usize) -> (usize, usize) {
     (micro, micro.div_ceil(accum).max(1))
 }
 
+/// Optimizer steps of a run of `spec` on `rows` training pairs: `max_steps`, else `epochs`
+/// worth of them.
+pub fn total_steps(spec: &JobSpec, rows: usize) -> usize {
+    let t = &spec.train;
+    if t.max_steps > 0 {
+        t.max_steps
+    } else {
+        let (_, steps_per_epoch) = epoch_shape(rows, t.batch_size, t.grad_accum);
+        (t.epochs * steps_per_epoch as f64).ceil() as usize
+    }
+}
+
+/// The rows of each micro-batch a fresh run of `spec` on `rows` pairs trains on, when the run
+/// ends inside its first epoch (a short trial: it never sees most rows); `None` when it goes
+/// through every row. The memory estimate sizes the batches with it.
+pub fn first_epoch_batches(spec: &JobSpec, rows: usize) -> Option<Vec<Vec<usize>>> {
+    let t = &spec.train;
+    let (micro_per_epoch, _) = epoch_shape(rows, t.batch_size, t.grad_accum);
+    let micro = total_steps(spec, rows).checked_mul(t.grad_accum)?;
+    if micro >= micro_per_epoch {
+        return None;
+    }
+    let order = epoch_order(rows, spec.data.shuffle, t.seed, 0);
+    Some(
+        order
+            .chunks(t.batch_size)
+            .take(micro)
+            .map(<[usize]>::to_vec)
+            .collect(),
+    )
+}
+
 /// The loop's state between optimizer steps: what a checkpoint saves besides the adapter and
 /// the optimizer.
 struct Progress {
@@ -246,11 +278,7 @@ pub fn train(
     let t = &spec.train;
     let n = session.train.len();
     let (micro_per_epoch, steps_per_epoch) = epoch_shape(n, t.batch_size, t.grad_accum);
-    let total = if t.max_steps > 0 {
-        t.max_steps
-    } else {
-        (t.epochs * steps_per_epoch as f64).ceil() as usize
-    };
+    let total = total_steps(&spec, n);
     on_event(Event::Started {
         total_steps: total,
         train_pairs: n,

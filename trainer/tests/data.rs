@@ -25,7 +25,7 @@ fn templated_text_and_ids_match_trl() {
         let template = ChatTemplate::from_setting("auto", &tok).unwrap();
         let opts = TokenizeOptions {
             max_length: fx["orpo_config_kwargs"]["max_length"].as_u64().unwrap() as usize,
-            max_prompt_length: 128,
+            max_prompt_length: None,
             ..TokenizeOptions::default()
         };
         for (file, key) in [

@@ -5,6 +5,9 @@
 //! `tests/fixtures/parity/<case>.json` with the exact configuration it ran. The Rust side builds
 //! the same job from that configuration, starts from the same initial adapter (TRL saved it) and
 //! reads the rows in the same order (`data.shuffle = false`; TRL with a SequentialSampler).
+//!
+//! `tiny_truncate` runs with max_length 64 on rows written to be cut by TRL 1.x's rule (whole
+//! prompt kept, each answer cut to `max_length - prompt`); the other cases cut nothing.
 
 mod common;
 
@@ -12,7 +15,7 @@ use common::{assert_close, fixture, job_for_case, run_case};
 use orpo_trainer::data::TokenizedPair;
 use orpo_trainer::train::Session;
 
-const CASES: [&str; 3] = ["tiny_fresh", "tiny_ga_clip", "tiny_qwen2"];
+const CASES: [&str; 4] = ["tiny_fresh", "tiny_ga_clip", "tiny_qwen2", "tiny_truncate"];
 
 /// TRL's tokenization (chat template, BOS/EOS rules, prompt/answer split, labels) row by row.
 #[test]
@@ -190,6 +193,53 @@ fn clipping_case_clips() {
         "no logged step of tiny_ga_clip has grad_norm > {max}"
     );
     assert_eq!(fx["orpo_config_kwargs"]["gradient_accumulation_steps"], 2);
+}
+
+/// The truncation case must really cut, or it proves nothing about truncation: some sequences
+/// of TRL's tokenization end at max_length with answer tokens (labels) removed, in training and
+/// in eval, and no prompt alone fills max_length (orpod refuses those rows).
+#[test]
+fn truncation_case_truncates() {
+    let fx = fixture("tiny_truncate");
+    let max = fx["orpo_config_kwargs"]["max_length"].as_u64().unwrap() as usize;
+    assert!(max < 256, "tiny_truncate runs with a small max_length");
+    for which in ["train", "eval"] {
+        let lengths = fx["truncation"][which].as_array().unwrap();
+        let rows = fx[format!("tokenized_{which}")].as_array().unwrap();
+        assert_eq!(lengths.len(), rows.len());
+        let mut cut = 0;
+        for (i, (l, row)) in lengths.iter().zip(rows).enumerate() {
+            let len = |k: &str| l[k].as_u64().unwrap() as usize;
+            assert!(
+                len("prompt_len") < max,
+                "{which} row {i}: the prompt fills max_length"
+            );
+            for side in ["chosen", "rejected"] {
+                let ids = row[format!("{side}_input_ids")].as_array().unwrap().len();
+                let labels = row[format!("{side}_labels")].as_array().unwrap().len();
+                assert_eq!(ids, len(&format!("{side}_len")), "{which} row {i} {side}");
+                assert_eq!(labels, ids, "{which} row {i} {side}");
+                let full = len(&format!("{side}_len_untruncated"));
+                assert_eq!(
+                    ids,
+                    full.min(max),
+                    "{which} row {i} {side}: TRL 1.x keeps min(len, max_length)"
+                );
+                cut += usize::from(full > max);
+            }
+        }
+        assert!(cut >= 3, "{which}: only {cut} sequences were cut");
+    }
+    let fills = fx["prompt_fills_max_length"].as_array().unwrap();
+    assert!(!fills.is_empty());
+    for f in fills {
+        assert!(f["prompt_len"].as_u64().unwrap() as usize >= max);
+        assert!(f["chosen_labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x == -100));
+    }
 }
 
 /// A fused op without a backward would cut the graph silently; with a non-zero initial B

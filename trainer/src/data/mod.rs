@@ -5,15 +5,17 @@
 //! Every row is checked before anything trains: a bad file is reported as one
 //! [`Error::Data`] that lists the first [`MAX_REPORTED`] bad rows with their line numbers.
 //!
-//! Truncation follows TRL 0.25 (`max_length`, `max_prompt_length`, `truncation_mode`); later
-//! TRL releases dropped the prompt limit, which can leave an answer with no tokens and a NaN
-//! loss (reference/orpo-reference.md §1.6).
+//! Truncation follows TRL 1.x (`max_length` alone: whole prompts, answers cut to what is left)
+//! or, when the job sets `max_prompt_length`, TRL 0.25. A row left with no answer token is
+//! refused with its line, where TRL would train on a NaN loss (docs/orpo.md).
 //!
 //! Layout: `read` parses and checks JSONL rows (with TRL's prompt extraction), `chat` applies
-//! the chat template, `tokenize` builds the token ids and labels, `split` holds the seeded
+//! the chat template, `tokenize` builds the token ids and labels, `lengths` measures rows
+//! without keeping ids (for the memory estimate), `split` holds the seeded
 //! train/eval split, and `problems` collects bad rows into one error.
 
 mod chat;
+pub mod lengths;
 mod problems;
 mod read;
 mod split;
@@ -32,7 +34,7 @@ use crate::{Error, Result};
 pub use chat::apply_chat_template;
 pub use read::{parse_rows, read_rows, RowChecker};
 pub use split::split_eval;
-pub use tokenize::tokenize_row;
+pub use tokenize::{row_lengths, tokenize_row, RowLengths};
 
 use problems::Problems;
 
@@ -86,11 +88,13 @@ pub struct TokenizedPair {
     pub rejected_labels: Vec<i64>,
 }
 
-/// TRL 0.25's length settings.
+/// The job's length settings: `max_length`, and TRL 0.25's prompt limit when it is set
+/// (without it, TRL 1.x's rule; [`RowLengths::truncated`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenizeOptions {
     pub max_length: usize,
-    pub max_prompt_length: usize,
+    pub max_prompt_length: Option<usize>,
+    /// Which end of a cut prompt is kept (only with `max_prompt_length`).
     pub truncation_mode: TruncationMode,
 }
 
@@ -105,7 +109,7 @@ impl TokenizeOptions {
         TokenizeOptions {
             max_length: data.max_length,
             max_prompt_length: data.max_prompt_length,
-            truncation_mode: data.truncation_mode,
+            truncation_mode: data.truncation_mode.unwrap_or_default(),
         }
     }
 }

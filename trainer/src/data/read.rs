@@ -77,7 +77,7 @@ impl RowChecker {
 
 /// Line `line` (1-based) of a file: `None` when it is blank, else its pair or what is wrong
 /// with it. A byte order mark is allowed at the start of the file.
-fn parse_raw_line(line: usize, raw: &[u8]) -> Option<std::result::Result<Pair, String>> {
+pub(super) fn parse_raw_line(line: usize, raw: &[u8]) -> Option<std::result::Result<Pair, String>> {
     let raw = match line {
         1 => raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw),
         _ => raw,

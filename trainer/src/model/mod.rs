@@ -77,6 +77,27 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
     }
 }
 
+/// The tokenizer of the model `load_base` would load from `path`, read without any weights:
+/// what measuring a data set's token lengths needs before a job is admitted.
+pub fn read_tokenizer(path: &Path) -> Result<TokenizerInfo> {
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            TokenizerInfo::from_hf_dir(path)
+        } else {
+            gguf::read_tokenizer(&single_gguf_in(path)?)
+        }
+    } else if path.is_file() {
+        gguf::read_tokenizer(path)
+    } else if let Some(snapshot) = hf_cache_snapshot(path) {
+        TokenizerInfo::from_hf_dir(&snapshot)
+    } else {
+        Err(Error::model(
+            path,
+            "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
+        ))
+    }
+}
+
 /// An `org/name` model id resolved offline in the Hugging Face cache
 /// (`$HF_HUB_CACHE`, `$HF_HOME/hub` or `~/.cache/huggingface/hub`): the snapshot that
 /// `refs/main` names, or the only snapshot there is. Nothing is downloaded.

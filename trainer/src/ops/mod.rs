@@ -2,9 +2,9 @@
 //!
 //! candle's autograd computes a gradient for every operand of a recorded op, frozen or not, and
 //! its fused kernels (rms_norm, rope, softmax_last_dim) have no backward at all: they silently
-//! cut the graph (candle-training.md §1.3-1.4). The training path therefore uses these ops: each
-//! runs candle's fast forward on detached inputs, then attaches a hand-written backward that
-//! returns only the gradient the LoRA parameters need. A frozen weight never gets a
+//! cut the graph (docs/candle-training.md#autograd-gaps). The training path therefore uses
+//! these ops: each runs candle's fast forward on detached inputs, then attaches a hand-written
+//! backward that returns only the gradient the LoRA parameters need. A frozen weight never gets a
 //! weight-sized gradient, a mask never gets a scores-sized one, and the output head never holds
 //! the full `[tokens, vocab]` log-softmax.
 //!

@@ -178,7 +178,7 @@ fn target_logprobs_reject_targets_outside_the_vocabulary() {
     );
 }
 
-/// Hand-computed vectors of orpo-reference.md §1.1 (beta = 0.1, float64).
+/// Hand-computed vectors of docs/orpo.md#test-vectors (beta = 0.1, float64).
 #[test]
 fn odds_ratio_matches_the_reference_vectors() {
     let cases = [

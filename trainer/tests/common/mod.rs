@@ -34,7 +34,8 @@ pub fn job_for_case_with_model(fx: &serde_json::Value, model_base: &str) -> JobS
     );
     let mut spec = JobSpec::parse(&text, Path::new("parity")).unwrap();
     spec.data.max_length = cfg["max_length"].as_u64().unwrap() as usize;
-    spec.data.max_prompt_length = spec.data.max_length / 2;
+    // TRL 1.x has no prompt limit: orpod's rule without `max_prompt_length` is the same.
+    spec.data.max_prompt_length = None;
     spec.orpo.beta = cfg["beta"].as_f64().unwrap();
     spec.lora.r = lora["r"].as_u64().unwrap() as usize;
     spec.lora.alpha = lora["lora_alpha"].as_f64().unwrap();

