@@ -55,6 +55,15 @@ pub struct CalibrateArgs {
     /// Values of train.gradient_checkpointing.
     #[arg(long, value_delimiter = ',', default_value = "false,true")]
     pub checkpointing: Vec<bool>,
+    /// Data sets: `full` (synthetic rows cut to exactly max_length, over the whole matrix) and
+    /// generated sets of mixed real lengths, `short` (question-and-answer chat pairs), `long`
+    /// (most rows cut at max_length) and `skewed` (mostly short, a few long), each trained
+    /// with evaluation at the longest of --lengths and the largest of --ranks.
+    #[arg(long, value_delimiter = ',', default_value = "full,short,long,skewed")]
+    pub data: Vec<crate::commands::calibrate::DataKind>,
+    /// train.batch_size and train.eval_batch_size of the mixed-length runs.
+    #[arg(long, value_delimiter = ',', default_value = "4,8")]
+    pub mixed_batches: Vec<usize>,
     /// Optimizer steps per config (AdamW's moments exist from the second on).
     #[arg(long, default_value_t = 2)]
     pub steps: usize,

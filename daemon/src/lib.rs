@@ -21,6 +21,7 @@ pub mod config;
 pub mod devices;
 pub mod disk;
 pub mod http;
+pub mod lengths;
 pub mod server;
 pub mod store;
 pub mod supervisor;

@@ -1,10 +1,16 @@
-//! `orpod calibrate MODEL`: checks the memory estimate against measured peaks. For each config of
-//! a matrix (max_length × batch_size × LoRA rank × gradient checkpointing) it trains a few steps
-//! with `orpod train` in a child process on the CPU, reads the child's peak RSS from the kernel
-//! (`wait4`'s `ru_maxrss`) and prints estimate, measured and error.
+//! `orpod calibrate MODEL`: checks the memory estimate against measured peaks. Each config
+//! trains a few steps with `orpod train` in a child process on the CPU; the child's peak RSS
+//! comes from the kernel (`wait4`'s `ru_maxrss`), and estimate, measured and error are printed.
 //!
-//! The data are synthetic rows longer than every `max_length`, so each row is truncated to
-//! exactly `max_length` tokens: the estimate assumes full-length rows, and this measures them.
+//! Two kinds of data:
+//! - `full`: synthetic rows longer than every `max_length`, cut (with `max_prompt_length`,
+//!   TRL 0.25's rule) to exactly `max_length` tokens: the worst case, over the whole matrix
+//!   (max_length × batch_size × LoRA rank × gradient checkpointing);
+//! - `short`, `long`, `skewed`: generated data sets of mixed real lengths, as users have them,
+//!   trained with evaluation (a 10% split) and TRL 1.x's truncation: the estimate must follow
+//!   the longest micro-batch the data really make, training or evaluation.
+//!
+//! Every estimate is the daemon's: the model's config and the data's measured token lengths.
 
 use std::io::Write;
 use std::path::Path;
@@ -12,13 +18,45 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context};
 use orpo_api::JobSpec;
+use orpo_trainer::data::lengths::measure_job;
 use orpo_trainer::estimate::estimate_job;
+use sha2::Digest;
 
 use crate::cli::CalibrateArgs;
 
-/// The band the issue asks of every config: within ±15%, never more than 10% under.
+/// The band the estimate must keep: within ±15%, never more than 10% under.
 const MAX_OVER: f64 = 0.15;
 const MAX_UNDER: f64 = -0.10;
+
+/// The data set of a calibration run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataKind {
+    Full,
+    Short,
+    Long,
+    Skewed,
+}
+
+impl DataKind {
+    fn name(self) -> &'static str {
+        match self {
+            DataKind::Full => "full",
+            DataKind::Short => "short",
+            DataKind::Long => "long",
+            DataKind::Skewed => "skewed",
+        }
+    }
+}
+
+/// One run of the table.
+struct Config {
+    data: DataKind,
+    len: usize,
+    batch: usize,
+    eval_batch: usize,
+    r: usize,
+    ckpt: bool,
+}
 
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("locating the orpod executable")?;
@@ -33,41 +71,96 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
             tmp.path()
         }
     };
-    let data = work.join("prefs.jsonl");
-    write_data(&data, args.lengths.iter().copied().max().unwrap_or(256))?;
     let model = args
         .model
         .canonicalize()
         .with_context(|| format!("model {}", args.model.display()))?;
+    let longest = args.lengths.iter().copied().max().unwrap_or(256);
+    let (batch, eval_batch) = match args.mixed_batches[..] {
+        [b] => (b, b),
+        [b, e, ..] => (b, e),
+        [] => (4, 8),
+    };
+    let mut configs = Vec::new();
+    for &data in &args.data {
+        for &ckpt in &args.checkpointing {
+            if data == DataKind::Full {
+                for &len in &args.lengths {
+                    for &batch in &args.batches {
+                        for &r in &args.ranks {
+                            configs.push(Config {
+                                data,
+                                len,
+                                batch,
+                                eval_batch: 0,
+                                r,
+                                ckpt,
+                            });
+                        }
+                    }
+                }
+            } else {
+                configs.push(Config {
+                    data,
+                    len: longest,
+                    batch,
+                    eval_batch,
+                    r: args.ranks.iter().copied().max().unwrap_or(16),
+                    ckpt,
+                });
+            }
+        }
+    }
+
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:>6} {:>5} {:>4} {:>5} {:>12} {:>12} {:>8}",
-        "length", "batch", "r", "ckpt", "estimate MiB", "measured MiB", "error"
+        "{:>6} {:>6} {:>5} {:>4} {:>4} {:>5} {:>9} {:>12} {:>12} {:>8}",
+        "data",
+        "length",
+        "batch",
+        "eval",
+        "r",
+        "ckpt",
+        "longest",
+        "estimate MiB",
+        "measured MiB",
+        "error"
     )?;
     let mut worst = (f64::INFINITY, f64::NEG_INFINITY);
-    for &ckpt in &args.checkpointing {
-        for &len in &args.lengths {
-            for &batch in &args.batches {
-                for &r in &args.ranks {
-                    let spec = job_spec(&model, &data, len, batch, r, ckpt, args.steps);
-                    let dir = work.join(format!("l{len}-b{batch}-r{r}-c{ckpt}"));
-                    let estimate = estimate_job(&spec, false)?.total_bytes;
-                    let measured = measure(&exe, &spec, &dir)?;
-                    let err = estimate as f64 / measured as f64 - 1.0;
-                    worst = (worst.0.min(err), worst.1.max(err));
-                    writeln!(
-                        out,
-                        "{len:>6} {batch:>5} {r:>4} {:>5} {:>12.0} {:>12.0} {:>+7.1}%",
-                        if ckpt { "on" } else { "off" },
-                        mib(estimate),
-                        mib(measured),
-                        err * 100.0
-                    )?;
-                    out.flush()?;
-                }
-            }
-        }
+    for c in &configs {
+        let data = work.join(format!("{}.jsonl", c.data.name()));
+        write_data(&data, c.data, longest)?;
+        let spec = job_spec(&model, &data, c, args.steps);
+        let dir = work.join(format!(
+            "{}-l{}-b{}-e{}-r{}-c{}",
+            c.data.name(),
+            c.len,
+            c.batch,
+            c.eval_batch,
+            c.r,
+            c.ckpt
+        ));
+        let batches = measure_job(&spec)?;
+        let estimate = estimate_job(&spec, false, Some(&batches))?.total_bytes;
+        let measured = measure(&exe, &spec, &dir)?;
+        let err = estimate as f64 / measured as f64 - 1.0;
+        worst = (worst.0.min(err), worst.1.max(err));
+        writeln!(
+            out,
+            "{:>6} {:>6} {:>5} {:>4} {:>4} {:>5} {:>9} {:>12.0} {:>12.0} {:>+7.1}%",
+            c.data.name(),
+            c.len,
+            c.batch,
+            c.eval_batch,
+            c.r,
+            if c.ckpt { "on" } else { "off" },
+            format!("{}/{}", batches.train_length, batches.eval_length),
+            mib(estimate),
+            mib(measured),
+            err * 100.0
+        )?;
+        out.flush()?;
     }
     let ok = worst.0 >= MAX_UNDER && worst.1 <= MAX_OVER;
     writeln!(
@@ -89,31 +182,37 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 
-/// A job of `steps` optimizer steps with no evaluation and no exports but the adapter.
-fn job_spec(
-    model: &Path,
-    data: &Path,
-    len: usize,
-    batch: usize,
-    r: usize,
-    ckpt: bool,
-    steps: usize,
-) -> JobSpec {
+/// A job of `steps` optimizer steps with no exports but the adapter. `full` data are cut with
+/// TRL 0.25's rule (half the length for the prompt); the mixed sets use TRL 1.x's and hold
+/// 10% out for an evaluation at the end.
+fn job_spec(model: &Path, data: &Path, c: &Config, steps: usize) -> JobSpec {
     let mut spec = JobSpec {
-        name: format!("calibrate-l{len}-b{batch}-r{r}"),
+        name: format!(
+            "calibrate-{}-l{}-b{}-r{}",
+            c.data.name(),
+            c.len,
+            c.batch,
+            c.r
+        ),
         ..JobSpec::default()
     };
     spec.model.base = model.to_string_lossy().into_owned();
     spec.data.train = data.to_string_lossy().into_owned();
-    spec.data.chat_template = "none".into();
-    spec.data.max_length = len;
-    spec.data.max_prompt_length = len / 2;
-    spec.lora.r = r;
-    spec.lora.alpha = 2.0 * r as f64;
-    spec.train.batch_size = batch;
+    spec.data.max_length = c.len;
+    if c.data == DataKind::Full {
+        spec.data.chat_template = "none".into();
+        spec.data.max_prompt_length = Some(c.len / 2);
+    } else {
+        spec.data.chat_template = "auto".into();
+        spec.data.eval_fraction = 0.1;
+        spec.train.eval_batch_size = c.eval_batch;
+    }
+    spec.lora.r = c.r;
+    spec.lora.alpha = 2.0 * c.r as f64;
+    spec.train.batch_size = c.batch;
     spec.train.grad_accum = 1;
     spec.train.max_steps = steps;
-    spec.train.gradient_checkpointing = ckpt;
+    spec.train.gradient_checkpointing = c.ckpt;
     spec.resources.device = "cpu".into();
     spec
 }
@@ -125,7 +224,15 @@ fn measure(exe: &Path, spec: &JobSpec, dir: &Path) -> anyhow::Result<u64> {
     let record = dir.join("peak_bytes");
     let text = toml::to_string(spec)?;
     let job = dir.join("job.toml");
-    if std::fs::read_to_string(&job).ok().as_deref() == Some(text.as_str()) {
+    let data = std::fs::read(&spec.data.train)?;
+    let data_record = dir.join("data.sha256");
+    let data_sha: String = sha2::Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if std::fs::read_to_string(&job).ok().as_deref() == Some(text.as_str())
+        && std::fs::read_to_string(&data_record).ok().as_deref() == Some(data_sha.as_str())
+    {
         if let Some(peak) = std::fs::read_to_string(&record)
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -135,6 +242,7 @@ fn measure(exe: &Path, spec: &JobSpec, dir: &Path) -> anyhow::Result<u64> {
     }
     let _ = std::fs::remove_dir_all(dir.join("out"));
     std::fs::write(&job, &text)?;
+    std::fs::write(&data_record, &data_sha)?;
     let log = std::fs::File::create(dir.join("train.log"))?;
     let child = Command::new(exe)
         .arg("train")
@@ -170,44 +278,93 @@ fn wait_with_rusage(pid: u32) -> anyhow::Result<(i32, u64)> {
     Ok((status, usage.ru_maxrss as u64))
 }
 
-/// Rows whose prompt and answers each run past `max_len` tokens, so truncation makes every row
-/// exactly `max_length` long.
-fn write_data(path: &Path, max_len: usize) -> anyhow::Result<()> {
-    let words = [
-        "the",
-        "queue",
-        "admits",
-        "a",
-        "job",
-        "when",
-        "its",
-        "memory",
-        "fits",
-        "on",
-        "device",
-        "and",
-        "otherwise",
-        "waits",
-        "for",
-        "room",
-        "while",
-        "others",
-        "train",
-    ];
-    let text = |n: usize, offset: usize| -> String {
-        (0..n)
-            .map(|k| words[(k * 7 + offset) % words.len()])
-            .collect::<Vec<_>>()
-            .join(" ")
+/// Writes the data set `kind` for a longest `max_length` of `max_len` (the same bytes on
+/// every call, so `--work-dir` reuses peaks).
+fn write_data(path: &Path, kind: DataKind, max_len: usize) -> anyhow::Result<()> {
+    let mut rng = SplitMix64(0x5EED ^ kind as u64);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut word = 0usize;
+    let mut text = |n: usize| -> String {
+        let words: Vec<&str> = (0..n.max(1))
+            .map(|_| {
+                word += 1;
+                WORDS[(word * 7) % WORDS.len()]
+            })
+            .collect();
+        words.join(" ")
     };
-    let mut f = std::fs::File::create(path)?;
-    for row in 0..8 {
+    if kind == DataKind::Full {
+        // Rows whose prompt and answers each run past `max_len` tokens.
+        for _ in 0..8 {
+            let line = serde_json::json!({
+                "prompt": text(max_len),
+                "chosen": text(max_len),
+                "rejected": text(max_len),
+            });
+            writeln!(f, "{line}")?;
+        }
+        return Ok(f.flush()?);
+    }
+    // Word counts: a word of WORDS is about one token, the chat template adds about 15.
+    for row in 0..256 {
+        let (prompt, chosen, rejected) = match kind {
+            DataKind::Short => (rng.range(4, 24), rng.range(3, 40), rng.range(3, 40)),
+            DataKind::Long => (
+                rng.range(max_len / 8, max_len / 2),
+                rng.range(max_len / 4, max_len * 2),
+                rng.range(max_len / 4, max_len * 2),
+            ),
+            // One row in twelve is long; the rest are short.
+            _ if row % 12 == 5 => (
+                rng.range(max_len / 4, max_len / 2),
+                rng.range(max_len / 2, max_len * 2),
+                rng.range(max_len / 2, max_len),
+            ),
+            _ => (rng.range(4, 24), rng.range(3, 30), rng.range(3, 30)),
+        };
         let line = serde_json::json!({
-            "prompt": text(max_len, row),
-            "chosen": text(max_len, row + 3),
-            "rejected": text(max_len, row + 5),
+            "prompt": [{"role": "user", "content": text(prompt)}],
+            "chosen": [{"role": "assistant", "content": text(chosen)}],
+            "rejected": [{"role": "assistant", "content": text(rejected)}],
         });
         writeln!(f, "{line}")?;
     }
-    Ok(())
+    Ok(f.flush()?)
+}
+
+const WORDS: [&str; 19] = [
+    "the",
+    "queue",
+    "admits",
+    "a",
+    "job",
+    "when",
+    "its",
+    "memory",
+    "fits",
+    "on",
+    "device",
+    "and",
+    "otherwise",
+    "waits",
+    "for",
+    "room",
+    "while",
+    "others",
+    "train",
+];
+
+/// A fixed generator, so the data sets are the same bytes on every machine and release.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    /// A number in `lo..hi` (or `lo` when the range is empty).
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        lo + (z % (hi.saturating_sub(lo).max(1) as u64)) as usize
+    }
 }

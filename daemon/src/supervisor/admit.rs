@@ -72,13 +72,23 @@ impl Supervisor {
         pin != "cpu" && self.devices.gpus_take_jobs()
     }
 
-    /// The memory estimate of `spec`, off the async runtime. An estimate that fails or panics
-    /// (a model config no one could train) is an error that says why.
+    /// The memory estimate of `spec` on its data (the longest micro-batch it will see, from
+    /// the data sets' token lengths: `crate::lengths`), off the async runtime. An estimate
+    /// that fails or panics (a model config no one could train, a row that truncation leaves
+    /// without an answer) is an error that names the setting or row at fault.
     pub async fn estimate(&self, spec: &JobSpec) -> Result<MemoryEstimate, String> {
         let (spec, cuda) = (spec.clone(), self.on_gpu(&spec.resources.device));
-        match tokio::task::spawn_blocking(move || estimate_job(&spec, cuda)).await {
-            Ok(Ok(e)) => Ok(e),
-            Ok(Err(e)) => Err(format!("cannot estimate the job's memory: {e}")),
+        let state_dir = self.config.state_dir.clone();
+        let work = move || -> Result<MemoryEstimate, String> {
+            let model_error = |e| format!("model.base: cannot estimate the job's memory: {e}");
+            // The model's config first: a model no one could train is named as such before
+            // its tokenizer or the data are read.
+            estimate_job(&spec, cuda, None).map_err(model_error)?;
+            let batches = crate::lengths::job_batches(&state_dir, &spec)?;
+            estimate_job(&spec, cuda, Some(&batches)).map_err(model_error)
+        };
+        match tokio::task::spawn_blocking(work).await {
+            Ok(result) => result,
             Err(e) => Err(format!(
                 "the memory estimate crashed: {}",
                 e.try_into_panic()
@@ -194,10 +204,9 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Where `spec` would run if it were submitted now, behind the queued jobs of its priority
-    /// or higher, and why not if it would wait.
-    pub fn plan(&self, spec: &JobSpec) -> anyhow::Result<Plan> {
-        let estimate = estimate_job(spec, self.on_gpu(&spec.resources.device))?;
+    /// Where `spec`, of this `estimate`, would run if it were submitted now, behind the queued
+    /// jobs of its priority or higher, and why not if it would wait.
+    pub fn plan(&self, spec: &JobSpec, estimate: MemoryEstimate) -> anyhow::Result<Plan> {
         let mut candidates = Vec::new();
         let mut inserted = false;
         for id in self.store.queued() {
