@@ -120,7 +120,11 @@ impl Client {
 
     /// Uploads a JSONL preference file; the daemon checks every row.
     pub async fn upload_dataset(&self, bytes: Vec<u8>) -> Result<DatasetView> {
-        let req = self.http.post(self.url("/v1/datasets")).body(bytes);
+        let req = self
+            .http
+            .post(self.url("/v1/datasets"))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(bytes);
         decode(req.send().await?).await
     }
 

@@ -19,6 +19,63 @@ pub struct DatasetView {
     pub reference: String,
 }
 
+/// One line of an uploaded data set (`POST /v1/datasets` takes JSON Lines: one such object per
+/// line, blank lines skipped). Other keys are allowed and ignored. For the OpenAPI document: the
+/// daemon checks rows with `orpo_trainer`'s row checker, which also takes a conversational row
+/// without `prompt` when `chosen` and `rejected` start with the same messages (the prompt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum PreferenceRow {
+    Text(TextRow),
+    Chat(ChatRow),
+}
+
+/// A row of plain text; without `prompt`, the prompt is the common start of the answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct TextRow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(nullable = false))]
+    pub prompt: Option<String>,
+    #[cfg_attr(feature = "schema", schema(min_length = 1))]
+    pub chosen: String,
+    #[cfg_attr(feature = "schema", schema(min_length = 1))]
+    pub rejected: String,
+}
+
+/// A conversational row: the prompt's messages and each answer's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ChatRow {
+    #[cfg_attr(feature = "schema", schema(min_items = 1))]
+    pub prompt: Vec<ChatMessage>,
+    #[cfg_attr(feature = "schema", schema(min_items = 1))]
+    pub chosen: Vec<ChatMessage>,
+    #[cfg_attr(feature = "schema", schema(min_items = 1))]
+    pub rejected: Vec<ChatMessage>,
+}
+
+/// A chat message; other keys (`reasoning_content`, `tool_calls`, ...) are kept for the template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ChatMessage {
+    pub role: ChatRole,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+    Tool,
+    Ipython,
+}
+
 /// `sha256:<hex>` → `<hex>` when it is a well-formed reference.
 pub fn parse_dataset_ref(s: &str) -> Option<&str> {
     let hex = s.strip_prefix(DATASET_REF_PREFIX)?;

@@ -79,7 +79,7 @@ pub struct EstimateView {
     pub lora_bytes: u64,
     /// LoRA gradients, accumulated gradients and AdamW's two moments.
     pub optimizer_bytes: u64,
-    /// Activations kept for the backward pass over `batch_size × 2 × max_length` tokens.
+    /// Activations kept for the backward pass over the largest micro-batch's tokens.
     pub activations_bytes: u64,
     /// One layer's backward working set (attention probabilities; the recomputed layer under
     /// gradient checkpointing).
@@ -90,7 +90,8 @@ pub struct EstimateView {
     pub overhead_bytes: u64,
     /// An evaluation forward's peak; 0 when the job does not evaluate.
     pub eval_peak_bytes: u64,
-    /// Tokens of a full micro-batch.
+    /// Tokens of the largest training micro-batch: `batch_size × 2 ×` the longest row (after
+    /// truncation) of the data the job trains on, at most `max_length`.
     pub tokens: u64,
 }
 

@@ -1,5 +1,5 @@
 //! Jobs on the wire: what `POST /v1/jobs` takes, the `JobView` every job route returns, its
-//! states, progress, metrics, events and checkpoints (DESIGN.md §5).
+//! states, progress, metrics, events and checkpoints (docs/http-api.md).
 
 use std::collections::BTreeMap;
 
@@ -102,8 +102,16 @@ pub struct SubmitJobRequest {
     /// The job as JSON, instead of `job_toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<JobSpec>,
-    /// Who submits; shown in listings and used by `?owner=`. Defaults to "anonymous".
+    /// Who submits; shown in listings and used by `?owner=`: printable text of at most 64
+    /// characters. Defaults to "anonymous" (also when blank).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(
+            max_length = 64,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub owner: Option<String>,
 }
 

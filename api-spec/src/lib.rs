@@ -26,7 +26,10 @@ pub mod spec;
 #[cfg(feature = "client")]
 pub mod client;
 
-pub use datasets::{parse_dataset_ref, DatasetView, DATASET_REF_PREFIX};
+pub use datasets::{
+    parse_dataset_ref, ChatMessage, ChatRole, ChatRow, DatasetView, PreferenceRow, TextRow,
+    DATASET_REF_PREFIX,
+};
 pub use error::{ErrorBody, ErrorDetail};
 pub use gpus::{DeviceView, EstimateView, GpusView, PlanView, ProcessView};
 pub use health::HealthView;

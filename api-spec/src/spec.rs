@@ -1,7 +1,7 @@
 //! The job file (`job.toml`): every key, its default, and the checks that run before a job is
 //! accepted. Names follow TRL's `ORPOConfig` where the concept is the same (`beta`, `max_length`,
 //! `max_prompt_length`, ...). Unknown keys are an error: a typo must not silently train with a
-//! default (DESIGN.md §3).
+//! default (docs/job-file.md).
 
 use std::path::{Path, PathBuf};
 
@@ -33,8 +33,16 @@ pub enum SpecError {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// Optional label shown in listings.
+    /// Optional label shown in listings: printable text (no control characters or bidi
+    /// overrides) of at most 128 characters.
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(
+            max_length = 128,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub name: String,
     /// Higher runs first; ties run in submit order.
     #[serde(default)]
@@ -58,6 +66,15 @@ pub struct JobSpec {
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// A Hugging Face folder (config.json, *.safetensors, tokenizer.json) or a `.gguf` file.
+    /// On the daemon: a path inside its `model_roots` (a relative one is taken inside the first).
+    #[cfg_attr(
+        feature = "schema",
+        schema(
+            min_length = 1,
+            max_length = 4096,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub base: String,
     #[serde(default)]
     pub dtype: Dtype,
@@ -79,24 +96,38 @@ pub enum Dtype {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
-    /// JSONL rows `{"prompt","chosen","rejected"}`: strings, or lists of chat messages.
+    /// JSONL rows `{"prompt","chosen","rejected"}`: strings, or lists of chat messages. On the
+    /// daemon: an uploaded data set, `sha256:<hex>` (see `POST /v1/datasets`).
+    #[cfg_attr(feature = "schema", schema(pattern = r"^sha256:[0-9a-f]{64}$"))]
     pub train: String,
-    /// Optional JSONL file for evaluation.
+    /// Optional JSONL file for evaluation. On the daemon: empty or an uploaded data set.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(pattern = r"^(sha256:[0-9a-f]{64})?$"))]
     pub eval: String,
     /// Fraction of `train` split off for evaluation (with the seed) when `eval` is empty.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0.0, exclusive_maximum = 1.0))]
     pub eval_fraction: f64,
-    /// `auto`: the model's template for conversational rows; `none`; or a path to a .jinja file.
+    /// `auto`: the model's template for conversational rows; `none`; or a path to a .jinja file
+    /// (not on the daemon, which takes `auto` or `none`).
     #[serde(default = "default_chat_template")]
+    #[cfg_attr(feature = "schema", schema(pattern = "^(auto|none)$"))]
     pub chat_template: String,
+    /// Tokens of prompt plus answer. A longer row is cut: with `max_prompt_length` unset as
+    /// TRL 1.x does (the whole prompt is kept, each answer keeps what is left), else as TRL 0.25.
     #[serde(default = "default_max_length")]
+    #[cfg_attr(feature = "schema", schema(minimum = 2, maximum = 1048576))]
     pub max_length: usize,
-    #[serde(default = "default_max_prompt_length")]
-    pub max_prompt_length: usize,
-    /// Which end of a too-long prompt is kept (TRL 0.25's `truncation_mode`).
-    #[serde(default)]
-    pub truncation_mode: TruncationMode,
+    /// TRL 0.25's prompt limit: a prompt that does not fit with its longer answer keeps this
+    /// many tokens, and the answers keep `max_length - max_prompt_length`. Unset: TRL 1.x's rule.
+    /// Must be below `max_length` (a rule between two keys that the schema cannot state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1048575))]
+    pub max_prompt_length: Option<usize>,
+    /// Which end of a cut prompt is kept (TRL 0.25's `truncation_mode`, default `keep_end`);
+    /// only with `max_prompt_length`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncation_mode: Option<TruncationMode>,
     /// `false` keeps rows in file order (exact comparisons with a reference run).
     #[serde(default = "yes")]
     pub shuffle: bool,
@@ -110,8 +141,8 @@ impl Default for DataSpec {
             eval_fraction: 0.0,
             chat_template: default_chat_template(),
             max_length: default_max_length(),
-            max_prompt_length: default_max_prompt_length(),
-            truncation_mode: TruncationMode::default(),
+            max_prompt_length: None,
+            truncation_mode: None,
             shuffle: true,
         }
     }
@@ -132,6 +163,7 @@ pub enum TruncationMode {
 pub struct OrpoSpec {
     /// TRL's `beta`, the paper's lambda: the weight of the odds-ratio term.
     #[serde(default = "default_beta")]
+    #[cfg_attr(feature = "schema", schema(minimum = 0.0))]
     pub beta: f64,
     #[serde(default)]
     pub nll_scope: NllScope,
@@ -163,15 +195,28 @@ pub enum NllScope {
 #[serde(deny_unknown_fields)]
 pub struct LoraSpec {
     #[serde(default = "default_r")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 65536))]
     pub r: usize,
     #[serde(default = "default_alpha")]
+    #[cfg_attr(feature = "schema", schema(exclusive_minimum = 0.0))]
     pub alpha: f64,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0.0, exclusive_maximum = 1.0))]
     pub dropout: f64,
+    /// The projections to adapt, each at most once.
     #[serde(default = "default_target_modules")]
+    #[cfg_attr(feature = "schema", schema(schema_with = target_modules_schema))]
     pub target_modules: Vec<String>,
-    /// A PEFT adapter folder to start from instead of a fresh adapter.
+    /// A PEFT adapter folder to start from instead of a fresh adapter (on the daemon: inside
+    /// its `model_roots`, like `model.base`).
     #[serde(default)]
+    #[cfg_attr(
+        feature = "schema",
+        schema(
+            max_length = 4096,
+            pattern = r"^[^\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]*$"
+        )
+    )]
     pub init_adapter: String,
 }
 
@@ -198,48 +243,83 @@ pub const LORA_MODULES: [&str; 7] = [
     "down_proj",
 ];
 
+/// `lora.target_modules` in the OpenAPI document: modules of [`LORA_MODULES`], at least one,
+/// none twice (what [`JobSpec::validate`] checks).
+#[cfg(feature = "schema")]
+fn target_modules_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .description(Some("The projections to adapt, each at most once."))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(LORA_MODULES)),
+        )
+        .min_items(Some(1))
+        .unique_items(true)
+        .build()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct TrainSpec {
+    /// 0 only with `max_steps` > 0.
     #[serde(default = "default_epochs")]
+    #[cfg_attr(feature = "schema", schema(minimum = 0.0, maximum = 1000000.0))]
     pub epochs: f64,
     /// > 0 overrides `epochs`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 1099511627776usize))]
     pub max_steps: usize,
     /// Preference pairs per micro-batch.
     #[serde(default = "default_batch_size")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 65536))]
     pub batch_size: usize,
     #[serde(default = "default_eval_batch_size")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 65536))]
     pub eval_batch_size: usize,
     #[serde(default = "one")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 65536))]
     pub grad_accum: usize,
     #[serde(default = "default_learning_rate")]
+    #[cfg_attr(feature = "schema", schema(exclusive_minimum = 0.0))]
     pub learning_rate: f64,
     #[serde(default)]
     pub lr_scheduler: LrScheduler,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 1099511627776usize))]
     pub warmup_steps: usize,
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0.0))]
     pub weight_decay: f64,
     /// Global-norm clipping; 0 turns it off.
     #[serde(default = "default_max_grad_norm")]
+    #[cfg_attr(feature = "schema", schema(minimum = 0.0))]
     pub max_grad_norm: f64,
     #[serde(default)]
     pub gradient_checkpointing: bool,
     #[serde(default = "default_seed")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 0, maximum = 18446744073709551615u64)
+    )]
     pub seed: u64,
     #[serde(default = "one")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 1099511627776usize))]
     pub log_every: usize,
     /// 0: evaluate at the end only.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 1099511627776usize))]
     pub eval_every: usize,
     #[serde(default)]
     pub eval_at_start: bool,
     /// 0: final checkpoint only.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schema(minimum = 0, maximum = 1099511627776usize))]
     pub save_every: usize,
     #[serde(default = "default_keep_checkpoints")]
+    #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 65536))]
     pub keep_checkpoints: usize,
 }
 
@@ -313,8 +393,14 @@ pub enum GgufExport {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesSpec {
-    /// `auto` | `cpu` | `cuda` | `cuda:N`.
+    /// `auto` | `cpu` | `cuda` | `cuda:N` (N at most 65535).
     #[serde(default = "default_device")]
+    #[cfg_attr(
+        feature = "schema",
+        schema(
+            pattern = r"^(auto|cpu|cuda|cuda:0*([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))$"
+        )
+    )]
     pub device: String,
 }
 
@@ -337,9 +423,6 @@ fn default_chat_template() -> String {
 }
 fn default_max_length() -> usize {
     1024
-}
-fn default_max_prompt_length() -> usize {
-    512
 }
 fn default_beta() -> f64 {
     0.1
@@ -447,15 +530,27 @@ impl JobSpec {
         })?;
         text("data.chat_template", &d.chat_template, MAX_PATH_CHARS)?;
         int("data.max_length", d.max_length, 2..=MAX_TOKENS)?;
-        check(
-            (1..d.max_length).contains(&d.max_prompt_length),
-            "data.max_prompt_length",
-            format!(
-                "from 1 to data.max_length - 1 ({})",
-                d.max_length.saturating_sub(1)
-            ),
-            d.max_prompt_length,
-        )?;
+        if let Some(prompt) = d.max_prompt_length {
+            if !(1..d.max_length).contains(&prompt) {
+                return Err((
+                    "data.max_prompt_length",
+                    format!(
+                        "must be from 1 to data.max_length - 1 ({}), found {prompt}: it leaves \
+                         the answers data.max_length - data.max_prompt_length tokens; lower it, \
+                         raise data.max_length, or remove data.max_prompt_length to keep whole \
+                         prompts as TRL 1.x does",
+                        d.max_length.saturating_sub(1)
+                    ),
+                ));
+            }
+        } else if d.truncation_mode.is_some() {
+            return Err((
+                "data.truncation_mode",
+                "applies only with data.max_prompt_length (TRL 0.25's prompt cut); set \
+                 data.max_prompt_length too, or remove data.truncation_mode"
+                    .into(),
+            ));
+        }
 
         // 0 is allowed: the NLL term alone (plain SFT on the chosen answers).
         float("orpo.beta", self.orpo.beta, ">= 0", |v| v >= 0.0)?;
@@ -624,7 +719,8 @@ mod tests {
         let s = JobSpec::parse(MINIMAL, Path::new("job.toml")).unwrap();
         assert_eq!(s.orpo.beta, 0.1);
         assert_eq!(s.data.max_length, 1024);
-        assert_eq!(s.data.max_prompt_length, 512);
+        assert_eq!(s.data.max_prompt_length, None);
+        assert_eq!(s.data.truncation_mode, None);
         assert_eq!(s.lora.r, 16);
         assert_eq!(s.lora.alpha, 32.0);
         assert_eq!(s.lora.target_modules.len(), 7);
@@ -660,6 +756,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("data.max_prompt_length"), "{err}");
+    }
+
+    /// Finding (issue 13): `max_length = 128` alone was refused against the old 512-token
+    /// prompt default. TRL 1.x has no prompt limit, so a job written for it must parse.
+    #[test]
+    fn max_length_alone_is_a_trl_1_job() {
+        let s = JobSpec::parse(
+            &format!(
+                "{MINIMAL}max_length = 128
+"
+            ),
+            Path::new("job.toml"),
+        )
+        .unwrap();
+        assert_eq!((s.data.max_length, s.data.max_prompt_length), (128, None));
+    }
+
+    #[test]
+    fn contradictory_lengths_name_both_keys_and_the_fix() {
+        let err = refused(&format!(
+            "{MINIMAL}max_length = 128
+max_prompt_length = 512
+"
+        ));
+        assert!(
+            err.contains("data.max_prompt_length")
+                && err.contains("data.max_length")
+                && err.contains("remove data.max_prompt_length"),
+            "{err}"
+        );
+        let err = refused(&format!("{MINIMAL}truncation_mode = \"keep_start\"\n"));
+        assert!(
+            err.contains("data.truncation_mode") && err.contains("data.max_prompt_length"),
+            "{err}"
+        );
     }
 
     fn refused(text: &str) -> String {

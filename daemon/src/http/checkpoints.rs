@@ -12,9 +12,14 @@ use crate::supervisor::spawn::job_dir;
 /// List checkpoints
 ///
 /// Complete checkpoints (`step-N`), oldest first, then `final` once the job has succeeded.
-#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints", tag = "checkpoints",
-    params(("id" = u64, Path, description = "Job id")),
-    responses((status = 200, body = Vec<CheckpointView>), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints", tag = "checkpoints", operation_id = "list_checkpoints",
+    params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64)),
+    responses((status = 200, body = Vec<CheckpointView>, links(
+            ("DownloadFirstFile" = (operation_id = "download_checkpoint_file",
+                parameters(("id" = "$request.path.id"), ("name" = "$response.body#/0/name"),
+                    ("file" = "$response.body#/0/files/0/name")),
+                description = "The first file of the oldest checkpoint")))),
+        (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list(
     state: web::Data<AppState>,
     id: web::Path<u64>,
@@ -29,7 +34,8 @@ pub async fn list(
 ///
 /// The bytes of one file of a checkpoint; `Range: bytes=a-b` gives part of it (206).
 #[utoipa::path(get, path = "/v1/jobs/{id}/checkpoints/{name}/files/{file}", tag = "checkpoints",
-    params(("id" = u64, Path, description = "Job id"),
+    operation_id = "download_checkpoint_file",
+    params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64),
         ("name" = String, Path, description = "Checkpoint name (`step-N` or `final`)"),
         ("file" = String, Path, description = "File name")),
     responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>),

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use orpo_api::{parse_dataset_ref, DatasetView, ErrorBody, DATASET_REF_PREFIX};
+use orpo_api::{parse_dataset_ref, DatasetView, ErrorBody, PreferenceRow, DATASET_REF_PREFIX};
 use orpo_trainer::data::RowChecker;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -33,9 +33,20 @@ const UPLOAD_NAME: &str = "upload.jsonl";
 /// The body is the JSONL file: one `{"prompt", "chosen", "rejected"}` object per line (strings
 /// or chat message lists). Answers 201 with its reference `sha256:<hex>`, or 200 when it was
 /// already stored.
-#[utoipa::path(post, path = "/v1/datasets", tag = "datasets",
-    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The JSONL file"),
-    responses((status = 201, body = DatasetView), (status = 200, body = DatasetView),
+///
+/// The body is JSON Lines (UTF-8, a byte order mark at the start allowed, blank lines skipped);
+/// its schema is that of the sequence of its lines, one `PreferenceRow` each (OpenAPI 3.2's
+/// `itemSchema` for sequential media types). The `Content-Type` header is not checked. Size
+/// limits are the daemon's config: `max_upload_bytes`, `max_upload_rows`, `max_line_bytes` (413).
+#[utoipa::path(post, path = "/v1/datasets", tag = "datasets", operation_id = "upload_dataset",
+    request_body(content = Vec<PreferenceRow>, content_type = "application/x-ndjson",
+        description = "The JSONL file: one preference row per line"),
+    responses((status = 201, body = DatasetView, links(
+            ("GetDataset" = (operation_id = "get_dataset", parameters(("sha256" = "$response.body#/sha256")), description = "The stored data set")),
+            ("DeleteDataset" = (operation_id = "delete_dataset", parameters(("sha256" = "$response.body#/sha256")), description = "The stored data set")))),
+        (status = 200, description = "Already stored", body = DatasetView, links(
+            ("GetDataset" = (operation_id = "get_dataset", parameters(("sha256" = "$response.body#/sha256")), description = "The stored data set")),
+            ("DeleteDataset" = (operation_id = "delete_dataset", parameters(("sha256" = "$response.body#/sha256")), description = "The stored data set")))),
         (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, description = "Bad rows, with line numbers", body = ErrorBody),
         (status = 507, description = "The server's disk is below min_free_mib; nothing was stored", body = ErrorBody)))]
 pub async fn upload(
@@ -130,8 +141,9 @@ pub async fn upload(
 ///
 /// The stored data set with this sha256 (lower-case hex), or 404 when the server does not have
 /// it: upload it with `POST /v1/datasets`.
-#[utoipa::path(get, path = "/v1/datasets/{sha256}", tag = "datasets",
-    params(("sha256" = String, Path, description = "Hex sha256 of the file")),
+#[utoipa::path(get, path = "/v1/datasets/{sha256}", tag = "datasets", operation_id = "get_dataset",
+    params(("sha256" = String, Path, description = "Hex sha256 of the file (64 lower-case hex digits)",
+        pattern = "^[0-9a-f]{64}$")),
     responses((status = 200, body = DatasetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -155,8 +167,9 @@ pub async fn get(
 ///
 /// Removes an uploaded data set that no unfinished job names (409 otherwise, with the jobs).
 /// Finished jobs keep their reference; their data is gone with it.
-#[utoipa::path(delete, path = "/v1/datasets/{sha256}", tag = "datasets",
-    params(("sha256" = String, Path, description = "Hex sha256 of the file")),
+#[utoipa::path(delete, path = "/v1/datasets/{sha256}", tag = "datasets", operation_id = "delete_dataset",
+    params(("sha256" = String, Path, description = "Hex sha256 of the file (64 lower-case hex digits)",
+        pattern = "^[0-9a-f]{64}$")),
     responses((status = 200, description = "Deleted; the data set as it was", body = DatasetView),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
@@ -189,6 +202,7 @@ pub async fn delete(
     // upload of the same bytes simply replaces.
     state.store.remove_dataset(&view.sha256).await?;
     state.store.flush().await?;
+    crate::lengths::forget(&state.config.state_dir, &view.sha256);
     let path = dataset_path(&state.config.state_dir, &view.sha256);
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

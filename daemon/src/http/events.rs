@@ -26,14 +26,15 @@ use crate::config::ServeConfig;
 #[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
     /// Only records after this step.
+    #[param(maximum = 18446744073709551615usize)]
     since: Option<usize>,
 }
 
 /// Job metrics
 ///
 /// The logged training steps and evaluations, TRL's metric names, in order.
-#[utoipa::path(get, path = "/v1/jobs/{id}/metrics", tag = "jobs",
-    params(("id" = u64, Path, description = "Job id"), MetricsQuery),
+#[utoipa::path(get, path = "/v1/jobs/{id}/metrics", tag = "jobs", operation_id = "job_metrics",
+    params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64), MetricsQuery),
     responses((status = 200, body = Vec<MetricRecord>), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn metrics(
     state: web::Data<AppState>,
@@ -52,10 +53,24 @@ pub async fn metrics(
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Only events after this `seq`.
+    #[param(maximum = 18446744073709551615u64)]
     since: Option<u64>,
     /// Keep the connection open and stream new events as server-sent events (`text/event-stream`)
     /// until the job ends.
     follow: Option<bool>,
+}
+
+/// One message of the `follow=true` stream, as a server-sent event: `id` is the event's `seq`,
+/// `event` its kind and `data` the event (an `EventView`) as JSON.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documents the wire format; the stream is written in `events`
+pub struct EventMessage {
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    event: orpo_api::EventKind,
+    /// An `EventView` as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
 }
 
 /// Job events
@@ -65,9 +80,10 @@ pub struct EventsQuery {
 /// event as JSON), ending after the job reaches a final state. A quiet stream carries an SSE
 /// comment (`: keep-alive`) every `events_keepalive_s` seconds. Followers are capped per job and
 /// in all (429 over a cap).
-#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
-    params(("id" = u64, Path, description = "Job id"), EventsQuery),
-    responses((status = 200, body = Vec<EventView>, description = "The events; with follow=true a text/event-stream"),
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", operation_id = "job_events",
+    params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64), EventsQuery),
+    responses((status = 200, description = "The events; with follow=true a text/event-stream of them",
+            content((Vec<EventView> = "application/json"), (EventMessage = "text/event-stream"))),
         (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, description = "Too many followers (max_followers_per_job, max_followers)", body = ErrorBody)))]
 pub async fn events(

@@ -73,24 +73,27 @@ pub async fn gpus(state: web::Data<AppState>) -> Result<web::Json<GpusView>, Api
 /// Plan a job
 ///
 /// Checks the job as a submit would (nothing is stored), estimates its peak memory from the
-/// model's config (no weights are loaded) with a breakdown, and says which device would take it
+/// model's config (no weights are loaded) and the token lengths of its data, with a breakdown, and says which device would take it
 /// now, or why none would, in numbers.
 #[utoipa::path(post, path = "/v1/plan", tag = "devices", request_body = SubmitJobRequest,
-    responses((status = 200, body = PlanView), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 200, body = PlanView),
+        (status = 400, description = "Malformed request or job file, or a job its data set cannot train (a prompt that fills data.max_length)", body = ErrorBody),
+        (status = 422, description = "Model or data set not found", body = ErrorBody)))]
 pub async fn plan(
     state: web::Data<AppState>,
-    req: web::Json<SubmitJobRequest>,
+    req: validate::JobRequest,
 ) -> Result<web::Json<PlanView>, ApiError> {
     let spec = validate::check(&state, &req)?;
+    let estimate = state
+        .supervisor
+        .estimate(&spec)
+        .await
+        .map_err(ApiError::InvalidJob)?;
     let sup = state.supervisor.clone();
-    let plan = web::block(move || sup.plan(&spec))
+    let plan = web::block(move || sup.plan(&spec, estimate))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(|e| match e.downcast_ref::<orpo_trainer::Error>() {
-            // The model's config is unreadable or of an architecture we do not train.
-            Some(err) => ApiError::InvalidJob(format!("model.base: {err}")),
-            None => ApiError::Internal(e),
-        })?;
+        .map_err(ApiError::Internal)?;
     Ok(web::Json(PlanView {
         device: plan.device,
         estimate_bytes: Some(plan.estimate.total_bytes),

@@ -19,19 +19,27 @@ use crate::store::{Idempotency, Inserted, JobFilter, NewJob};
 /// `Idempotency-Key` header a retried submit (same key, same request) returns the job the
 /// first one created (200, `Idempotent-Replayed: true`) instead of a second job; the same key
 /// with a different request is refused (409).
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = SubmitJobRequest,
-    params(("Idempotency-Key" = Option<String>, Header,
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", operation_id = "submit_job", request_body = SubmitJobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
         description = "A key of your choosing (1-255 visible ASCII characters) that makes retrying this submit safe")),
-    responses((status = 201, description = "Queued", body = JobView),
+    responses((status = 201, description = "Queued", body = JobView, links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("CancelJob" = (operation_id = "cancel_job", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("PauseJob" = (operation_id = "pause_job", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("ResumeJob" = (operation_id = "resume_job", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("DeleteJob" = (operation_id = "delete_job", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("JobMetrics" = (operation_id = "job_metrics", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("JobEvents" = (operation_id = "job_events", parameters(("id" = "$response.body#/id")), description = "The new job")),
+            ("JobCheckpoints" = (operation_id = "list_checkpoints", parameters(("id" = "$response.body#/id")), description = "The new job")))),
         (status = 200, description = "An earlier submit with this Idempotency-Key created the job", body = JobView),
-        (status = 400, description = "Malformed request or job file", body = ErrorBody),
+        (status = 400, description = "Malformed request or job file, or a job its data set cannot train (a prompt that fills data.max_length)", body = ErrorBody),
         (status = 409, description = "Idempotency-Key used for another request", body = ErrorBody),
         (status = 422, description = "Model or data set not found", body = ErrorBody),
         (status = 507, description = "The server's disk is below min_free_mib; nothing was stored", body = ErrorBody)))]
 pub async fn submit(
     state: web::Data<AppState>,
     http: HttpRequest,
-    req: web::Json<SubmitJobRequest>,
+    req: validate::JobRequest,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency(&http, &req)?;
     crate::disk::ensure_free(&state.config.state_dir, state.config.min_free_mib, 0)
@@ -48,7 +56,7 @@ pub async fn submit(
         .supervisor
         .estimate(&spec)
         .await
-        .map_err(|m| ApiError::InvalidJob(format!("model.base: {m}")))?;
+        .map_err(ApiError::InvalidJob)?;
     let ahead = state.store.queue_len() + state.supervisor.running().len();
     let inserted = state
         .store
@@ -112,7 +120,7 @@ pub struct ListQuery {
     /// Page size (default 50).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (digits; one past every job's id lists from the newest).
     #[param(pattern = "^[0-9]+$")]
     cursor: Option<String>,
 }
@@ -120,7 +128,7 @@ pub struct ListQuery {
 /// List jobs
 ///
 /// Newest first, filtered by state and owner, a page at a time.
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListQuery),
     responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     state: web::Data<AppState>,
@@ -132,10 +140,16 @@ pub async fn list(
             "limit must be between 1 and 1000".into(),
         ));
     }
+    // A cursor lists the jobs with ids below it, so one past every id (even past u64) lists all.
     let cursor = match &q.cursor {
-        Some(c) => Some(c.parse::<u64>().map_err(|_| {
-            ApiError::BadRequest(format!("cursor {c:?} is not one this daemon gave out"))
-        })?),
+        Some(c) if !c.is_empty() && c.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(c.parse::<u64>().unwrap_or(u64::MAX))
+        }
+        Some(c) => {
+            return Err(ApiError::BadRequest(format!(
+                "cursor {c:?} is not one this daemon gave out"
+            )))
+        }
         None => None,
     };
     let filter = JobFilter {
@@ -156,7 +170,7 @@ pub async fn list(
 /// Show a job
 ///
 /// State, why it waits or failed, progress with ETA, the latest metrics.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "get_job", params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64)),
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     state: web::Data<AppState>,
@@ -169,7 +183,7 @@ pub async fn get(
 ///
 /// A queued or paused job is cancelled at once; a running one gets SIGTERM and, after the
 /// grace period, SIGKILL. Poll the job for its final state.
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", operation_id = "cancel_job", params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64)),
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(
     state: web::Data<AppState>,
@@ -182,7 +196,7 @@ pub async fn cancel(
 ///
 /// A running job finishes its step, writes a checkpoint and frees its device (`pausing`, then
 /// `paused`); a queued job leaves the queue.
-#[utoipa::path(post, path = "/v1/jobs/{id}/pause", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+#[utoipa::path(post, path = "/v1/jobs/{id}/pause", tag = "jobs", operation_id = "pause_job", params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64)),
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn pause(
     state: web::Data<AppState>,
@@ -194,7 +208,7 @@ pub async fn pause(
 /// Resume a job
 ///
 /// Puts a paused (or interrupted) job back in the queue; it continues from its newest checkpoint.
-#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+#[utoipa::path(post, path = "/v1/jobs/{id}/resume", tag = "jobs", operation_id = "resume_job", params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64)),
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn resume(
     state: web::Data<AppState>,
@@ -207,7 +221,7 @@ pub async fn resume(
 ///
 /// Removes a finished job (succeeded, failed or cancelled) with its events, metrics,
 /// checkpoints and adapter. A job that has not finished is refused (409): cancel it first.
-#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path, description = "Job id")),
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", operation_id = "delete_job", params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64)),
     responses((status = 200, description = "Deleted; the job as it was", body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     state: web::Data<AppState>,

@@ -1,4 +1,4 @@
-//! The HTTP API (v1, DESIGN.md §5): one file per resource, each handler's doc comment is its
+//! The HTTP API (v1, docs/http-api.md): one file per resource, each handler's doc comment is its
 //! OpenAPI summary and description, and [`ApiDoc`] gathers them into `api-spec/openapi.json`.
 
 pub mod checkpoints;
@@ -8,6 +8,7 @@ pub mod events;
 pub mod gpus;
 pub mod health;
 pub mod jobs;
+mod rules;
 mod validate;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::config::ServeConfig;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
 use error::{bad_request, ApiError};
+use rules::Rules;
 
 /// What every handler gets (`web::Data<AppState>`).
 pub struct AppState {
@@ -44,6 +46,7 @@ pub struct AppState {
         health::healthz, health::metrics,
     ),
     components(schemas(orpo_api::ErrorBody, orpo_api::EventKind)),
+    modifiers(&Rules),
     tags(
         (name = "jobs", description = "Fine-tune jobs"),
         (name = "datasets", description = "Uploaded preference data"),
@@ -56,9 +59,13 @@ pub struct ApiDoc;
 
 /// The OpenAPI document as committed in `api-spec/openapi.json`.
 pub fn openapi_json() -> String {
-    let mut text = ApiDoc::openapi()
+    let text = ApiDoc::openapi()
         .to_pretty_json()
         .expect("the OpenAPI document serialises");
+    // utoipa 5.5 writes a Link Object's `operationId` as `operation_id` (its serde names are not
+    // camelCased). Only a link's key is followed by a string: a schema property of that name
+    // would be followed by an object.
+    let mut text = text.replace("\"operation_id\": \"", "\"operationId\": \"");
     text.push('\n');
     text
 }
