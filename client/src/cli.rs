@@ -1,5 +1,6 @@
-//! The verbs and flags of `orpoctl` (DESIGN.md §6). Global flags come first so that
-//! `orpoctl --server http://gpu-box:8750 list` reads like `cargo --config ... build`.
+//! The verbs and flags of `orpoctl` (docs/design.md#the-client-orpoctl). Global flags come
+//! first so that `orpoctl --server http://gpu-box:8750 list` reads like
+//! `cargo --config ... build`.
 
 use std::path::PathBuf;
 

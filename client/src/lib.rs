@@ -1,5 +1,5 @@
 //! `orpoctl`, the client of the orpod daemon: submit ORPO fine-tune jobs from a laptop, watch
-//! them, fetch their adapters (DESIGN.md §6).
+//! them, fetch their adapters (docs/design.md#the-client-orpoctl).
 //!
 //! # Layout
 //! - [`cli`]: the verbs and flags (clap).
