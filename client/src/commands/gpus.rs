@@ -32,8 +32,8 @@ pub fn render_gpus(view: &GpusView) -> String {
     let mut procs = String::new();
     for d in &view.devices {
         let mut row = vec![
-            d.device.clone(),
-            d.name.clone(),
+            display::escape(&d.device),
+            display::escape(&d.name),
             display::bytes(d.total_bytes),
             display::bytes(d.used_bytes),
             display::bytes(d.free_bytes),
@@ -62,9 +62,9 @@ pub fn render_gpus(view: &GpusView) -> String {
         for p in &d.processes {
             procs.push_str(&format!(
                 "  {}  pid {}  {}  {}{}\n",
-                d.device,
+                display::escape(&d.device),
                 p.pid,
-                p.name.as_deref().unwrap_or("?"),
+                display::escape(p.name.as_deref().unwrap_or("?")),
                 p.used_bytes.map_or("-".into(), display::bytes),
                 p.job.map(|j| format!("  (job {j})")).unwrap_or_default()
             ));
@@ -82,15 +82,15 @@ pub fn render_gpus(view: &GpusView) -> String {
         ));
     }
     if let Some(note) = &view.note {
-        out.push_str(&format!("note: {note}\n"));
+        out.push_str(&format!("note: {}\n", display::escape_lines(note)));
     }
-    out
+    one_trailing_newline(out)
 }
 
 pub fn render_plan(p: &PlanView) -> String {
     let mut out = String::new();
     let mut kv = |k: &str, val: String| out.push_str(&format!("{k:<13} {val}\n"));
-    kv("device", p.device.clone());
+    kv("device", display::escape(&p.device));
     kv(
         "estimate",
         p.estimate_bytes
@@ -118,8 +118,16 @@ pub fn render_plan(p: &PlanView) -> String {
     }
     kv("queued ahead", p.queued_ahead.to_string());
     kv("starts now", if p.starts_now { "yes" } else { "no" }.into());
-    kv("reason", p.reason.clone());
-    out
+    kv("reason", display::escape_lines(&p.reason));
+    one_trailing_newline(out)
+}
+
+/// `text` ending in exactly one newline, so the shell prompt starts on a line of its own and
+/// no blank line follows, whatever the server's free text (a reason, a note) ends with.
+fn one_trailing_newline(mut text: String) -> String {
+    text.truncate(text.trim_end_matches(['\n', '\r']).len());
+    text.push('\n');
+    text
 }
 
 #[cfg(test)]
@@ -188,6 +196,69 @@ processes:
 AVAILABLE is free memory less what running jobs will still take and a headroom of 512.0 MiB.
 "
         );
+    }
+
+    /// Process names are other users' text: a terminal escape in one is shown, not obeyed.
+    #[test]
+    fn process_names_and_server_text_are_escaped() {
+        let mut view = GpusView {
+            devices: vec![device("cpu", "CPU host (2 cores)")],
+            headroom_bytes: 0,
+            note: Some("bell \u{7}".into()),
+        };
+        view.devices[0].processes.push(orpo_api::ProcessView {
+            pid: 7,
+            name: Some("evil\u{1b}[2J".into()),
+            used_bytes: None,
+            job: None,
+        });
+        let text = render_gpus(&view);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+    }
+
+    /// The output ends with one newline: never none (the shell prompt would follow on the
+    /// same line), never a blank line, whatever the server's text ends with.
+    #[test]
+    fn output_ends_with_exactly_one_newline() {
+        let ends_once = |text: &str| text.ends_with('\n') && !text.ends_with("\n\n");
+        let bare = GpusView {
+            devices: vec![device("cpu", "CPU host (2 cores)")],
+            headroom_bytes: 0,
+            note: None,
+        };
+        let noted = GpusView {
+            headroom_bytes: 512 << 20,
+            note: Some("CPU-only: no NVIDIA driver\n".into()),
+            ..bare.clone()
+        };
+        let empty = GpusView {
+            devices: vec![],
+            ..bare.clone()
+        };
+        for view in [&bare, &noted, &empty] {
+            let text = render_gpus(view);
+            assert!(ends_once(&text), "{text:?}");
+        }
+        assert!(render_gpus(&noted).ends_with("note: CPU-only: no NVIDIA driver\n"));
+
+        let mut plan = PlanView {
+            device: "cpu".into(),
+            estimate_bytes: None,
+            free_bytes: 1 << 30,
+            starts_now: true,
+            reason: String::new(),
+            estimate: None,
+            headroom_bytes: 0,
+            queued_ahead: 0,
+        };
+        for reason in ["", "fits", "fits\n", "needs 3.0 GiB\n\n"] {
+            plan.reason = reason.into();
+            let text = render_plan(&plan);
+            assert!(ends_once(&text), "{reason:?}: {text:?}");
+        }
     }
 
     #[test]
