@@ -13,6 +13,7 @@
 //! - [`http`]: the v1 API routes, the one error mapping, the OpenAPI document.
 //! - [`checkpoints`]: a job's checkpoint folders as the API lists them.
 //! - [`disk`]: free space on the state folder, checked before anything a client sends is kept.
+//! - [`sdnotify`]: systemd's readiness, watchdog and stopping notifications (`Type=notify`).
 
 pub mod checkpoints;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod devices;
 pub mod disk;
 pub mod http;
 pub mod lengths;
+pub mod sdnotify;
 pub mod server;
 pub mod store;
 pub mod supervisor;

@@ -2,18 +2,23 @@
 //! previous daemon left running, starts the scheduler and the HTTP server on the listener it is
 //! given, and on `shutdown` checkpoints running jobs and returns. `orpod serve` and the tests
 //! both start it this way (the caller owns the socket, so tests use port 0).
+//!
+//! Under systemd (`Type=notify`, see `crate::sdnotify`) it sends `READY=1` once all that is up,
+//! pings the watchdog while the scheduler ends its rounds, and sends `STOPPING=1` on shutdown.
 
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 
 use crate::config::ServeConfig;
 use crate::http::{self, AppState};
+use crate::sdnotify::{self, Notifier};
 use crate::store::Store;
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Supervisor, ROUND_EVERY};
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(
@@ -58,7 +63,29 @@ pub async fn run(
     std::fs::write(dir.join("orpod.addr"), addr.to_string())
         .with_context(|| format!("writing {}", dir.join("orpod.addr").display()))?;
     let server_task = tokio::spawn(server);
+    // The store is open, jobs are recovered, the scheduler runs and the port is bound (a
+    // connection made now is answered), so systemd may start what depends on us.
+    let notifier = Notifier::from_env();
+    notifier.send(&format!("READY=1\nSTATUS=listening on {addr}"));
+    let watchdog = sdnotify::watchdog_timeout().map(|timeout| {
+        // A round that has not ended within WatchdogSec= (and never less than the idle wait
+        // between rounds and a second) stops the pings; systemd restarts the daemon
+        // WatchdogSec= after the last one.
+        let within = timeout.max(ROUND_EVERY + Duration::from_secs(1));
+        tracing::info!(
+            ?timeout,
+            "pinging systemd's watchdog while the scheduler makes progress"
+        );
+        let supervisor = supervisor.clone();
+        tokio::spawn(sdnotify::watchdog(notifier.clone(), timeout, move || {
+            supervisor.scheduler_alive(within)
+        }))
+    });
     shutdown.await;
+    notifier.send("STOPPING=1\nSTATUS=stopping: checkpointing running jobs");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     tracing::info!("stopping: checkpointing running jobs");
     supervisor.shutdown().await;
     handle.stop(true).await;

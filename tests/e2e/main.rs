@@ -13,7 +13,8 @@
 //! - `stress`: sixteen clients at once while a job trains; kill -9 at twenty random moments.
 //! - `errors`: bad inputs get the right 4xx and a message that says what is wrong.
 //! - `openapi`: the committed api-spec/openapi.json is what the code generates.
-//! - `systemd`: the unit file names the real binary and flags.
+//! - `systemd`: the unit file names the real binary and flags and passes `systemd-analyze
+//!   verify`; readiness, watchdog and stopping notifications, pings stop when the scheduler hangs.
 
 mod admission;
 mod diskfull;

@@ -76,6 +76,13 @@ pub struct SchedulerHealth {
 /// A round that has not ended for this long means the scheduler is stuck.
 pub const SCHEDULER_STUCK_AFTER: Duration = Duration::from_secs(60);
 
+/// The longest the scheduler loop waits between rounds when nothing wakes it.
+pub const ROUND_EVERY: Duration = Duration::from_secs(2);
+
+/// Test hook (tests/e2e/systemd.rs), never set in production: while the file this variable names
+/// exists, a round that starts never ends, as one stuck on a hung device read would.
+pub const HANG_HOOK_ENV: &str = "ORPOD_TEST_HANG_SCHEDULER_WHILE";
+
 impl Supervisor {
     pub fn new(store: Store, config: Arc<ServeConfig>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
@@ -116,6 +123,14 @@ impl Supervisor {
             Some(e) => Err(format!("the scheduler's last round failed: {e}")),
             None => Ok(()),
         }
+    }
+
+    /// Whether the scheduler loop runs and has ended a round within `within`: what the
+    /// systemd watchdog pings on. Between two round ends lie at most [`ROUND_EVERY`] of waiting
+    /// and one round, so `within` must exceed `ROUND_EVERY`.
+    pub fn scheduler_alive(&self, within: Duration) -> bool {
+        let h = self.health_mut();
+        h.running && h.last_round.elapsed() < within
     }
 
     /// Scheduling rounds that panicked since the daemon started.
@@ -205,12 +220,28 @@ impl Supervisor {
     /// and every two seconds, since other people's processes free memory without telling us.
     /// A round that fails or panics is logged and shown by `/healthz`; the next round runs as
     /// usual, so one bad job never stops scheduling for everyone.
-    pub async fn run(self: Arc<Self>) {
+    ///
+    /// The loop counts as running from this call, before the future is first polled, so that
+    /// `/healthz` is ok as soon as the daemon tells systemd it is ready.
+    pub fn run(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send {
+        {
+            let mut h = self.health_mut();
+            h.running = true;
+            h.last_round = std::time::Instant::now();
+        }
+        self.rounds()
+    }
+
+    async fn rounds(self: Arc<Self>) {
         use futures_util::FutureExt;
-        self.health_mut().running = true;
+        let hang_while = std::env::var_os(HANG_HOOK_ENV).map(std::path::PathBuf::from);
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 break;
+            }
+            if hang_while.as_ref().is_some_and(|p| p.exists()) {
+                tracing::warn!("{HANG_HOOK_ENV}: this round never ends");
+                std::future::pending::<()>().await;
             }
             let round = std::panic::AssertUnwindSafe(self.schedule())
                 .catch_unwind()
@@ -233,7 +264,7 @@ impl Supervisor {
                 h.last_round = std::time::Instant::now();
                 h.last_error = error;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.wake.notified()).await;
+            let _ = tokio::time::timeout(ROUND_EVERY, self.wake.notified()).await;
         }
         self.health_mut().running = false;
     }
@@ -404,15 +435,18 @@ mod tests {
         let task = tokio::spawn(sup.clone().run());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(sup.scheduler_health(), Ok(()));
+        assert!(sup.scheduler_alive(ROUND_EVERY + Duration::from_secs(1)));
         sup.health_mut().last_round = std::time::Instant::now() - SCHEDULER_STUCK_AFTER * 2;
         let stuck = sup.scheduler_health().unwrap_err();
         assert!(stuck.contains("has not finished a round for"), "{stuck}");
+        assert!(!sup.scheduler_alive(SCHEDULER_STUCK_AFTER));
         sup.shutdown().await;
         task.await.unwrap();
         assert_eq!(
             sup.scheduler_health(),
             Err("the scheduler is not running".into())
         );
+        assert!(!sup.scheduler_alive(SCHEDULER_STUCK_AFTER));
         assert_eq!(sup.scheduler_panics(), 0);
     }
 }

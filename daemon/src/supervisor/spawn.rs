@@ -62,13 +62,8 @@ pub fn spawn_worker(
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("worker")
-        .arg("--job-dir")
-        .arg(dir)
-        // CUDA's device N is then NVML's index N, the one admission placed the job on.
-        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
-        .stdin(Stdio::null())
+    let mut cmd = worker_command(exe, dir);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
     let parent = std::process::id() as libc::pid_t;
@@ -95,10 +90,47 @@ pub fn spawn_worker(
     Ok(child)
 }
 
+/// `<exe> worker --job-dir DIR` and its environment: the daemon's, less systemd's notify
+/// variables (a worker must not tell systemd anything, nor inherit its watchdog).
+fn worker_command(exe: &Path, dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("worker")
+        .arg("--job-dir")
+        .arg(dir)
+        // CUDA's device N is then NVML's index N, the one admission placed the job on.
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    for var in crate::sdnotify::ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Sends `signal` to a worker that has not been reaped yet.
 pub fn signal(pid: u32, signal: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe {
         libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn workers_do_not_inherit_systemds_notify_socket() {
+        let cmd = worker_command(Path::new("/usr/local/bin/orpod"), Path::new("/tmp/job"));
+        let envs: Vec<(&OsStr, Option<&OsStr>)> = cmd.get_envs().collect();
+        for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
+            assert!(
+                envs.contains(&(OsStr::new(var), None)),
+                "{var} not removed: {envs:?}"
+            );
+        }
+        assert!(envs.contains(&(
+            OsStr::new("CUDA_DEVICE_ORDER"),
+            Some(OsStr::new("PCI_BUS_ID"))
+        )));
     }
 }
