@@ -7,7 +7,9 @@
 //! digest of what tokenization depends on (the tokenizer, its special tokens and the chat
 //! template), so a different model measures anew and a deleted data set takes its files along.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use orpo_api::{parse_dataset_ref, JobSpec};
 use orpo_trainer::data::lengths::{batch_shape, measure_file, BatchShape, LineLengths};
@@ -60,6 +62,10 @@ fn measured(
         return measure_file(path, path, tok, template);
     };
     let cache = lengths_dir(state_dir).join(format!("{sha}-{key}.json"));
+    // One measurement per file at a time: submits of the same data at once wait for the
+    // first instead of each tokenizing it all again.
+    let lock = measuring(&cache);
+    let _measuring = lock.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(rows) = std::fs::read(&cache)
         .ok()
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -72,6 +78,17 @@ fn measured(
         tracing::warn!("keeping the token lengths in {}: {e}", cache.display());
     }
     Ok(rows)
+}
+
+/// The lock of one cache file; entries live as long as the process (one per data set and
+/// tokenization measured, a few bytes each).
+fn measuring(cache: &Path) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    locks.entry(cache.to_path_buf()).or_default().clone()
 }
 
 /// Written to a temporary file and renamed, so a reader never sees half of one.

@@ -36,37 +36,51 @@ pub fn measure_file(
     tok: &TokenizerInfo,
     template: Option<&ChatTemplate>,
 ) -> Result<Vec<LineLengths>> {
+    use rayon::prelude::*;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = std::io::BufReader::new(file);
     let mut problems = Problems::default();
     let mut rows = Vec::new();
-    let mut raw = Vec::new();
     let mut line = 0usize;
-    loop {
-        raw.clear();
-        if reader
-            .read_until(b'\n', &mut raw)
-            .map_err(|e| Error::io(path, e))?
-            == 0
-        {
-            break;
-        }
-        line += 1;
-        if raw.last() == Some(&b'\n') {
-            raw.pop();
-        }
-        let measured = match parse_raw_line(line, &raw) {
-            None => continue,
-            Some(pair) => pair.and_then(|pair| {
+    let measure = |(line, raw): &(usize, Vec<u8>)| {
+        parse_raw_line(*line, raw).map(|pair| {
+            pair.and_then(|pair| {
                 apply_chat_template(&pair, template).and_then(|text| row_lengths(&text, tok))
-            }),
-        };
-        match measured {
-            Ok(lengths) => rows.push(LineLengths {
-                line: u32::try_from(line).unwrap_or(u32::MAX),
-                lengths,
-            }),
-            Err(message) => problems.push(line, message),
+            })
+        })
+    };
+    // Lines are read a chunk at a time and measured in parallel (templating and tokenizing
+    // are the cost: a first plan of a large data set waits for them), in file order.
+    let mut chunk: Vec<(usize, Vec<u8>)> = Vec::with_capacity(MEASURE_CHUNK);
+    let mut done = false;
+    while !done {
+        chunk.clear();
+        while chunk.len() < MEASURE_CHUNK {
+            let mut raw = Vec::new();
+            if reader
+                .read_until(b'\n', &mut raw)
+                .map_err(|e| Error::io(path, e))?
+                == 0
+            {
+                done = true;
+                break;
+            }
+            line += 1;
+            if raw.last() == Some(&b'\n') {
+                raw.pop();
+            }
+            chunk.push((line, raw));
+        }
+        let measured: Vec<_> = chunk.par_iter().map(measure).collect();
+        for ((line, _), measured) in chunk.iter().zip(measured) {
+            match measured {
+                None => {}
+                Some(Ok(lengths)) => rows.push(LineLengths {
+                    line: u32::try_from(*line).unwrap_or(u32::MAX),
+                    lengths,
+                }),
+                Some(Err(message)) => problems.push(*line, message),
+            }
         }
     }
     if rows.is_empty() && problems.is_empty() {
@@ -74,6 +88,9 @@ pub fn measure_file(
     }
     problems.into_result(shown, rows)
 }
+
+/// Lines measured at once by [`measure_file`].
+const MEASURE_CHUNK: usize = 4096;
 
 /// The micro-batches a job will see, from its data's lengths: the most pairs in one and the
 /// tokens of its longest padded row, for training and for evaluation.
@@ -274,6 +291,49 @@ mod tests {
             }
             other => panic!("{other}"),
         }
+    }
+
+    /// Rows measured a chunk at a time in parallel keep file order and their lines, across
+    /// chunk boundaries and blank lines.
+    #[test]
+    fn large_files_keep_order_and_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prefs.jsonl");
+        let mut text = String::new();
+        for i in 0..2 * MEASURE_CHUNK + 7 {
+            if i % 1000 == 999 {
+                text.push('\n');
+            }
+            let answer = " yes".repeat(1 + i % 5);
+            text.push_str(&format!(
+                "{{\"prompt\":\"q{i}\",\"chosen\":\"{answer}\",\"rejected\":\" no\"}}\n"
+            ));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let tok = llama();
+        let rows = measure_file(&path, &path, &tok, None).unwrap();
+        let pairs =
+            crate::data::load_pairs(&path, &tok, None, &TokenizeOptions::default()).unwrap();
+        assert_eq!(rows.len(), 2 * MEASURE_CHUNK + 7);
+        assert_eq!(rows.len(), pairs.len());
+        for (row, pair) in rows.iter().zip(&pairs) {
+            assert_eq!(
+                row.lengths.padded(),
+                pair.chosen_ids.len().max(pair.rejected_ids.len()),
+                "line {}",
+                row.line
+            );
+        }
+        let lines: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(i, _)| i + 1)
+            .collect();
+        assert_eq!(
+            rows.iter().map(|r| r.line as usize).collect::<Vec<_>>(),
+            lines
+        );
     }
 
     #[test]
