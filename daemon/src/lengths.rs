@@ -7,12 +7,13 @@
 //! digest of what tokenization depends on (the tokenizer, its special tokens and the chat
 //! template), so a different model measures anew and a deleted data set takes its files along.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use orpo_api::{parse_dataset_ref, JobSpec};
-use orpo_trainer::data::lengths::{batch_shape, measure_file, BatchShape, LineLengths};
+use orpo_trainer::data::lengths::{job_batch_shape, measure_file, BatchShape, LineLengths};
 use orpo_trainer::template::ChatTemplate;
 use orpo_trainer::tokenizer::TokenizerInfo;
 use sha2::{Digest, Sha256};
@@ -25,25 +26,15 @@ pub fn lengths_dir(state_dir: &Path) -> PathBuf {
 /// The batch shape of `spec`, whose data are uploaded data sets (`sha256:` references) or, for
 /// jobs run outside the daemon, files. The error names the setting or the row at fault.
 pub fn job_batches(state_dir: &Path, spec: &JobSpec) -> Result<BatchShape, String> {
-    let tok = orpo_trainer::model::read_tokenizer(Path::new(&spec.model.base))
-        .map_err(|e| format!("model.base: {e}"))?;
-    let template = ChatTemplate::from_setting(&spec.data.chat_template, &tok)
-        .map_err(|e| format!("data.chat_template: {e}"))?;
-    let key = tokenization_key(&tok, &spec.data.chat_template)?;
-    let measure = |name: &str, value: &str| -> Result<Vec<LineLengths>, String> {
-        measured(state_dir, value, &key, &tok, template.as_ref())
-            .map_err(|e| format!("{name}: {e}"))
-    };
-    let train = measure("data.train", &spec.data.train)?;
-    let eval = match spec.data.eval.as_str() {
-        "" => None,
-        eval => Some(measure("data.eval", eval)?),
-    };
-    batch_shape(
-        spec,
-        (Path::new(&spec.data.train), &train),
-        eval.as_deref().map(|e| (Path::new(&spec.data.eval), e)),
-    )
+    // The tokenization's digest, computed once for train and eval.
+    let key = OnceCell::new();
+    job_batch_shape(spec, |value, tok, template| {
+        let key = key
+            .get_or_init(|| tokenization_key(tok, &spec.data.chat_template))
+            .as_ref()
+            .map_err(|e| orpo_trainer::Error::Tokenizer(e.clone()))?;
+        measured(state_dir, value, key, tok, template)
+    })
     .map_err(|e| e.to_string())
 }
 
@@ -107,7 +98,7 @@ fn tokenization_key(tok: &TokenizerInfo, chat_template: &str) -> Result<String, 
     let tokenizer = tok
         .tokenizer
         .to_string(false)
-        .map_err(|e| format!("model.base: the tokenizer cannot be serialized: {e}"))?;
+        .map_err(|e| format!("cannot be serialized: {e}"))?;
     let mut h = Sha256::new();
     for part in [
         tokenizer.as_str(),

@@ -3,10 +3,12 @@
 //! `POST /v1/plan` runs the same policy for a job that is not stored.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use orpo_api::{JobError, JobSpec, JobState, JobView};
-use orpo_trainer::estimate::{estimate_job, MemoryEstimate};
+use orpo_trainer::estimate::{estimate, JobShape, MemoryEstimate};
+use orpo_trainer::model::read_config;
 
 use super::{panic_text, Supervisor};
 use crate::devices::admission::{admit, Candidate, Decision, DeviceState, Policy};
@@ -80,12 +82,16 @@ impl Supervisor {
         let (spec, cuda) = (spec.clone(), self.on_gpu(&spec.resources.device));
         let state_dir = self.config.state_dir.clone();
         let work = move || -> Result<MemoryEstimate, String> {
-            let model_error = |e| format!("model.base: cannot estimate the job's memory: {e}");
-            // The model's config first: a model no one could train is named as such before
-            // its tokenizer or the data are read.
-            estimate_job(&spec, cuda, None).map_err(model_error)?;
+            let model_error = |e: orpo_trainer::Error| {
+                format!("model.base: cannot estimate the job's memory: {e}")
+            };
+            let cfg = read_config(Path::new(&spec.model.base)).map_err(model_error)?;
+            let shape = JobShape::from_spec(&spec, cuda);
+            // The worst case first, on the config alone: a model no one could train is named
+            // as such before its tokenizer or the data are read.
+            estimate(&cfg, &shape).map_err(model_error)?;
             let batches = crate::lengths::job_batches(&state_dir, &spec)?;
-            estimate_job(&spec, cuda, Some(&batches)).map_err(model_error)
+            estimate(&cfg, &shape.with_batches(&batches)).map_err(model_error)
         };
         match tokio::task::spawn_blocking(work).await {
             Ok(result) => result,

@@ -157,27 +157,40 @@ pub fn batch_shape(
     })
 }
 
-/// The [`BatchShape`] of `spec` read straight from the files it names, with its model's
-/// tokenizer and template (no weights are loaded, nothing is cached): for `orpod calibrate`
-/// and jobs run outside the daemon.
-pub fn measure_job(spec: &JobSpec) -> Result<BatchShape> {
-    let tok = crate::model::read_tokenizer(Path::new(&spec.model.base))?;
-    let template = ChatTemplate::from_setting(&spec.data.chat_template, &tok)?;
-    let measure = |path: &str| {
-        let path = Path::new(path);
-        measure_file(path, path, &tok, template.as_ref())
-    };
-    let train = measure(&spec.data.train)?;
-    let eval = if spec.data.eval.is_empty() {
-        None
-    } else {
-        Some(measure(&spec.data.eval)?)
+/// The [`BatchShape`] of `spec`: the tokenizer and chat template of its model (no weights are
+/// loaded), and the lengths of `data.train` and, when set, `data.eval`, each got by
+/// `measure(value, tokenizer, template)` (the daemon reads them from its cache). An error
+/// names the key at fault, or the row.
+pub fn job_batch_shape(
+    spec: &JobSpec,
+    measure: impl Fn(&str, &TokenizerInfo, Option<&ChatTemplate>) -> Result<Vec<LineLengths>>,
+) -> Result<BatchShape> {
+    fn keyed(key: &'static str) -> impl Fn(Error) -> Error {
+        move |e| Error::Config(format!("{key}: {e}"))
+    }
+    let tok =
+        crate::model::read_tokenizer(Path::new(&spec.model.base)).map_err(keyed("model.base"))?;
+    let template = ChatTemplate::from_setting(&spec.data.chat_template, &tok)
+        .map_err(keyed("data.chat_template"))?;
+    let train = measure(&spec.data.train, &tok, template.as_ref()).map_err(keyed("data.train"))?;
+    let eval = match spec.data.eval.as_str() {
+        "" => None,
+        eval => Some(measure(eval, &tok, template.as_ref()).map_err(keyed("data.eval"))?),
     };
     batch_shape(
         spec,
         (Path::new(&spec.data.train), &train),
         eval.as_deref().map(|e| (Path::new(&spec.data.eval), e)),
     )
+}
+
+/// [`job_batch_shape`] with the files read straight from the paths the job names (nothing is
+/// cached): for `orpod calibrate` and jobs run outside the daemon.
+pub fn measure_job(spec: &JobSpec) -> Result<BatchShape> {
+    job_batch_shape(spec, |value, tok, template| {
+        let path = Path::new(value);
+        measure_file(path, path, tok, template)
+    })
 }
 
 #[cfg(test)]
