@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use anyhow::{bail, Context};
 use orpo_api::JobSpec;
 use orpo_trainer::data::lengths::measure_job;
+use orpo_trainer::data::SplitMix64;
 use orpo_trainer::estimate::estimate_job;
 use sha2::Digest;
 
@@ -281,7 +282,11 @@ fn wait_with_rusage(pid: u32) -> anyhow::Result<(i32, u64)> {
 /// Writes the data set `kind` for a longest `max_length` of `max_len` (the same bytes on
 /// every call, so `--work-dir` reuses peaks).
 fn write_data(path: &Path, kind: DataKind, max_len: usize) -> anyhow::Result<()> {
+    // A fixed generator, so the data sets are the same bytes on every machine and release.
     let mut rng = SplitMix64(0x5EED ^ kind as u64);
+    // A number in `lo..hi` (or `lo` when the range is empty).
+    let mut range =
+        |lo: usize, hi: usize| lo + (rng.next_u64() % hi.saturating_sub(lo).max(1) as u64) as usize;
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
     let mut word = 0usize;
     let mut text = |n: usize| -> String {
@@ -308,19 +313,19 @@ fn write_data(path: &Path, kind: DataKind, max_len: usize) -> anyhow::Result<()>
     // Word counts: a word of WORDS is about one token, the chat template adds about 15.
     for row in 0..256 {
         let (prompt, chosen, rejected) = match kind {
-            DataKind::Short => (rng.range(4, 24), rng.range(3, 40), rng.range(3, 40)),
+            DataKind::Short => (range(4, 24), range(3, 40), range(3, 40)),
             DataKind::Long => (
-                rng.range(max_len / 8, max_len / 2),
-                rng.range(max_len / 4, max_len * 2),
-                rng.range(max_len / 4, max_len * 2),
+                range(max_len / 8, max_len / 2),
+                range(max_len / 4, max_len * 2),
+                range(max_len / 4, max_len * 2),
             ),
             // One row in twelve is long; the rest are short.
             _ if row % 12 == 5 => (
-                rng.range(max_len / 4, max_len / 2),
-                rng.range(max_len / 2, max_len * 2),
-                rng.range(max_len / 2, max_len),
+                range(max_len / 4, max_len / 2),
+                range(max_len / 2, max_len * 2),
+                range(max_len / 2, max_len),
             ),
-            _ => (rng.range(4, 24), rng.range(3, 30), rng.range(3, 30)),
+            _ => (range(4, 24), range(3, 30), range(3, 30)),
         };
         let line = serde_json::json!({
             "prompt": [{"role": "user", "content": text(prompt)}],
@@ -353,18 +358,3 @@ const WORDS: [&str; 19] = [
     "others",
     "train",
 ];
-
-/// A fixed generator, so the data sets are the same bytes on every machine and release.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A number in `lo..hi` (or `lo` when the range is empty).
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        lo + (z % (hi.saturating_sub(lo).max(1) as u64)) as usize
-    }
-}

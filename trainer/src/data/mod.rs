@@ -33,7 +33,7 @@ use crate::{Error, Result};
 
 pub use chat::apply_chat_template;
 pub use read::{parse_rows, read_rows, RowChecker};
-pub use split::split_eval;
+pub use split::{split_eval, SplitMix64};
 pub use tokenize::{row_lengths, tokenize_row, RowLengths};
 
 use problems::Problems;

@@ -32,11 +32,11 @@ pub fn split_eval<T>(items: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>
 }
 
 /// SplitMix64 (Steele, Lea & Flood 2014): a fixed, documented generator, so a split never
-/// changes with a `rand` upgrade.
-struct SplitMix64(u64);
+/// changes with a `rand` upgrade. Also what `orpod calibrate` draws its data sets from.
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -45,8 +45,8 @@ impl SplitMix64 {
     }
 
     /// A number in `0..n` (multiply-shift; the bias is below 2^-40 for any data set size).
-    fn below(&mut self, n: usize) -> usize {
-        ((u128::from(self.next()) * n as u128) >> 64) as usize
+    pub fn below(&mut self, n: usize) -> usize {
+        ((u128::from(self.next_u64()) * n as u128) >> 64) as usize
     }
 }
 
