@@ -129,6 +129,21 @@ fn systemd_analyze_verifies_the_unit() {
     );
 }
 
+/// `dir/orpod.toml`: port 0 and the state in `dir/state`. Returns (state folder, config).
+fn write_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let state = dir.join("state");
+    let config = dir.join("orpod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\n",
+            state.to_string_lossy()
+        ),
+    )
+    .unwrap();
+    (state, config)
+}
+
 /// A real `orpod serve` with `NOTIFY_SOCKET` pointing at a socket this test listens on.
 struct Notified {
     child: Option<Child>,
@@ -140,16 +155,7 @@ struct Notified {
 impl Notified {
     fn start(watchdog: Duration, env: &[(&str, &Path)]) -> Notified {
         let tmp = tempfile::tempdir().unwrap();
-        let state = tmp.path().join("state");
-        let config = tmp.path().join("orpod.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\n",
-                state.to_string_lossy()
-            ),
-        )
-        .unwrap();
+        let (state, config) = write_config(tmp.path());
         let socket_path = tmp.path().join("notify.sock");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
         let log = std::fs::File::create(tmp.path().join("orpod.log")).unwrap();
@@ -395,17 +401,8 @@ fn runs_as_a_transient_systemd_service() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let config = tmp.path().join("orpod.toml");
+    let (state, config) = write_config(tmp.path());
     let log = tmp.path().join("orpod.log");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\n",
-            state.to_string_lossy()
-        ),
-    )
-    .unwrap();
     let name = format!("orpod-e2e-{}.service", std::process::id());
     struct Cleanup<'a>(&'a dyn Fn(&[&str]) -> (bool, String), &'a str);
     impl Drop for Cleanup<'_> {
