@@ -37,12 +37,7 @@ async fn lifecycle_submit_train_succeed_and_read_everything_back() {
         );
     }
 
-    let metrics = d.client.metrics(job.id, None).await.unwrap();
-    let steps: Vec<usize> = metrics
-        .iter()
-        .filter(|r| r.learning_rate.is_some())
-        .map(|r| r.step)
-        .collect();
+    let steps = d.train_steps(job.id).await;
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(d.client.metrics(job.id, Some(4)).await.unwrap().len(), 2);
 

@@ -48,15 +48,7 @@ async fn pause_checkpoints_frees_the_slot_and_resume_continues() {
         .await;
     assert_eq!(done.attempts, 2);
     assert_eq!(done.progress.step, 40);
-    let steps: Vec<usize> = d
-        .client
-        .metrics(job.id, None)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.learning_rate.is_some())
-        .map(|r| r.step)
-        .collect();
+    let steps = d.train_steps(job.id).await;
     assert_eq!(
         steps,
         (1..=40).collect::<Vec<_>>(),

@@ -36,13 +36,9 @@ fn zero_vocab_model(dir: &std::path::Path) -> std::path::PathBuf {
 async fn bad_values_are_refused_at_submit_and_name_the_key() {
     let (tmp, model) = fixture();
     let d = TestDaemon::start(exe(), &tmp.path().join("state"), "").await;
-    let ds = d
-        .client
-        .upload_dataset(orpo_tests::prefs_jsonl(4))
-        .await
-        .unwrap();
+    let reference = d.upload(4).await;
     let submit = |train: &str| SubmitJobRequest {
-        job_toml: Some(job_toml(&model, &ds.reference, train)),
+        job_toml: Some(job_toml(&model, &reference, train)),
         ..Default::default()
     };
     for (train, key) in [
@@ -54,7 +50,7 @@ async fn bad_values_are_refused_at_submit_and_name_the_key() {
         assert_eq!(err.code(), Some("invalid_job"), "{train}: {err}");
         assert!(err.to_string().contains(key), "{train}: {err}");
     }
-    let huge = job_toml(&model, &ds.reference, "")
+    let huge = job_toml(&model, &reference, "")
         .replace("max_length = 48", "max_length = 4611686018427387904");
     let err = d
         .client
@@ -69,7 +65,7 @@ async fn bad_values_are_refused_at_submit_and_name_the_key() {
     let err = d
         .client
         .submit(&SubmitJobRequest {
-            job_toml: Some(job_toml(&zero, &ds.reference, "")),
+            job_toml: Some(job_toml(&zero, &reference, "")),
             ..Default::default()
         })
         .await
@@ -96,12 +92,7 @@ async fn stored_bad_jobs_fail_alone_and_the_queue_goes_on() {
     let reference;
     {
         let mut d = TestDaemon::start(exe(), &state, "").await;
-        reference = d
-            .client
-            .upload_dataset(orpo_tests::prefs_jsonl(4))
-            .await
-            .unwrap()
-            .reference;
+        reference = d.upload(4).await;
         d.stop();
     }
     let zero = zero_vocab_model(tmp.path());
@@ -163,15 +154,11 @@ async fn stored_bad_jobs_fail_alone_and_the_queue_goes_on() {
 async fn idempotency_keys_over_http() {
     let (tmp, model) = fixture();
     let d = TestDaemon::start(exe(), &tmp.path().join("state"), "").await;
-    let ds = d
-        .client
-        .upload_dataset(orpo_tests::prefs_jsonl(4))
-        .await
-        .unwrap();
+    let reference = d.upload(4).await;
     let body = |steps: u32| SubmitJobRequest {
         job_toml: Some(job_toml(
             &model,
-            &ds.reference,
+            &reference,
             &format!("max_steps = {steps}"),
         )),
         ..Default::default()

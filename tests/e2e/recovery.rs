@@ -58,15 +58,7 @@ async fn kill9_requeues_the_running_job_which_resumes_and_loses_nothing_acknowle
             .any(|e| e.message.contains("resumed from step-")),
         "the second attempt resumed from a checkpoint: {events:#?}"
     );
-    let steps: Vec<usize> = d
-        .client
-        .metrics(job.id, None)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.learning_rate.is_some())
-        .map(|r| r.step)
-        .collect();
+    let steps = d.train_steps(job.id).await;
     assert_eq!(steps, (1..=30).collect::<Vec<_>>());
     for id in acked {
         d.wait_state(id, JobState::Succeeded, Duration::from_secs(60))
@@ -118,12 +110,7 @@ async fn restart_with_ten_thousand_stored_jobs() {
     {
         // Seed through a first daemon so the data set exists, then fill the store directly.
         let mut d = TestDaemon::start(exe(), &state, "").await;
-        ds_ref = d
-            .client
-            .upload_dataset(orpo_tests::prefs_jsonl(4))
-            .await
-            .unwrap()
-            .reference;
+        ds_ref = d.upload(4).await;
         d.stop();
     }
     let spec = orpo_api::JobSpec::parse(&job_toml(&model, &ds_ref, "max_steps = 1"), "j".as_ref())

@@ -285,15 +285,7 @@ async fn kill9_at_twenty_random_moments_loses_nothing_acknowledged() {
         .wait_state(train.id, JobState::Succeeded, Duration::from_secs(300))
         .await;
     assert!(done.attempts > 1, "the job was interrupted: {done:?}");
-    let steps: Vec<usize> = d
-        .client
-        .metrics(train.id, None)
-        .await
-        .unwrap()
-        .iter()
-        .filter(|r| r.learning_rate.is_some())
-        .map(|r| r.step)
-        .collect();
+    let steps = d.train_steps(train.id).await;
     assert_eq!(steps, (1..=60).collect::<Vec<_>>());
     let events = d.client.events(train.id, None).await.unwrap();
     assert!(

@@ -175,6 +175,27 @@ impl TestDaemon {
         }
     }
 
+    /// Uploads `rows` rows of [`prefs_jsonl`]; returns the data set's reference.
+    pub async fn upload(&self, rows: usize) -> String {
+        self.client
+            .upload_dataset(prefs_jsonl(rows))
+            .await
+            .expect("upload")
+            .reference
+    }
+
+    /// The steps of a job's logged training records (those with a learning rate), in order.
+    pub async fn train_steps(&self, id: u64) -> Vec<usize> {
+        self.client
+            .metrics(id, None)
+            .await
+            .expect("metrics")
+            .iter()
+            .filter(|r| r.learning_rate.is_some())
+            .map(|r| r.step)
+            .collect()
+    }
+
     /// The ids of [`TestDaemon::all_jobs`].
     pub async fn job_ids(&self) -> Vec<u64> {
         self.all_jobs().await.iter().map(|j| j.id).collect()
