@@ -46,7 +46,17 @@ model_roots = ["$PWD/trainer/tests/fixtures"]
 max_running = 1
 events_keepalive_s = 1
 cancel_grace_s = 1
+# The per-user limits at their widest: every job the spec allows is one the daemon takes (the
+# limits are tested in tests/e2e/security.rs).
+max_queued_per_user = 9223372036854775807
+max_steps_per_user = 9223372036854775807
+max_keep_checkpoints = 65536
+min_save_every = 1
 EOF
+# A shared daemon: every request carries an admin's token (schemathesis' ignored_auth check
+# also sends requests without it and with a wrong one, and expects 401).
+"$orpod" user add st --admin --state-dir "$work/state" 2>/dev/null
+token="$("$orpod" token create --user st --state-dir "$work/state" 2>/dev/null)"
 "$orpod" serve --config "$work/orpod.toml" --listen 127.0.0.1:0 --state-dir "$work/state" \
     2>"$work/orpod.log" &
 pid=$!
@@ -65,7 +75,7 @@ printf '%s\n' \
     '{"source": "tests/schemathesis.sh", "prompt": "", "chosen": "yes", "rejected": "no"}' \
     '{"source": "tests/schemathesis.sh", "prompt": "", "chosen": "no", "rejected": "yes"}' \
     >"$work/prefs.jsonl"
-reference="$(curl -sf -X POST -H 'Content-Type: application/x-ndjson' \
+reference="$(curl -sf -X POST -H 'Content-Type: application/x-ndjson' -H "Authorization: Bearer $token" \
     --data-binary @"$work/prefs.jsonl" "$url/v1/datasets" |
     "$venv/bin/python" -c 'import json, sys; print(json.load(sys.stdin)["reference"])')"
 export ORPOD_ST_MODEL=tiny-llama ORPOD_ST_DATASET="$reference"
@@ -75,7 +85,7 @@ export SCHEMATHESIS_HOOKS="$PWD/tests/schemathesis_hooks.py"
 spec="$PWD/api-spec/openapi.json"
 cd "$work"
 "$venv/bin/schemathesis" run "$spec" --url "$url" \
-    --max-examples "$examples" --seed 1 --workers 1 \
+    --max-examples "$examples" --seed 1 --workers 1 -H "Authorization: Bearer $token" \
     --suppress-health-check all \
     --checks all --request-timeout 5 "$@" \
     || { echo "schemathesis failed; daemon log:" >&2; tail -50 "$work/orpod.log" >&2; exit 1; }

@@ -13,8 +13,9 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    CheckpointView, DatasetView, ErrorBody, EventView, GpusView, HealthView, JobList, JobState,
-    JobView, MetricRecord, PlanView, SubmitJobRequest,
+    CallerView, CheckpointView, CreatedToken, DatasetView, ErrorBody, EventView, GpusView,
+    HealthView, JobList, JobState, JobView, MetricRecord, NewToken, NewUser, PlanView,
+    SubmitJobRequest, TokenView, UserView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -361,6 +362,56 @@ impl Client {
             req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
         check(req.send().await?).await
+    }
+
+    /// Who the daemon takes this client for.
+    pub async fn me(&self) -> Result<CallerView> {
+        decode(self.http.get(self.url("/v1/me")).send().await?).await
+    }
+
+    /// Every user (admins).
+    pub async fn users(&self) -> Result<Vec<UserView>> {
+        decode(self.http.get(self.url("/v1/users")).send().await?).await
+    }
+
+    /// Adds a user (admins).
+    pub async fn add_user(&self, user: &NewUser) -> Result<UserView> {
+        decode(
+            self.http
+                .post(self.url("/v1/users"))
+                .json(user)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Creates a token (for the caller, or for `user` when an admin asks).
+    pub async fn create_token(&self, req: &NewToken) -> Result<CreatedToken> {
+        decode(
+            self.http
+                .post(self.url("/v1/tokens"))
+                .json(req)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// The caller's tokens (an admin's: everyone's).
+    pub async fn tokens(&self) -> Result<Vec<TokenView>> {
+        decode(self.http.get(self.url("/v1/tokens")).send().await?).await
+    }
+
+    /// Revokes a token by its id; it stops working at once.
+    pub async fn revoke_token(&self, id: &str) -> Result<TokenView> {
+        decode(
+            self.http
+                .delete(self.url(&format!("/v1/tokens/{id}")))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     pub async fn gpus(&self) -> Result<GpusView> {

@@ -102,8 +102,9 @@ pub struct SubmitJobRequest {
     /// The job as JSON, instead of `job_toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<JobSpec>,
-    /// Who submits; shown in listings and used by `?owner=`: printable text of at most 64
-    /// characters. Defaults to "anonymous" (also when blank).
+    /// Who submits, on a daemon without users (open, loopback only): printable text of at most
+    /// 64 characters, default "anonymous" (also when blank). With users the owner is the
+    /// token's user and a different name here is refused (403).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(
         feature = "schema",
@@ -189,7 +190,10 @@ pub struct JobView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
-    pub spec: JobSpec,
+    /// The job file as the daemon runs it; absent on another user's job (so are `metrics` and
+    /// `eval_metrics`, and the error's message is replaced by a note): everyone sees the queue,
+    /// only the owner and admins see what a job does.
+    pub spec: Option<JobSpec>,
 }
 
 /// `GET /v1/jobs`: newest first; pass `next_cursor` as `cursor` for the next page.

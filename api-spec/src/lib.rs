@@ -8,6 +8,7 @@
 //! - [`datasets`]: uploaded JSONL data, named by sha256.
 //! - [`gpus`]: devices and placement (`/v1/gpus`, `/v1/plan`).
 //! - [`health`]: the `/healthz` answer.
+//! - [`users`]: users and API tokens (`/v1/me`, `/v1/users`, `/v1/tokens`).
 //! - [`label`]: the rule for free text shown to others (job names, owners).
 //! - [`error`]: the error body every failed request carries.
 //! - `client` (feature `client`): a typed reqwest client of the v1 API.
@@ -22,6 +23,7 @@ pub mod health;
 pub mod jobs;
 pub mod label;
 pub mod spec;
+pub mod users;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -39,3 +41,7 @@ pub use jobs::{
 };
 pub use label::{check_label, NAME_MAX_CHARS, OWNER_MAX_CHARS};
 pub use spec::{JobSpec, SpecError};
+pub use users::{
+    check_user_name, parse_lifetime, CallerView, CreatedToken, NewToken, NewUser, TokenView,
+    UserView, MAX_TOKEN_LIFETIME_S,
+};

@@ -131,6 +131,119 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Who the daemon takes you for: your token's user, or anonymous on an open daemon
+    Whoami {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Users of the daemon: add them, list them (admins)
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens: create one (shown only once), list them, revoke one
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Print a shell completion script (e.g. `orpoctl completions bash > ~/.local/share/bash-completion/completions/orpoctl`)
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (admins); `orpoctl token create --user NAME` then makes their token
+    Add {
+        /// 1-32 letters, digits, '.', '_' or '-', starting with a letter or digit
+        #[arg(value_parser = user_name)]
+        name: String,
+        /// May add users, manage everyone's tokens and jobs
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List the users (admins)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (only the token, on stdout: `TOKEN=$(orpoctl token create)`);
+    /// it is shown only this once
+    Create {
+        /// Whose token (admins may name another user); default: yours
+        #[arg(long, value_parser = user_name)]
+        user: Option<String>,
+        /// How long it works: e.g. 90d, 12h, 2w, 3600 (seconds), or never
+        #[arg(long, value_name = "LIFETIME", default_value = "never", value_parser = lifetime)]
+        expires: Lifetime,
+        /// Print the token and its id, user and expiry as JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens: yours (an admin's: everyone's); never the tokens themselves
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (as `token list` shows it): it stops working at once
+    Revoke { id: String },
+}
+
+/// A token's lifetime in seconds; `None`: it never expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime(pub Option<u64>);
+
+/// `--expires`, checked here so that a bad one is a usage error (exit 2) before anything is sent.
+fn lifetime(text: &str) -> Result<Lifetime, String> {
+    orpo_api::parse_lifetime(text).map(Lifetime)
+}
+
+fn user_name(text: &str) -> Result<String, String> {
+    orpo_api::check_user_name(text).map(|()| text.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn token_lifetimes_and_user_names_are_checked_here() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let cli = parse(&[
+            "orpoctl",
+            "token",
+            "create",
+            "--user",
+            "bob",
+            "--expires",
+            "90d",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Token(TokenCommand::Create { user, expires, .. }) => {
+                assert_eq!(user.as_deref(), Some("bob"));
+                assert_eq!(expires, Lifetime(Some(90 * 86_400)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["orpoctl", "token", "create"]).unwrap().command {
+            Command::Token(TokenCommand::Create { user, expires, .. }) => {
+                assert_eq!((user, expires), (None, Lifetime(None)));
+            }
+            other => panic!("{other:?}"),
+        }
+        let e = parse(&["orpoctl", "token", "create", "--expires", "1y"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .contains("\"1y\" is not a lifetime: write e.g. 90d, 12h, 30m, 2w or never"),
+            "{e}"
+        );
+        let e = parse(&["orpoctl", "user", "add", "-x"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let e = parse(&["orpoctl", "user", "add", "al ice"]).unwrap_err();
+        assert!(e.to_string().contains("is not valid"), "{e}");
+        assert!(parse(&["orpoctl", "user", "add", "alice", "--admin"]).is_ok());
+    }
 }

@@ -22,7 +22,13 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8750";
 pub struct Settings {
     pub server: String,
     pub server_from: &'static str,
+    /// Sent as a bearer token; never empty.
     pub token: Option<String>,
+    /// Where the token came from (`--token`, `ORPOD_TOKEN`, the config file), for error
+    /// messages; empty when there is none.
+    pub token_from: &'static str,
+    /// The owner named in submits to an open daemon (one without users); with a token the
+    /// daemon takes the token's user instead.
     pub owner: String,
 }
 
@@ -69,11 +75,18 @@ pub fn resolve(global: &Global) -> anyhow::Result<Settings> {
         (DEFAULT_SERVER.to_string(), "the default")
     };
     let server = normalise(&server)?;
-    let token = global
-        .token
-        .clone()
-        .or_else(|| env("ORPOD_TOKEN"))
-        .or(file.token);
+    // The first place that names one wins; an empty one there (`--token ""`) means none.
+    let (token, token_from) = if let Some(t) = &global.token {
+        (Some(t.clone()), "--token")
+    } else if let Some(t) = env("ORPOD_TOKEN") {
+        (Some(t), "ORPOD_TOKEN")
+    } else if let Some(t) = file.token {
+        (Some(t), "~/.config/orpoctl/config.toml")
+    } else {
+        (None, "")
+    };
+    let token = token.filter(|t| !t.trim().is_empty());
+    let token_from = if token.is_some() { token_from } else { "" };
     let owner = file
         .owner
         .or_else(|| env("USER"))
@@ -83,6 +96,7 @@ pub fn resolve(global: &Global) -> anyhow::Result<Settings> {
         server,
         server_from,
         token,
+        token_from,
         owner,
     })
 }

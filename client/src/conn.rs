@@ -40,15 +40,7 @@ impl Conn {
         }
         match &e {
             ClientError::Api { code, message, .. } => {
-                let hint = match code.as_str() {
-                    "job_not_found" => "\n`orpoctl list` shows the jobs.",
-                    "checkpoint_not_found" => "\n`orpoctl checkpoints ID` lists them.",
-                    "unauthorized" | "forbidden" => {
-                        "\nCheck the token (--token, ORPOD_TOKEN or the config file)."
-                    }
-                    _ => "",
-                };
-                anyhow::anyhow!("{message} ({code}){hint}")
+                anyhow::anyhow!("{}", explain_api(&self.settings, code, message))
             }
             ClientError::Http(_) => anyhow::anyhow!(
                 "talking to orpod at {} failed: {}",
@@ -56,6 +48,48 @@ impl Conn {
                 root_cause(&e)
             ),
         }
+    }
+}
+
+/// Where a token goes and who makes one: the second line of every 401.
+pub const TOKEN_HINT: &str = "Set one with --token, ORPOD_TOKEN or `token = \"...\"` in \
+    ~/.config/orpoctl/config.toml; an admin makes one with `orpoctl token create --user NAME` \
+    (or `orpod token create --user NAME` on the server while the daemon is stopped).";
+
+/// The message for an error answer of the daemon: its message and code, and for the codes a
+/// person can act on, what to do next. A 401 says whether a token was sent at all (and from
+/// where) and where one goes; a 403 is the daemon's own message, which says what was refused.
+pub fn explain_api(settings: &Settings, code: &str, message: &str) -> String {
+    match code {
+        "unauthorized" => match &settings.token {
+            None => format!(
+                "orpod at {} needs a token and none is set (unauthorized)\n{TOKEN_HINT}",
+                settings.server
+            ),
+            Some(_) => format!(
+                "orpod at {} refused the token from {}: {} (unauthorized)\n{TOKEN_HINT}",
+                settings.server,
+                settings.token_from,
+                refusal_reason(message)
+            ),
+        },
+        _ => {
+            let hint = match code {
+                "job_not_found" => "\n`orpoctl list` shows the jobs.",
+                "checkpoint_not_found" => "\n`orpoctl checkpoints ID` lists them.",
+                _ => "",
+            };
+            format!("{message} ({code}){hint}")
+        }
+    }
+}
+
+/// The daemon's reason for a 401 without the advice it appends for any client (`...: send
+/// \`Authorization: Bearer <token>\` (orpoctl: ...)`): [`TOKEN_HINT`] says it for orpoctl.
+fn refusal_reason(message: &str) -> &str {
+    match message.find(": send `Authorization") {
+        Some(i) => &message[..i],
+        None => message.trim_end(),
     }
 }
 
@@ -76,5 +110,84 @@ pub trait ApiResult<T> {
 impl<T> ApiResult<T> for Result<T, ClientError> {
     fn or_explain(self, conn: &Conn) -> anyhow::Result<T> {
         self.map_err(|e| conn.error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(token: Option<&str>, token_from: &'static str) -> Settings {
+        Settings {
+            server: "http://gpu-box:8750".into(),
+            server_from: "ORPOD_URL",
+            token: token.map(String::from),
+            token_from,
+            owner: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn a_401_without_a_token_says_where_one_goes() {
+        let msg = explain_api(
+            &settings(None, ""),
+            "unauthorized",
+            "this daemon needs a token: send `Authorization: Bearer <token>` (orpoctl: ...)",
+        );
+        assert_eq!(
+            msg,
+            "orpod at http://gpu-box:8750 needs a token and none is set (unauthorized)\n\
+             Set one with --token, ORPOD_TOKEN or `token = \"...\"` in \
+             ~/.config/orpoctl/config.toml; an admin makes one with `orpoctl token create \
+             --user NAME` (or `orpod token create --user NAME` on the server while the daemon \
+             is stopped)."
+        );
+    }
+
+    #[test]
+    fn a_401_with_a_token_gives_the_daemons_reason_and_the_hint() {
+        let msg = explain_api(
+            &settings(Some("orpod_x"), "ORPOD_TOKEN"),
+            "unauthorized",
+            "the token expired at 2026-11-27T12:00:00Z: send `Authorization: Bearer <token>` \
+             (orpoctl: --token, ORPOD_TOKEN or ...)",
+        );
+        assert_eq!(
+            msg,
+            format!(
+                "orpod at http://gpu-box:8750 refused the token from ORPOD_TOKEN: the token \
+                 expired at 2026-11-27T12:00:00Z (unauthorized)\n{TOKEN_HINT}"
+            )
+        );
+        // A reason without the daemon's advice is shown whole.
+        let msg = explain_api(
+            &settings(Some("x"), "--token"),
+            "unauthorized",
+            "unknown token",
+        );
+        assert!(
+            msg.starts_with(
+                "orpod at http://gpu-box:8750 refused the token from --token: unknown token \
+                 (unauthorized)\nSet one with --token"
+            ),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_403_is_the_daemons_message() {
+        let msg = explain_api(
+            &settings(Some("x"), "--token"),
+            "forbidden",
+            "job 3 belongs to alice; only its owner or an admin may cancel it",
+        );
+        assert_eq!(
+            msg,
+            "job 3 belongs to alice; only its owner or an admin may cancel it (forbidden)"
+        );
+        assert_eq!(
+            explain_api(&settings(None, ""), "job_not_found", "no job 42"),
+            "no job 42 (job_not_found)\n`orpoctl list` shows the jobs."
+        );
     }
 }

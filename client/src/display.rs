@@ -135,7 +135,53 @@ pub fn age(rfc3339: &str, now: SystemTime) -> String {
     let Ok(t) = humantime::parse_rfc3339_weak(rfc3339) else {
         return "?".into();
     };
-    let s = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    coarse(now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+/// An RFC 3339 time relative to `now`, as coarsely as [`age`]: `3m ago`, `in 89d`.
+pub fn relative(rfc3339: &str, now: SystemTime) -> String {
+    let Ok(t) = humantime::parse_rfc3339_weak(rfc3339) else {
+        return "?".into();
+    };
+    match t.duration_since(now) {
+        Ok(ahead) if ahead.as_secs() > 0 => format!("in {}", coarse_nearest(ahead.as_secs())),
+        _ => format!("{} ago", age(rfc3339, now)),
+    }
+}
+
+/// When a token stops working: `never`, `in 89d`, `expired 2h ago`.
+pub fn expiry(expires_at: Option<&str>, now: SystemTime) -> String {
+    match expires_at {
+        None => "never".into(),
+        Some(t) => {
+            let rel = relative(t, now);
+            if rel.ends_with(" ago") {
+                format!("expired {rel}")
+            } else {
+                rel
+            }
+        }
+    }
+}
+
+/// [`coarse`], rounded to the nearest unit rather than down: a token made to live 90 days
+/// shows `in 90d` a second later, not `in 89d`.
+fn coarse_nearest(s: u64) -> String {
+    let (unit, suffix, next) = match s {
+        0..60 => (1, "s", "1m"),
+        60..3600 => (60, "m", "1h"),
+        3600..86400 => (3600, "h", "1d"),
+        _ => (86400, "d", ""),
+    };
+    let n = (s + unit / 2) / unit;
+    match (suffix, n) {
+        ("s" | "m", 60) | ("h", 24) => next.to_string(),
+        _ => format!("{n}{suffix}"),
+    }
+}
+
+/// `5s`, `3m`, `2h`, `4d`.
+fn coarse(s: u64) -> String {
     match s {
         0..60 => format!("{s}s"),
         60..3600 => format!("{}m", s / 60),
@@ -218,6 +264,23 @@ mod tests {
         let mut t = Table::new(&["ID", "NAME"]);
         t.row(vec!["1".into(), "x\x1b[2J\ry".into()]);
         assert_eq!(t.render(), "ID  NAME\n1   x\\e[2J\\ry\n");
+    }
+
+    #[test]
+    fn times_relative_to_now() {
+        let now = humantime::parse_rfc3339("2026-11-27T12:00:00Z").unwrap();
+        assert_eq!(age("2026-11-25T09:00:00Z", now), "2d");
+        assert_eq!(relative("2026-11-27T11:57:00Z", now), "3m ago");
+        assert_eq!(relative("2027-02-25T12:00:00Z", now), "in 90d");
+        assert_eq!(relative("2027-02-25T11:59:59Z", now), "in 90d");
+        assert_eq!(relative("2027-02-24T20:00:00Z", now), "in 89d");
+        assert_eq!(relative("2026-11-27T12:59:50Z", now), "in 1h");
+        assert_eq!(relative("2026-11-28T11:40:00Z", now), "in 1d");
+        assert_eq!(relative("2026-11-27T12:00:00Z", now), "0s ago");
+        assert_eq!(relative("yesterday", now), "?");
+        assert_eq!(expiry(None, now), "never");
+        assert_eq!(expiry(Some("2026-11-27T18:00:00Z"), now), "in 6h");
+        assert_eq!(expiry(Some("2026-11-27T10:00:00Z"), now), "expired 2h ago");
     }
 
     #[test]

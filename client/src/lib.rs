@@ -7,10 +7,12 @@
 //!   `~/.config/orpoctl/config.toml`.
 //! - [`conn`]: the typed client of `orpo-api`, with errors that say what to check.
 //! - [`display`]: tables, sizes, durations, ages, the loss sparkline.
-//! - [`commands`]: one module per verb group (`submit`, `jobs`, `watch`, `checkpoints`, `gpus`).
+//! - [`commands`]: one module per verb group (`submit`, `jobs`, `watch`, `checkpoints`, `gpus`,
+//!   `users`: whoami, users and tokens).
 //!
-//! Exit codes: 0 ok, 1 an error (the server refused, the job failed, it cannot be reached),
-//! 2 a usage error (clap's own, or a job file that does not parse).
+//! Exit codes: 0 ok, 1 an error (the server refused, a missing or refused token, the job
+//! failed, it cannot be reached), 2 a usage error (clap's own, or a job file that does not
+//! parse).
 
 pub mod cli;
 pub mod commands;

@@ -37,6 +37,71 @@ pub enum Command {
     /// Check the memory estimate against measured peaks: trains a matrix of small configs on the
     /// CPU, each in its own process, and prints estimate, measured peak RSS and error.
     Calibrate(CalibrateArgs),
+    /// Users of a shared daemon, in its state folder while it is stopped (how the first admin
+    /// is made); while it runs an admin uses `orpoctl user`.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// API tokens, in the daemon's state folder while it is stopped; while it runs, `orpoctl
+    /// token`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Which state folder `orpod user` and `orpod token` work on: as for `orpod serve`.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// The daemon's config file (its `state_dir` is used).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// State folder (default as for `orpod serve`).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user. The first one should be an admin: once a user exists, every request needs
+    /// a token.
+    Add {
+        /// 1-32 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// May add users, manage everyone's tokens and jobs, and raise priorities.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token for a user and print it (only the token, on stdout). It is shown only
+    /// this once: the daemon keeps its hash.
+    Create {
+        #[arg(long)]
+        user: String,
+        /// How long it works: e.g. 90d, 12h, 2w, or never.
+        #[arg(long, default_value = "never")]
+        expires: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// List tokens (ids, users, expiry; never the tokens).
+    List {
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Revoke a token by its id: it stops working at once.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Debug, Args)]

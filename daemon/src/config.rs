@@ -20,7 +20,8 @@ pub struct ServeConfig {
     pub listen: String,
     /// sled database, uploaded data sets, job folders.
     pub state_dir: PathBuf,
-    /// Folders `model.base` (and `lora.init_adapter`) must be inside; empty: anywhere.
+    /// Folders `model.base` (and `lora.init_adapter`) must be inside, symlinks followed; a
+    /// relative `model.base` is taken inside the first. Empty: `<state_dir>/models`.
     pub model_roots: Vec<PathBuf>,
     /// The most jobs running at once (one worker process each), whatever the memory; admission
     /// starts a job only when a device also has the memory its estimate needs.
@@ -72,6 +73,24 @@ pub struct ServeConfig {
     pub min_free_mib: u64,
     /// The program run as `<worker_exe> worker --job-dir DIR`; empty: this executable.
     pub worker_exe: Option<PathBuf>,
+    /// The highest `priority` a job may have unless an admin submits it. Default 10.
+    pub max_user_priority: i32,
+    /// Most unfinished jobs one user may have waiting (queued, paused or interrupted); a submit
+    /// past it is refused. Default 50.
+    pub max_queued_per_user: usize,
+    /// Most jobs of one user running at once; 0: only `max_running` bounds them. Default 0.
+    pub max_running_per_user: usize,
+    /// Most optimizer steps one user's unfinished jobs may still have to run, all together; a
+    /// submit that would pass it is refused. Default 1,000,000.
+    pub max_steps_per_user: u64,
+    /// MiB one user's job folders (checkpoints, adapters, exports) may hold on the state disk;
+    /// submits are refused while they hold more (`orpoctl rm` frees it). Default 51,200.
+    pub max_checkpoint_mib_per_user: u64,
+    /// The most checkpoints a job may keep (`train.keep_checkpoints`). Default 10.
+    pub max_keep_checkpoints: usize,
+    /// The smallest `train.save_every` a job may ask for (0, "final only", is always allowed).
+    /// Default 10.
+    pub min_save_every: usize,
 }
 
 impl Default for ServeConfig {
@@ -97,6 +116,13 @@ impl Default for ServeConfig {
             job_retention_days: 0,
             min_free_mib: 256,
             worker_exe: None,
+            max_user_priority: 10,
+            max_queued_per_user: 50,
+            max_running_per_user: 0,
+            max_steps_per_user: 1_000_000,
+            max_checkpoint_mib_per_user: 51_200,
+            max_keep_checkpoints: 10,
+            min_save_every: 10,
         }
     }
 }
@@ -112,6 +138,15 @@ impl ServeConfig {
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
+    /// The model roots in force: the configured ones, or `<state_dir>/models`.
+    pub fn model_roots(&self) -> Vec<PathBuf> {
+        if self.model_roots.is_empty() {
+            vec![self.state_dir.join(MODELS_DIR)]
+        } else {
+            self.model_roots.clone()
+        }
+    }
+
     /// The worker executable: the configured one or the running binary.
     pub fn worker_exe(&self) -> anyhow::Result<PathBuf> {
         match &self.worker_exe {
@@ -119,6 +154,23 @@ impl ServeConfig {
             None => std::env::current_exe().context("locating the orpod executable"),
         }
     }
+}
+
+/// The folder of the state directory where models go when `model_roots` is not set.
+pub const MODELS_DIR: &str = "models";
+
+/// What the foreground commands (`orpod train`, `orpod eval`) make of a relative `model.base`
+/// that is not beside the job file (`JobSpec::load` resolves those): a model in the default
+/// state folder's `models/`, as the daemon reads it, so one job file works both ways.
+pub fn local_model(base: &str) -> String {
+    let path = Path::new(base);
+    if path.is_relative() && !path.exists() {
+        let in_models = default_state_dir().join(MODELS_DIR).join(path);
+        if in_models.exists() {
+            return in_models.to_string_lossy().into_owned();
+        }
+    }
+    base.to_string()
 }
 
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `$XDG_STATE_HOME/orpod`, else

@@ -4,17 +4,20 @@
 //! # Layout
 //! - [`cli`]: the command line (clap).
 //! - [`commands`]: one file per verb: `train`, `eval`, `convert`, `export`, `serve`, `worker`,
-//!   `openapi`, `calibrate`.
+//!   `openapi`, `calibrate`, `user` and `token` (`users`).
 //! - [`server`]: `server::run(config, listener, shutdown)`, the daemon as a library call.
 //! - [`config`]: `orpod serve`'s settings and their defaults.
 //! - [`store`]: sled: jobs, queue order, events, metrics, data sets; the schema version.
 //! - [`supervisor`]: the scheduler and one `orpod worker` process per running job.
 //! - [`devices`]: GPUs (NVML) and the CPU host, what each has free; the admission policy.
+//! - [`auth`]: users and tokens: the `Caller` every route takes, who may see and change what.
+//! - [`limits`]: what one user may ask of a shared daemon, checked at submit.
 //! - [`http`]: the v1 API routes, the one error mapping, the OpenAPI document.
 //! - [`checkpoints`]: a job's checkpoint folders as the API lists them.
 //! - [`disk`]: free space on the state folder, checked before anything a client sends is kept.
 //! - [`sdnotify`]: systemd's readiness, watchdog and stopping notifications (`Type=notify`).
 
+pub mod auth;
 pub mod checkpoints;
 pub mod cli;
 pub mod commands;
@@ -23,6 +26,7 @@ pub mod devices;
 pub mod disk;
 pub mod http;
 pub mod lengths;
+pub mod limits;
 pub mod sdnotify;
 pub mod server;
 pub mod store;
@@ -41,6 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => commands::worker::run(args),
         Command::Openapi => commands::openapi::run(),
         Command::Calibrate(args) => commands::calibrate::run(args),
+        Command::User(cmd) => commands::users::user(cmd),
+        Command::Token(cmd) => commands::users::token(cmd),
     }
 }
 

@@ -31,6 +31,28 @@ pub async fn run(
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let store = Store::open(&dir.join("db"))
         .with_context(|| format!("opening the store in {}", dir.display()))?;
+    let addr = listener.local_addr()?;
+    if !store.has_users()? && !addr.ip().is_loopback() {
+        store.close().await?;
+        anyhow::bail!(
+            "this daemon has no users yet, so it would let anyone who reaches {addr} run, read \
+             and cancel jobs; it serves only loopback addresses until it has one. Make the first \
+             admin with `orpod user add NAME --admin` and `orpod token create --user NAME` (with \
+             the same --state-dir or --config), or listen on 127.0.0.1"
+        );
+    }
+    if store.has_users()? {
+        tracing::info!("users exist: every /v1 request needs a bearer token");
+    } else {
+        tracing::warn!("no users: the API is open to every local process (loopback only)");
+    }
+    if config.model_roots.is_empty() {
+        // The default model folder exists from the start, so the operator sees where to put
+        // models.
+        let models = dir.join(crate::config::MODELS_DIR);
+        std::fs::create_dir_all(&models)
+            .with_context(|| format!("creating {}", models.display()))?;
+    }
     let supervisor = Supervisor::new(store.clone(), config.clone());
     let recovered = supervisor.recover().await?;
     if recovered > 0 {
@@ -43,7 +65,6 @@ pub async fn run(
         supervisor: supervisor.clone(),
         config: config.clone(),
     });
-    let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

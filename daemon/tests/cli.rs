@@ -42,8 +42,8 @@ fn example_job(dir: &Path, max_steps: usize) -> PathBuf {
     let text = std::fs::read_to_string(examples().join("job.toml")).unwrap();
     let text = text
         .replace(
-            "../models/SmolLM2-135M-Instruct.Q4_1.gguf",
-            &smollm2_gguf().to_string_lossy(),
+            "\"SmolLM2-135M-Instruct.Q4_1.gguf\"",
+            &format!("{:?}", smollm2_gguf()),
         )
         .replace(
             "\"prefs.jsonl\"",

@@ -55,15 +55,13 @@ async fn bad_job_files_are_refused_here_with_exit_2() {
         orpo_tests::prefs_jsonl(4),
     )
     .unwrap();
-    std::fs::write(
-        &job,
-        text.replace(s.model.to_str().unwrap(), "/no/such/model.gguf"),
-    )
-    .unwrap();
+    let missing = s.tmp.path().join("no/such/model.gguf");
+    let missing = missing.to_str().unwrap();
+    std::fs::write(&job, text.replace(s.model.to_str().unwrap(), missing)).unwrap();
     let out = s.run(&["submit", job.to_str().unwrap()]).expect(1);
     assert!(
         out.stderr
-            .contains("/no/such/model.gguf does not exist on the server"),
+            .contains(&format!("{missing} does not exist on the server")),
         "{out:#?}"
     );
     assert!(out.stderr.contains("(model_not_found)"), "{out:#?}");

@@ -82,7 +82,7 @@ async fn submit_watch_and_read_everything_back() {
         "{out:#?}"
     );
     let second: JobView = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!((second.id, second.spec.priority), (2, -3));
+    assert_eq!((second.id, second.spec.unwrap().priority), (2, -3));
     assert_eq!(second.owner, "tester");
     s.d.wait_state(2, JobState::Succeeded, Duration::from_secs(60))
         .await;

@@ -237,7 +237,7 @@ async fn the_estimate_follows_the_data_and_refuses_rows_without_an_answer() {
     let (plan, _, req) = plan_on(mixed).await;
     assert_eq!(plan.unwrap().estimate.unwrap().tokens, 2 * 2 * 64);
     let job = d.client.submit(&req).await.expect("a max_length-only job");
-    assert_eq!(job.spec.data.max_prompt_length, None);
+    assert_eq!(job.spec.unwrap().data.max_prompt_length, None);
 
     let mut bad = short;
     bad.insert(1, row(&long, " yes"));

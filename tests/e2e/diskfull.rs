@@ -63,7 +63,8 @@ async fn a_full_disk_refuses_new_work_clearly_and_loses_nothing() {
     let (tmp, model) = fixture();
     let fs = Tmpfs::mount(&tmp.path().join("small"), "48m").expect("mounting a tmpfs");
     let state = fs.0.join("state");
-    let mut d = TestDaemon::start(exe(), &state, "min_free_mib = 8\n").await;
+    let roots = format!("model_roots = [{:?}]\n", tmp.path().to_string_lossy());
+    let mut d = TestDaemon::start(exe(), &state, &format!("min_free_mib = 8\n{roots}")).await;
     let ds = d.client.upload_dataset(prefs_jsonl(8)).await.unwrap();
     let req = SubmitJobRequest {
         job_toml: Some(job_toml(&model, &ds.reference, "max_steps = 2")),

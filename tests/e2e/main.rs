@@ -13,6 +13,9 @@
 //! - `stress`: sixteen clients at once while a job trains; kill -9 at twenty random moments.
 //! - `errors`: bad inputs get the right 4xx and a message that says what is wrong.
 //! - `openapi`: the committed api-spec/openapi.json is what the code generates.
+//! - `security`: tokens (missing, wrong, expired, revoked), other users' jobs and data sets,
+//!   owner spoofing, admin routes, traversal in path parameters, model paths outside the roots.
+//! - `sharing`: each per-user limit refuses with its name and value; fair turns between users.
 //! - `systemd`: the unit file names the real binary and flags and passes `systemd-analyze
 //!   verify`; readiness, watchdog and stopping notifications, pings stop when the scheduler hangs.
 
@@ -25,6 +28,8 @@ mod openapi;
 mod pause;
 mod queue;
 mod recovery;
+mod security;
+mod sharing;
 mod stress;
 mod systemd;
 

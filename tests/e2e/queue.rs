@@ -108,6 +108,7 @@ async fn stored_bad_jobs_fail_alone_and_the_queue_goes_on() {
                     spec,
                     pending_reason: None,
                     estimate_bytes: None,
+                    total_steps: 0,
                     idempotency: None,
                 })
                 .await
@@ -219,6 +220,8 @@ async fn finished_jobs_are_deleted_with_their_files() {
     // A data set goes only when no unfinished job names it.
     let sha = long
         .spec
+        .as_ref()
+        .unwrap()
         .data
         .train
         .trim_start_matches("sha256:")

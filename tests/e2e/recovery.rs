@@ -124,6 +124,7 @@ async fn restart_with_ten_thousand_stored_jobs() {
                     spec: spec.clone(),
                     pending_reason: None,
                     estimate_bytes: None,
+                    total_steps: 0,
                     idempotency: None,
                 })
                 .await

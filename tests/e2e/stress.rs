@@ -42,7 +42,13 @@ async fn timed<T>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sixteen_clients_at_once_while_a_job_trains() {
     let (tmp, model) = fixture();
-    let mut d = TestDaemon::start(exe(), &tmp.path().join("state"), "").await;
+    // Every client is `anonymous` (no users): one user's cap would refuse most submits.
+    let mut d = TestDaemon::start(
+        exe(),
+        &tmp.path().join("state"),
+        "max_queued_per_user = 1000000\n",
+    )
+    .await;
     let ds = d
         .client
         .upload_dataset(orpo_tests::prefs_jsonl(16))

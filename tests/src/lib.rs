@@ -19,17 +19,31 @@ pub struct TestDaemon {
     exe: PathBuf,
     config: PathBuf,
     child: Option<Child>,
+    /// What `client` sends as its bearer token (see [`TestDaemon::use_token`]).
+    token: Option<String>,
 }
 
 impl TestDaemon {
     /// Starts `exe serve` with state in `state_dir` and `extra` TOML lines in its config file.
+    /// Unless `extra` sets them, models may be anywhere in `state_dir`'s parent (the test's
+    /// temporary folder, where its model is) and jobs may checkpoint every step.
     pub async fn start(exe: &Path, state_dir: &Path, extra: &str) -> TestDaemon {
         std::fs::create_dir_all(state_dir).unwrap();
         let config = state_dir.with_extension("toml");
+        let mut roots = String::new();
+        if !extra.contains("model_roots") {
+            roots += &format!(
+                "model_roots = [{:?}]\n",
+                state_dir.parent().unwrap().to_string_lossy()
+            );
+        }
+        if !extra.contains("min_save_every") {
+            roots += "min_save_every = 1\n";
+        }
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\ncancel_grace_s = 5\nshutdown_grace_s = 20\n{extra}",
+                "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\ncancel_grace_s = 5\nshutdown_grace_s = 20\n{roots}{extra}",
                 state_dir.to_string_lossy()
             ),
         )
@@ -41,6 +55,7 @@ impl TestDaemon {
             exe: exe.to_path_buf(),
             config,
             child: None,
+            token: None,
         };
         d.spawn().await;
         d
@@ -85,7 +100,21 @@ impl TestDaemon {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         self.url = format!("http://{addr}");
-        self.client = Client::new(&self.url);
+        self.client = match &self.token {
+            Some(t) => self.client_with(t),
+            None => Client::new(&self.url),
+        };
+    }
+
+    /// From now on `client` (and the waiting helpers) send `token`, also after a restart.
+    pub fn use_token(&mut self, token: &str) {
+        self.token = Some(token.to_string());
+        self.client = self.client_with(token);
+    }
+
+    /// A client of this daemon that sends `token`.
+    pub fn client_with(&self, token: &str) -> Client {
+        Client::with_token(&self.url, Some(token), Duration::from_secs(10)).unwrap()
     }
 
     /// The daemon's stderr so far.
@@ -211,6 +240,29 @@ impl Drop for TestDaemon {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `orpod user add NAME [--admin]` on a stopped daemon's state folder.
+pub fn orpod_user_add(exe: &Path, state_dir: &Path, name: &str, admin: bool) {
+    let mut cmd = Command::new(exe);
+    cmd.args(["user", "add", name, "--state-dir"])
+        .arg(state_dir);
+    if admin {
+        cmd.arg("--admin");
+    }
+    let out = cmd.output().expect("running orpod user add");
+    assert!(out.status.success(), "orpod user add {name}: {out:?}");
+}
+
+/// `orpod token create --user NAME` on a stopped daemon's state folder; the token.
+pub fn orpod_token_create(exe: &Path, state_dir: &Path, user: &str) -> String {
+    let out = Command::new(exe)
+        .args(["token", "create", "--user", user, "--state-dir"])
+        .arg(state_dir)
+        .output()
+        .expect("running orpod token create");
+    assert!(out.status.success(), "orpod token create {user}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// A tiny random Llama (the trainer's test model) as a GGUF file with its ChatML tokenizer.

@@ -93,7 +93,12 @@ pub async fn status(conn: &Conn, id: u64, json: bool) -> anyhow::Result<Outcome>
     if json {
         return super::print_json(&job);
     }
-    let ckpts = conn.client.checkpoints(id).await.or_explain(conn)?;
+    // Another user's job comes without its spec; its checkpoints are its owner's too.
+    let ckpts = if job.spec.is_some() {
+        conn.client.checkpoints(id).await.or_explain(conn)?
+    } else {
+        Vec::new()
+    };
     print!("{}", render_status(&job, &ckpts, SystemTime::now()));
     Ok(Outcome::Ok)
 }
@@ -113,7 +118,11 @@ pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> 
         kv("waiting", r.clone());
     }
     if let Some(e) = &j.error {
-        kv("error", format!("{}: {}", e.kind, e.message));
+        if e.message.is_empty() {
+            kv("error", e.kind.clone());
+        } else {
+            kv("error", format!("{}: {}", e.kind, e.message));
+        }
     }
     kv("device", display::or_dash(j.device.as_deref()));
     let p = &j.progress;
@@ -137,8 +146,13 @@ pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> 
             b(j.memory.peak_bytes)
         ),
     );
-    kv("model", j.spec.model.base.clone());
-    kv("data", data_line(j));
+    match &j.spec {
+        Some(spec) => {
+            kv("model", spec.model.base.clone());
+            kv("data", data_line(spec));
+        }
+        None => kv("spec", HIDDEN_SPEC.into()),
+    }
     kv(
         "created",
         format!(
@@ -177,15 +191,20 @@ pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> 
     out
 }
 
-fn data_line(j: &JobView) -> String {
+/// What `status` says instead of the model and data of another user's job (the daemon sends
+/// no spec, metrics or error message for it).
+pub const HIDDEN_SPEC: &str =
+    "visible only to its owner and admins (with its metrics, logs and checkpoints)";
+
+fn data_line(spec: &orpo_api::JobSpec) -> String {
     let short = |r: &str| {
         orpo_api::parse_dataset_ref(r)
             .map(|h| format!("sha256:{}", &h[..12]))
             .unwrap_or_else(|| r.to_string())
     };
-    let mut s = format!("train {}", short(&j.spec.data.train));
-    if !j.spec.data.eval.is_empty() {
-        s.push_str(&format!(", eval {}", short(&j.spec.data.eval)));
+    let mut s = format!("train {}", short(&spec.data.train));
+    if !spec.data.eval.is_empty() {
+        s.push_str(&format!(", eval {}", short(&spec.data.eval)));
     }
     s
 }

@@ -1,15 +1,16 @@
-//! One module per verb group; [`run`] resolves the settings and dispatches.
+//! One module per verb group (`users` has `whoami`, `user` and `token`); [`run`] resolves the settings and dispatches.
 
 pub mod checkpoints;
 pub mod gpus;
 pub mod jobs;
 pub mod remove;
 pub mod submit;
+pub mod users;
 pub mod watch;
 
 use clap::CommandFactory as _;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, TokenCommand, UserCommand};
 use crate::conn::Conn;
 use crate::{config, Outcome};
 
@@ -51,6 +52,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             output,
         } => checkpoints::download(&conn, id, checkpoint.as_deref(), &output).await,
         Command::Gpus { json } => gpus::gpus(&conn, json).await,
+        Command::Whoami { json } => users::whoami(&conn, json).await,
+        Command::User(UserCommand::Add { name, admin }) => {
+            users::user_add(&conn, name, admin).await
+        }
+        Command::User(UserCommand::List { json }) => users::user_list(&conn, json).await,
+        Command::Token(TokenCommand::Create {
+            user,
+            expires,
+            json,
+        }) => users::token_create(&conn, user, expires, json).await,
+        Command::Token(TokenCommand::List { json }) => users::token_list(&conn, json).await,
+        Command::Token(TokenCommand::Revoke { id }) => users::token_revoke(&conn, &id).await,
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

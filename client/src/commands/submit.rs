@@ -95,6 +95,16 @@ pub async fn upload_data(conn: &Conn, spec: &mut JobSpec) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The `owner` a submit names: only without a token, for an open daemon (one without users)
+/// that takes the name the client gives. With a token the daemon knows who submits (and
+/// refuses a different name), so none is sent.
+fn owner(conn: &Conn) -> Option<String> {
+    conn.settings
+        .token
+        .is_none()
+        .then(|| conn.settings.owner.clone())
+}
+
 /// Tries of one submit while the daemon does not answer (about 30 s of waiting in all).
 const SUBMIT_ATTEMPTS: u32 = 7;
 
@@ -138,7 +148,7 @@ pub async fn submit(
         .submit_idempotent(
             &SubmitJobRequest {
                 spec: Some(spec),
-                owner: Some(conn.settings.owner.clone()),
+                owner: owner(conn),
                 ..Default::default()
             },
             &key,
@@ -178,7 +188,7 @@ pub async fn plan(conn: &Conn, path: &Path, json: bool) -> anyhow::Result<Outcom
         .client
         .plan(&SubmitJobRequest {
             spec: Some(spec),
-            owner: Some(conn.settings.owner.clone()),
+            owner: owner(conn),
             ..Default::default()
         })
         .await

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use orpo_api::client::ClientError;
 use orpo_api::{EventKind, EventView, JobState, JobView, MetricRecord};
 
 use crate::conn::{ApiResult as _, Conn};
@@ -35,18 +36,19 @@ pub async fn watch(conn: &Conn, id: u64) -> anyhow::Result<Outcome> {
     let mut retries = 0;
     loop {
         let stream = tokio::select! {
-            s = conn.client.follow_events(id, since) => s.or_explain(conn),
+            s = conn.client.follow_events(id, since) => s,
             _ = &mut detach => return Ok(view.detach()),
         };
         let mut stream = match stream {
             Ok(s) => s,
-            Err(e) if retries < 5 => {
+            // A refusal (401, 403, 404) will not change by asking again.
+            Err(e) if retries < 5 && !is_refusal(&e) => {
                 retries += 1;
-                view.note(&format!("lost the daemon ({e:#}); retrying"));
+                view.note(&format!("lost the daemon ({:#}); retrying", conn.error(e)));
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(conn.error(e)),
         };
         loop {
             let next = tokio::select! {
@@ -79,6 +81,18 @@ pub async fn watch(conn: &Conn, id: u64) -> anyhow::Result<Outcome> {
             anyhow::bail!("the event stream of job {id} keeps ending while the job is {}; `orpoctl status {id}` shows it", job.state);
         }
     }
+}
+
+/// The daemon answered with a 4xx: the request itself is refused (no token, not the caller's
+/// job, no such job), so retrying it cannot help.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Api {
+            status: 400..=499,
+            ..
+        }
+    )
 }
 
 /// The last line of `watch`: the outcome, the final loss, what to do next.

@@ -7,4 +7,5 @@ pub mod export;
 pub mod openapi;
 pub mod serve;
 pub mod train;
+pub mod users;
 pub mod worker;

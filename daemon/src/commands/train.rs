@@ -11,7 +11,8 @@ use orpo_trainer::train::{self, Event, RunOptions, Session};
 use crate::cli::TrainArgs;
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let spec = JobSpec::load(&args.job)?;
+    let mut spec = JobSpec::load(&args.job)?;
+    spec.model.base = crate::config::local_model(&spec.model.base);
     let device = train::select_device(&spec.resources.device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

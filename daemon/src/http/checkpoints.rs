@@ -5,7 +5,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use orpo_api::{CheckpointView, ErrorBody};
 
 use super::error::ApiError;
+use super::jobs::owned_job;
 use super::AppState;
+use crate::auth::Caller;
 use crate::checkpoints;
 use crate::supervisor::spawn::job_dir;
 
@@ -22,9 +24,10 @@ use crate::supervisor::spawn::job_dir;
         (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
 ) -> Result<web::Json<Vec<CheckpointView>>, ApiError> {
-    state.store.job(*id)?;
+    owned_job(&state, &caller, *id, "list its checkpoints")?;
     let dir = job_dir(&state.config.state_dir, *id);
     let list = checkpoints::list(&dir).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(web::Json(list))
@@ -44,10 +47,11 @@ pub async fn list(
 pub async fn download(
     req: HttpRequest,
     state: web::Data<AppState>,
+    caller: Caller,
     path: web::Path<(u64, String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, name, file) = path.into_inner();
-    state.store.job(id)?;
+    owned_job(&state, &caller, id, "download its checkpoints")?;
     let dir = job_dir(&state.config.state_dir, id);
     let Some(file_path) = checkpoints::file_path(&dir, &name, &file) else {
         return Err(ApiError::CheckpointNotFound(format!(

@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::auth::Caller;
 use crate::config::ServeConfig;
 use crate::supervisor::spawn::dataset_path;
 
@@ -51,6 +52,7 @@ const UPLOAD_NAME: &str = "upload.jsonl";
         (status = 507, description = "The server's disk is below min_free_mib; nothing was stored", body = ErrorBody)))]
 pub async fn upload(
     state: web::Data<AppState>,
+    caller: Caller,
     req: HttpRequest,
     mut body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -111,7 +113,7 @@ pub async fn upload(
         return Err(e);
     }
     let received = received?;
-    let (view, created) = match state.store.dataset(&received.sha256)? {
+    let (view, stored) = match state.store.dataset(&received.sha256)? {
         Some(view) => (view, false),
         None => {
             let path = dataset_path(&state.config.state_dir, &received.sha256);
@@ -130,6 +132,14 @@ pub async fn upload(
             (view, true)
         }
     };
+    // 201 when the caller did not have it: whether someone else uploaded the same bytes is
+    // theirs to know.
+    let created = stored || !state.store.dataset_claimed(&view.sha256, &caller.user)?;
+    state
+        .store
+        .claim_dataset(&view.sha256, &caller.user)
+        .await?;
+    state.store.flush().await?;
     Ok(if created {
         HttpResponse::Created().json(view)
     } else {
@@ -140,24 +150,32 @@ pub async fn upload(
 /// Look up a data set
 ///
 /// The stored data set with this sha256 (lower-case hex), or 404 when the server does not have
-/// it: upload it with `POST /v1/datasets`.
+/// it or the caller did not upload it (an admin sees every data set): upload it with
+/// `POST /v1/datasets`.
 #[utoipa::path(get, path = "/v1/datasets/{sha256}", tag = "datasets", operation_id = "get_dataset",
     params(("sha256" = String, Path, description = "Hex sha256 of the file (64 lower-case hex digits)",
         pattern = "^[0-9a-f]{64}$")),
     responses((status = 200, body = DatasetView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     state: web::Data<AppState>,
+    caller: Caller,
     sha256: web::Path<String>,
 ) -> Result<web::Json<DatasetView>, ApiError> {
+    visible(&state, &caller, &sha256).map(web::Json)
+}
+
+/// The data set, when it exists and the caller uploaded it or is an admin.
+fn visible(state: &AppState, caller: &Caller, sha256: &str) -> Result<DatasetView, ApiError> {
     let reference = format!("{DATASET_REF_PREFIX}{sha256}");
     if parse_dataset_ref(&reference).is_none() {
         return Err(ApiError::BadRequest(format!(
             "{sha256:?} is not a sha256: expected 64 lower-case hex digits"
         )));
     }
-    match state.store.dataset(&sha256)? {
-        Some(view) => Ok(web::Json(view)),
-        None => Err(ApiError::NotFound(format!(
+    let mine = caller.admin || state.store.dataset_claimed(sha256, &caller.user)?;
+    match state.store.dataset(sha256)? {
+        Some(view) if mine => Ok(view),
+        _ => Err(ApiError::NotFound(format!(
             "no data set with sha256 {sha256}; upload it with POST /v1/datasets"
         ))),
     }
@@ -166,7 +184,9 @@ pub async fn get(
 /// Delete a data set
 ///
 /// Removes an uploaded data set that no unfinished job names (409 otherwise, with the jobs).
-/// Finished jobs keep their reference; their data is gone with it.
+/// Finished jobs keep their reference; their data is gone with it. When other users uploaded
+/// the same file too, only the caller's copy goes (they keep theirs); an admin removes it for
+/// everyone.
 #[utoipa::path(delete, path = "/v1/datasets/{sha256}", tag = "datasets", operation_id = "delete_dataset",
     params(("sha256" = String, Path, description = "Hex sha256 of the file (64 lower-case hex digits)",
         pattern = "^[0-9a-f]{64}$")),
@@ -174,9 +194,23 @@ pub async fn get(
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     state: web::Data<AppState>,
+    caller: Caller,
     sha256: web::Path<String>,
 ) -> Result<web::Json<DatasetView>, ApiError> {
-    let view = get(state.clone(), sha256).await?.into_inner();
+    let view = visible(&state, &caller, &sha256)?;
+    let others = state
+        .store
+        .dataset_claimants(&view.sha256)?
+        .into_iter()
+        .any(|u| u != caller.user);
+    if others && !caller.admin {
+        state
+            .store
+            .unclaim_dataset(&view.sha256, Some(&caller.user))
+            .await?;
+        state.store.flush().await?;
+        return Ok(web::Json(view));
+    }
     let reference = view.reference.clone();
     let store = state.store.clone();
     let users: Vec<u64> = web::block(move || -> Result<Vec<u64>, ApiError> {
@@ -184,7 +218,10 @@ pub async fn delete(
             .all_jobs()?
             .into_iter()
             .filter(|j| !j.state.is_terminal())
-            .filter(|j| j.spec.data.train == reference || j.spec.data.eval == reference)
+            .filter(|j| {
+                let data = &crate::store::spec_of(j).data;
+                data.train == reference || data.eval == reference
+            })
             .map(|j| j.id)
             .collect())
     })
@@ -201,6 +238,7 @@ pub async fn delete(
     // The record first: a crash in between leaves a file no record names, which a new
     // upload of the same bytes simply replaces.
     state.store.remove_dataset(&view.sha256).await?;
+    state.store.unclaim_dataset(&view.sha256, None).await?;
     state.store.flush().await?;
     crate::lengths::forget(&state.config.state_dir, &view.sha256);
     let path = dataset_path(&state.config.state_dir, &view.sha256);

@@ -26,9 +26,23 @@ pub enum ApiError {
     /// 422: `model.base` (or `lora.init_adapter`) is not on the server.
     #[error("{0}")]
     ModelNotFound(String),
+    /// 422: a token for a user who does not exist.
+    #[error("{0}")]
+    UnknownUser(String),
     /// 422: the job names a data set that was never uploaded.
     #[error("{0}")]
     DatasetNotFound(String),
+    /// 401: no token, or one the daemon does not honour; the message says which and where a
+    /// client puts one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// 403: the caller is known but may not do this (another user's job, an admin's route).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 403: a job over one of the server's limits of a user (the message names the setting
+    /// and its value).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// 404
     #[error("job {0} not found")]
     JobNotFound(u64),
@@ -69,6 +83,10 @@ impl ApiError {
             ApiError::InvalidData(_) => "invalid_data",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::DatasetNotFound(_) => "dataset_not_found",
+            ApiError::UnknownUser(_) => "unknown_user",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::LimitExceeded(_) => "limit_exceeded",
             ApiError::JobNotFound(_) => "job_not_found",
             ApiError::CheckpointNotFound(_) => "checkpoint_not_found",
             ApiError::NotFound(_) => "not_found",
@@ -109,10 +127,13 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::InvalidJob(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidData(_)
             | ApiError::ModelNotFound(_)
-            | ApiError::DatasetNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            | ApiError::DatasetNotFound(_)
+            | ApiError::UnknownUser(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::JobNotFound(_) | ApiError::CheckpointNotFound(_) | ApiError::NotFound(_) => {
                 StatusCode::NOT_FOUND
             }
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::LimitExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,7 +152,12 @@ impl ResponseError for ApiError {
             }
             e => client_message(e.to_string()),
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut resp = HttpResponse::build(self.status_code());
+        if let ApiError::Unauthorized(_) = self {
+            // RFC 6750: a 401 names the scheme the client should use.
+            resp.insert_header(("WWW-Authenticate", "Bearer realm=\"orpod\""));
+        }
+        resp.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().into(),
                 message,

@@ -19,7 +19,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::error::ApiError;
+use super::jobs::owned_job;
 use super::AppState;
+use crate::auth::Caller;
 use crate::config::ServeConfig;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -38,10 +40,11 @@ pub struct MetricsQuery {
     responses((status = 200, body = Vec<MetricRecord>), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn metrics(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
     q: web::Query<MetricsQuery>,
 ) -> Result<web::Json<Vec<MetricRecord>>, ApiError> {
-    state.store.job(*id)?;
+    owned_job(&state, &caller, *id, "read its metrics")?;
     Ok(web::Json(state.store.metrics(
         *id,
         q.since.unwrap_or(0),
@@ -88,11 +91,12 @@ pub struct EventMessage {
         (status = 429, description = "Too many followers (max_followers_per_job, max_followers)", body = ErrorBody)))]
 pub async fn events(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
     q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = *id;
-    state.store.job(id)?;
+    owned_job(&state, &caller, id, "read its events and logs")?;
     let since = q.since.unwrap_or(0);
     if !q.follow.unwrap_or(false) {
         return Ok(HttpResponse::Ok().json(state.store.events(id, since, usize::MAX)?));

@@ -9,6 +9,7 @@ use orpo_trainer::estimate::MemoryEstimate;
 
 use super::error::ApiError;
 use super::{validate, AppState};
+use crate::auth::Caller;
 
 /// List devices
 ///
@@ -16,7 +17,10 @@ use super::{validate, AppState};
 /// memory, utilization and temperature, the processes using it, the memory still promised to
 /// this daemon's jobs that are loading, and what a new job could use now.
 #[utoipa::path(get, path = "/v1/gpus", tag = "devices", responses((status = 200, body = GpusView)))]
-pub async fn gpus(state: web::Data<AppState>) -> Result<web::Json<GpusView>, ApiError> {
+pub async fn gpus(
+    state: web::Data<AppState>,
+    _caller: Caller,
+) -> Result<web::Json<GpusView>, ApiError> {
     let sup = state.supervisor.clone();
     let view = web::block(move || -> anyhow::Result<GpusView> {
         let policy = sup.policy();
@@ -81,10 +85,12 @@ pub async fn gpus(state: web::Data<AppState>) -> Result<web::Json<GpusView>, Api
         (status = 422, description = "Model or data set not found", body = ErrorBody)))]
 pub async fn plan(
     state: web::Data<AppState>,
+    caller: Caller,
     req: validate::JobRequest,
 ) -> Result<web::Json<PlanView>, ApiError> {
-    let spec = validate::check(&state, &req)?;
-    let estimate = state
+    let spec = validate::check(&state, &caller, &req)?;
+    crate::limits::check_spec(&state.config, &caller, &spec)?;
+    let (estimate, _) = state
         .supervisor
         .estimate(&spec)
         .await

@@ -9,6 +9,7 @@ use utoipa::IntoParams;
 
 use super::error::ApiError;
 use super::{validate, AppState};
+use crate::auth::Caller;
 use crate::store::{Idempotency, Inserted, JobFilter, NewJob};
 
 /// Submit a job
@@ -38,25 +39,25 @@ use crate::store::{Idempotency, Inserted, JobFilter, NewJob};
         (status = 507, description = "The server's disk is below min_free_mib; nothing was stored", body = ErrorBody)))]
 pub async fn submit(
     state: web::Data<AppState>,
+    caller: Caller,
     http: HttpRequest,
     req: validate::JobRequest,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency(&http, &req)?;
+    let owner = owner(&caller, req.owner.as_deref())?;
     crate::disk::ensure_free(&state.config.state_dir, state.config.min_free_mib, 0)
         .map_err(ApiError::InsufficientStorage)?;
-    let spec = validate::check(&state, &req)?;
-    let owner = req
-        .owner
-        .clone()
-        .filter(|o| !o.trim().is_empty())
-        .unwrap_or_else(|| "anonymous".into());
-    orpo_api::check_label("owner", &owner, orpo_api::OWNER_MAX_CHARS)
-        .map_err(ApiError::InvalidJob)?;
-    let estimate = state
+    let spec = validate::check(&state, &caller, &req)?;
+    crate::limits::check_spec(&state.config, &caller, &spec)?;
+    let (estimate, steps) = state
         .supervisor
         .estimate(&spec)
         .await
         .map_err(ApiError::InvalidJob)?;
+    let (config, store, who) = (state.config.clone(), state.store.clone(), owner.clone());
+    web::block(move || crate::limits::check_user(&config, &store, &who, steps as u64))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
     let ahead = state.store.queue_len() + state.supervisor.running().len();
     let inserted = state
         .store
@@ -69,6 +70,7 @@ pub async fn submit(
                 format!("waiting for a free slot ({ahead} job(s) ahead or running)")
             }),
             estimate_bytes: Some(estimate.total_bytes),
+            total_steps: steps,
             idempotency,
         })
         .await?;
@@ -82,6 +84,24 @@ pub async fn submit(
             .insert_header(("Idempotent-Replayed", "true"))
             .json(view),
     })
+}
+
+/// Whose job it is: the token's user; on an open daemon (no users) the name the client sends.
+fn owner(caller: &Caller, sent: Option<&str>) -> Result<String, ApiError> {
+    let sent = sent.filter(|o| !o.trim().is_empty());
+    if caller.open {
+        let owner = sent.unwrap_or(crate::auth::OPEN_USER).to_string();
+        orpo_api::check_label("owner", &owner, orpo_api::OWNER_MAX_CHARS)
+            .map_err(ApiError::InvalidJob)?;
+        return Ok(owner);
+    }
+    match sent {
+        Some(other) if other != caller.user => Err(ApiError::Forbidden(format!(
+            "a job's owner is the user of the token that submits it ({}); leave `owner` out",
+            caller.user
+        ))),
+        _ => Ok(caller.user.clone()),
+    }
 }
 
 /// The request's `Idempotency-Key`, with a fingerprint of the request it came with.
@@ -132,6 +152,7 @@ pub struct ListQuery {
     responses((status = 200, body = JobList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     state: web::Data<AppState>,
+    caller: Caller,
     q: web::Query<ListQuery>,
 ) -> Result<web::Json<JobList>, ApiError> {
     let limit = q.limit.unwrap_or(50);
@@ -162,7 +183,7 @@ pub async fn list(
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     Ok(web::Json(JobList {
-        jobs,
+        jobs: jobs.into_iter().map(|j| caller.view(j)).collect(),
         next_cursor: next.map(|n| n.to_string()),
     }))
 }
@@ -174,9 +195,23 @@ pub async fn list(
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
 ) -> Result<web::Json<JobView>, ApiError> {
-    Ok(web::Json(state.store.job(*id)?))
+    Ok(web::Json(caller.view(state.store.job(*id)?)))
+}
+
+/// The job, when the caller owns it (or is an admin); `doing` completes "only its owner or an
+/// admin may ...".
+pub fn owned_job(
+    state: &AppState,
+    caller: &Caller,
+    id: u64,
+    doing: &str,
+) -> Result<JobView, ApiError> {
+    let job = state.store.job(id)?;
+    caller.check_job(&job, doing)?;
+    Ok(job)
 }
 
 /// Cancel a job
@@ -187,8 +222,10 @@ pub async fn get(
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn cancel(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
 ) -> Result<web::Json<JobView>, ApiError> {
+    owned_job(&state, &caller, *id, "cancel it")?;
     Ok(web::Json(state.supervisor.cancel(*id).await?))
 }
 
@@ -200,8 +237,10 @@ pub async fn cancel(
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn pause(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
 ) -> Result<web::Json<JobView>, ApiError> {
+    owned_job(&state, &caller, *id, "pause it")?;
     Ok(web::Json(state.supervisor.pause(*id).await?))
 }
 
@@ -212,8 +251,10 @@ pub async fn pause(
     responses((status = 200, body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn resume(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
 ) -> Result<web::Json<JobView>, ApiError> {
+    owned_job(&state, &caller, *id, "resume it")?;
     Ok(web::Json(state.supervisor.resume(*id).await?))
 }
 
@@ -225,7 +266,9 @@ pub async fn resume(
     responses((status = 200, description = "Deleted; the job as it was", body = JobView), (status = 400, description = "Bad id or parameters", body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<u64>,
 ) -> Result<web::Json<JobView>, ApiError> {
+    owned_job(&state, &caller, *id, "delete it")?;
     Ok(web::Json(state.supervisor.delete(*id).await?))
 }

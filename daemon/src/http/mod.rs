@@ -9,6 +9,7 @@ pub mod gpus;
 pub mod health;
 pub mod jobs;
 mod rules;
+pub mod users;
 mod validate;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use crate::config::ServeConfig;
 use crate::store::Store;
 use crate::supervisor::Supervisor;
 use error::{bad_request, ApiError};
-use rules::Rules;
+use rules::{Auth, Rules};
 
 /// What every handler gets (`web::Data<AppState>`).
 pub struct AppState {
@@ -43,15 +44,18 @@ pub struct AppState {
         checkpoints::list, checkpoints::download,
         datasets::upload, datasets::get, datasets::delete,
         gpus::gpus, gpus::plan,
+        users::me, users::list_users, users::add_user, users::create_token, users::list_tokens,
+        users::revoke_token,
         health::healthz, health::metrics,
     ),
     components(schemas(orpo_api::ErrorBody, orpo_api::EventKind)),
-    modifiers(&Rules),
+    modifiers(&Rules, &Auth),
     tags(
         (name = "jobs", description = "Fine-tune jobs"),
         (name = "datasets", description = "Uploaded preference data"),
         (name = "checkpoints", description = "Checkpoints and their files"),
         (name = "devices", description = "Devices and placement"),
+        (name = "users", description = "Users and API tokens"),
         (name = "health", description = "Health and monitoring"),
     )
 )]
@@ -122,6 +126,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(resource("/v1/gpus", "GET").route(web::get().to(gpus::gpus)))
     .service(resource("/v1/plan", "POST").route(web::post().to(gpus::plan)))
+    .service(resource("/v1/me", "GET").route(web::get().to(users::me)))
+    .service(
+        resource("/v1/users", "GET, POST")
+            .route(web::get().to(users::list_users))
+            .route(web::post().to(users::add_user)),
+    )
+    .service(
+        resource("/v1/tokens", "GET, POST")
+            .route(web::get().to(users::list_tokens))
+            .route(web::post().to(users::create_token)),
+    )
+    .service(resource("/v1/tokens/{id}", "DELETE").route(web::delete().to(users::revoke_token)))
     .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
     .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
     .default_service(web::to(|| async {

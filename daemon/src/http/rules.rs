@@ -8,6 +8,9 @@
 //!
 //! One rule of [`orpo_api::JobSpec::validate`] has no JSON Schema form and is only in the
 //! description: `data.max_prompt_length` below `data.max_length`.
+//!
+//! [`Auth`] adds the bearer scheme to every `/v1` operation, with its 401 and, where a caller
+//! can be refused, its 403.
 
 use std::collections::BTreeMap;
 
@@ -83,6 +86,92 @@ impl Modify for Rules {
         match upload {
             Some(RefOr::T(Schema::Array(rows))) => rows.min_items = Some(1),
             _ => panic!("POST /v1/datasets takes application/x-ndjson rows"),
+        }
+    }
+}
+
+/// The [`Modify`] step that documents tokens (see [`crate::auth`]).
+pub struct Auth;
+
+/// Operations that answer 403 to a caller who may not: another user's job, an admin's route,
+/// an `owner` that is not the caller.
+const MAY_FORBID: &[&str] = &[
+    "submit_job",
+    "cancel_job",
+    "pause_job",
+    "resume_job",
+    "delete_job",
+    "job_metrics",
+    "job_events",
+    "list_checkpoints",
+    "download_checkpoint_file",
+    "list_users",
+    "add_user",
+    "create_token",
+    "plan",
+];
+
+impl Modify for Auth {
+    fn modify(&self, doc: &mut OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `orpod token create` or `POST /v1/tokens`. A daemon \
+                         without users (loopback only) needs none.",
+                    ))
+                    .build(),
+            ),
+        );
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for op in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new::<
+                    &str,
+                    [&str; 0],
+                    &str,
+                >("bearer", [])]);
+                let responses = &mut op.responses.responses;
+                responses.insert(
+                    "401".into(),
+                    error("No token, or one that is unknown, revoked or expired").into(),
+                );
+                if op
+                    .operation_id
+                    .as_deref()
+                    .is_some_and(|id| MAY_FORBID.contains(&id))
+                {
+                    responses.insert(
+                        "403".into(),
+                        error(
+                            "Another user's job, an admin's route, an owner that is not the \
+                             caller, or a job over one of the server's limits (limit_exceeded)",
+                        )
+                        .into(),
+                    );
+                }
+            }
         }
     }
 }

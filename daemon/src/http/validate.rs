@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::error::{bad_request, ApiError};
 use super::AppState;
+use crate::auth::Caller;
 
 /// The JSON body of a submit or plan. A number with no fraction counts as an integer, as in JSON
 /// Schema (the API's spec: `610.0` is an `integer`), so a client that writes whole numbers as
@@ -64,7 +65,11 @@ fn whole_numbers_as_integers(value: &mut Value) {
 }
 
 /// The checked spec of a submit request.
-pub fn check(state: &AppState, req: &SubmitJobRequest) -> Result<JobSpec, ApiError> {
+pub fn check(
+    state: &AppState,
+    caller: &Caller,
+    req: &SubmitJobRequest,
+) -> Result<JobSpec, ApiError> {
     let mut spec = match (&req.job_toml, &req.spec) {
         (Some(text), None) => JobSpec::parse(text, Path::new("job.toml")).map_err(spec_error)?,
         (None, Some(spec)) => {
@@ -88,9 +93,9 @@ pub fn check(state: &AppState, req: &SubmitJobRequest) -> Result<JobSpec, ApiErr
             "data.chat_template: template files are not uploaded; use \"auto\" (the model's) or \"none\"".into(),
         ));
     }
-    dataset(state, "data.train", &spec.data.train)?;
+    dataset(state, caller, "data.train", &spec.data.train)?;
     if !spec.data.eval.is_empty() {
-        dataset(state, "data.eval", &spec.data.eval)?;
+        dataset(state, caller, "data.eval", &spec.data.eval)?;
     }
     Ok(spec)
 }
@@ -107,7 +112,7 @@ fn spec_error(e: SpecError) -> ApiError {
 /// the resolved path, as a symlink inside a root may point out of it. Only then is the file
 /// opened, and messages never quote what it holds.
 fn server_path(state: &AppState, key: &str, value: &str) -> Result<String, ApiError> {
-    let roots = &state.config.model_roots;
+    let roots = &state.config.model_roots();
     let path = match roots.first() {
         Some(root) if Path::new(value).is_relative() => root.join(value),
         _ => PathBuf::from(value),
@@ -186,17 +191,19 @@ fn is_model(path: &Path) -> bool {
         .is_ok_and(|()| &magic == b"GGUF" || &magic == b"FUGG")
 }
 
-/// `sha256:<hex>` of an uploaded data set.
-fn dataset(state: &AppState, key: &str, value: &str) -> Result<(), ApiError> {
+/// `sha256:<hex>` of a data set the caller uploaded (or any, for an admin): someone else's
+/// upload is answered as one that does not exist.
+fn dataset(state: &AppState, caller: &Caller, key: &str, value: &str) -> Result<(), ApiError> {
     let Some(hex) = parse_dataset_ref(value) else {
         return Err(ApiError::InvalidJob(format!(
             "{key}: {value:?} is not an uploaded data set; upload the file with POST /v1/datasets \
              (orpoctl submit does it) and name it as \"sha256:<hex>\""
         )));
     };
+    let visible = caller.admin || state.store.dataset_claimed(hex, &caller.user)?;
     match state.store.dataset(hex)? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::DatasetNotFound(format!(
+        Some(_) if visible => Ok(()),
+        _ => Err(ApiError::DatasetNotFound(format!(
             "{key}: no data set {value} on the server; upload it with POST /v1/datasets first"
         ))),
     }

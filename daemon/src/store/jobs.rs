@@ -13,6 +13,8 @@ pub struct NewJob {
     pub pending_reason: Option<String>,
     /// The memory estimate, when the submit computed it.
     pub estimate_bytes: Option<u64>,
+    /// The job's optimizer steps on its data (0: not known yet); the worker sets it again.
+    pub total_steps: usize,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency: Option<Idempotency>,
 }
@@ -52,7 +54,7 @@ pub struct JobFilter {
 /// Queue order: highest priority first, then lowest id (submit order). The priority's sign bit
 /// is flipped so it sorts as unsigned, and the result inverted so larger priorities come first.
 pub(super) fn queue_key(view: &JobView) -> [u8; 12] {
-    let p = !((view.spec.priority as u32) ^ 0x8000_0000);
+    let p = !((super::spec_of(view).priority as u32) ^ 0x8000_0000);
     let mut k = [0u8; 12];
     k[..4].copy_from_slice(&p.to_be_bytes());
     k[4..].copy_from_slice(&view.id.to_be_bytes());
@@ -115,7 +117,10 @@ impl Store {
                     state: JobState::Queued,
                     pending_reason: new.pending_reason.clone(),
                     device: None,
-                    progress: Progress::default(),
+                    progress: Progress {
+                        total_steps: new.total_steps,
+                        ..Progress::default()
+                    },
                     metrics: None,
                     eval_metrics: None,
                     memory: Memory {
@@ -127,7 +132,7 @@ impl Store {
                     created_at: created_at.clone(),
                     started_at: None,
                     finished_at: None,
-                    spec: new.spec.clone(),
+                    spec: Some(new.spec.clone()),
                 };
                 let record = job_to_json(&view)?;
                 // In this order (see the module docs): the id, the key, the job, its event.

@@ -27,6 +27,8 @@
 //! - `events`, `metrics`: `(job id, seq)` → JSON.
 //! - `datasets`: sha256 hex → [`DatasetView`] as JSON (the bytes are files beside the db).
 //! - `idempotency`: `owner \0 key` → the job it created and a fingerprint of the request.
+//! - `users`, `tokens`, `dataset_owners`: who may call the API and whose data sets are whose
+//!   ([`users`]).
 //! - `quarantine`: `tree/key` → the raw bytes of a record that could not be read, moved aside
 //!   at open so that one bad record never stops the queue.
 //!
@@ -36,6 +38,7 @@
 
 mod events;
 mod jobs;
+mod users;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -45,10 +48,13 @@ use std::sync::{Arc, Mutex};
 use orpo_api::{DatasetView, JobState, JobView};
 
 pub use jobs::{Idempotency, Inserted, JobFilter, NewJob};
+pub use users::TokenRecord;
 
 /// Bumped whenever a stored format changes; an older daemon refuses a newer store.
 /// 2: the queue order lives in memory (the `queue` tree is gone); `idempotency`, `quarantine`.
-pub const SCHEMA_VERSION: u32 = 2;
+/// 3: `users`, `tokens`, `dataset_owners` (a version-2 daemon would ignore the users and run
+/// open, so it must refuse this store).
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +93,9 @@ pub(crate) struct Trees {
     datasets: sled::Tree,
     idempotency: sled::Tree,
     quarantine: sled::Tree,
+    users: sled::Tree,
+    tokens: sled::Tree,
+    dataset_owners: sled::Tree,
     /// `queue_key(job)` → id for exactly the queued jobs: highest priority first, ties in
     /// submit order. Only the writer changes it.
     queue: Arc<Mutex<BTreeMap<[u8; 12], u64>>>,
@@ -231,6 +240,9 @@ pub(crate) fn open_trees(dir: &Path) -> Result<Trees> {
         datasets: db.open_tree("datasets")?,
         idempotency: db.open_tree("idempotency")?,
         quarantine: db.open_tree("quarantine")?,
+        users: db.open_tree("users")?,
+        tokens: db.open_tree("tokens")?,
+        dataset_owners: db.open_tree("dataset_owners")?,
         db,
         queue: Default::default(),
     };
@@ -285,12 +297,24 @@ fn rebuild(t: &Trees) -> Result<()> {
             }
         }
     }
-    for kv in t.datasets.iter() {
-        let (k, v) = kv?;
-        if let Err(e) = from_json::<DatasetView>("datasets", &v) {
-            let name = String::from_utf8_lossy(&k).into_owned();
-            tracing::error!("store: data set {name} cannot be read ({e}); moved to quarantine");
-            bad.push((&t.datasets, format!("datasets/{name}"), k, v));
+    fn reads<T: serde::de::DeserializeOwned>(v: &[u8]) -> bool {
+        serde_json::from_slice::<T>(v).is_ok()
+    }
+    type Reads = fn(&[u8]) -> bool;
+    let readable: [(&sled::Tree, &str, Reads); 3] = [
+        (&t.datasets, "datasets", reads::<DatasetView>),
+        (&t.users, "users", reads::<orpo_api::UserView>),
+        (&t.tokens, "tokens", reads::<TokenRecord>),
+    ];
+    for (tree, name, reads) in readable {
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            if !reads(&v) {
+                // A token's key is its hash, a user's key their name: neither is a secret.
+                let key = String::from_utf8_lossy(&k).into_owned();
+                tracing::error!("store: {name} record {key} cannot be read; moved to quarantine");
+                bad.push((tree, format!("{name}/{key}"), k, v));
+            }
         }
     }
     if !bad.is_empty() {
@@ -333,7 +357,23 @@ fn from_json<T: serde::de::DeserializeOwned>(tree: &'static str, bytes: &[u8]) -
 }
 
 fn job_from_json(bytes: &[u8]) -> Result<JobView> {
-    from_json("jobs", bytes)
+    let view: JobView = from_json("jobs", bytes)?;
+    if view.spec.is_none() {
+        return Err(StoreError::Corrupt {
+            tree: "jobs",
+            message: format!("job {} has no spec", view.id),
+        });
+    }
+    Ok(view)
+}
+
+/// The spec of a job the store returned: every stored job has one (a record without is
+/// quarantined when the store opens and refused when written); only the API leaves it out,
+/// for another user's job.
+pub fn spec_of(view: &JobView) -> &orpo_api::JobSpec {
+    view.spec
+        .as_ref()
+        .expect("stored jobs have a spec (checked when read)")
 }
 
 /// A job record as stored, refused if it would not read back (a non-finite float, which JSON

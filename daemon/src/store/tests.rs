@@ -22,6 +22,7 @@ async fn new(store: &Store, priority: i32) -> u64 {
             spec: spec(priority),
             pending_reason: None,
             estimate_bytes: None,
+            total_steps: 0,
             idempotency: None,
         })
         .await
@@ -275,6 +276,7 @@ fn keyed(key: &str, fingerprint: &str) -> NewJob {
         spec: spec(0),
         pending_reason: None,
         estimate_bytes: None,
+        total_steps: 0,
         idempotency: Some(Idempotency {
             key: key.into(),
             fingerprint: fingerprint.into(),

@@ -10,8 +10,9 @@ use orpo_api::{JobError, JobSpec, JobState, JobView};
 use orpo_trainer::estimate::{estimate, JobShape, MemoryEstimate};
 use orpo_trainer::model::read_config;
 
-use super::{panic_text, Supervisor};
+use super::{fair, panic_text, Supervisor};
 use crate::devices::admission::{admit, Candidate, Decision, DeviceState, Policy};
+use crate::store::spec_of;
 
 /// Id of the job being planned in [`Supervisor::plan`]; never a stored job's id.
 const PLANNED: u64 = u64::MAX;
@@ -78,10 +79,11 @@ impl Supervisor {
     /// the data sets' token lengths: `crate::lengths`), off the async runtime. An estimate
     /// that fails or panics (a model config no one could train, a row that truncation leaves
     /// without an answer) is an error that names the setting or row at fault.
-    pub async fn estimate(&self, spec: &JobSpec) -> Result<MemoryEstimate, String> {
+    /// Also the job's optimizer steps on its data (`train::total_steps` of its training rows).
+    pub async fn estimate(&self, spec: &JobSpec) -> Result<(MemoryEstimate, usize), String> {
         let (spec, cuda) = (spec.clone(), self.on_gpu(&spec.resources.device));
         let state_dir = self.config.state_dir.clone();
-        let work = move || -> Result<MemoryEstimate, String> {
+        let work = move || -> Result<(MemoryEstimate, usize), String> {
             let model_error = |e: orpo_trainer::Error| {
                 format!("model.base: cannot estimate the job's memory: {e}")
             };
@@ -91,7 +93,9 @@ impl Supervisor {
             // as such before its tokenizer or the data are read.
             estimate(&cfg, &shape).map_err(model_error)?;
             let batches = crate::lengths::job_batches(&state_dir, &spec)?;
-            estimate(&cfg, &shape.with_batches(&batches)).map_err(model_error)
+            let steps = orpo_trainer::train::total_steps(&spec, batches.train_rows);
+            let memory = estimate(&cfg, &shape.with_batches(&batches)).map_err(model_error)?;
+            Ok((memory, steps))
         };
         match tokio::task::spawn_blocking(work).await {
             Ok(result) => result,
@@ -110,12 +114,15 @@ impl Supervisor {
     async fn estimate_queued(&self, queued: &[JobView]) -> anyhow::Result<()> {
         for job in queued.iter().filter(|j| j.memory.estimate_bytes.is_none()) {
             let id = job.id;
-            match self.estimate(&job.spec).await {
-                Ok(e) => {
+            match self.estimate(spec_of(job)).await {
+                Ok((e, steps)) => {
                     let bytes = e.total_bytes;
                     self.store
                         .update_job(id, move |v| {
                             v.memory.estimate_bytes = Some(bytes);
+                            if v.progress.total_steps == 0 {
+                                v.progress.total_steps = steps;
+                            }
                             Ok(())
                         })
                         .await?;
@@ -163,21 +170,33 @@ impl Supervisor {
             self.wake();
             return Ok(());
         }
+        let reasons: HashMap<u64, Option<String>> = queued
+            .iter()
+            .map(|j| (j.id, j.pending_reason.clone()))
+            .collect();
+        let (queued, capped) = fair::order(
+            queued,
+            &self.running_by_owner(),
+            &self.last_starts(),
+            self.config.max_running_per_user,
+        );
         let candidates: Vec<Candidate> = queued
             .iter()
             .map(|j| Candidate {
                 id: j.id,
                 estimate: j.memory.estimate_bytes,
-                pin: j.spec.resources.device.clone(),
+                pin: spec_of(j).resources.device.clone(),
             })
-            .collect();
-        let reasons: HashMap<u64, Option<&String>> = queued
-            .iter()
-            .map(|j| (j.id, j.pending_reason.as_ref()))
             .collect();
         let devices = self.device_states()?;
         let running = self.slots().len();
-        for decision in admit(&candidates, &devices, running, &self.policy()) {
+        let mut decisions = admit(&candidates, &devices, running, &self.policy());
+        decisions.extend(
+            capped
+                .into_iter()
+                .map(|(id, reason)| Decision::Wait { id, reason }),
+        );
+        for decision in decisions {
             match decision {
                 Decision::Start { id, device } => {
                     let estimate = candidates
@@ -191,7 +210,7 @@ impl Supervisor {
                 }
                 Decision::Wait { id, reason } => {
                     // Only a changed reason is written: a long queue costs no writes per round.
-                    let unchanged = reasons.get(&id) == Some(&Some(&reason));
+                    let unchanged = reasons.get(&id) == Some(&Some(reason.clone()));
                     if unchanged {
                         continue;
                     }
@@ -219,14 +238,14 @@ impl Supervisor {
             let Ok(view) = self.store.job(id) else {
                 continue;
             };
-            if !inserted && view.spec.priority < spec.priority {
+            if !inserted && spec_of(&view).priority < spec.priority {
                 inserted = true;
                 candidates.push(planned(spec, &estimate));
             }
             candidates.push(Candidate {
                 id,
                 estimate: view.memory.estimate_bytes,
-                pin: view.spec.resources.device.clone(),
+                pin: spec_of(&view).resources.device.clone(),
             });
         }
         let queued_ahead = if inserted {

@@ -11,6 +11,7 @@
 
 mod admit;
 mod control;
+mod fair;
 mod monitor;
 pub mod protocol;
 mod retention;
@@ -58,6 +59,8 @@ pub struct Supervisor {
     pub devices: Devices,
     /// How the scheduler loop is doing, for `/healthz`.
     health: Mutex<SchedulerHealth>,
+    /// Per user, the sequence number of their job that started last (fair turns).
+    last_start: Mutex<(u64, HashMap<String, u64>)>,
 }
 
 /// The scheduler loop's last signs of life.
@@ -97,6 +100,7 @@ impl Supervisor {
                 panics: 0,
                 running: false,
             }),
+            last_start: Mutex::new((0, HashMap::new())),
             config,
         })
     }
@@ -164,6 +168,26 @@ impl Supervisor {
         let mut ids: Vec<u64> = self.slots().keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// How many jobs with a worker each user has (fair turns).
+    fn running_by_owner(&self) -> HashMap<String, usize> {
+        let mut out = HashMap::new();
+        for id in self.running() {
+            if let Ok(job) = self.store.job(id) {
+                *out.entry(job.owner).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// Per user, when their last job started, as a sequence number (fair turns).
+    fn last_starts(&self) -> HashMap<String, u64> {
+        self.last_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
     }
 
     /// Wakes the scheduler (a job was queued or a slot freed).
@@ -302,6 +326,12 @@ impl Supervisor {
                 return Err(e.into());
             }
         };
+        {
+            let mut last = self.last_start.lock().unwrap_or_else(|e| e.into_inner());
+            last.0 += 1;
+            let seq = last.0;
+            last.1.insert(view.owner.clone(), seq);
+        }
         let dir = spawn::job_dir(&self.config.state_dir, id);
         // A fake GPU exists only in the config: its jobs run on the CPU.
         let run_on = if self.devices.is_fake() {
@@ -311,7 +341,12 @@ impl Supervisor {
         };
         let nice = (run_on == "cpu").then_some(self.config.cpu_worker_nice);
         let child = self.config.worker_exe().and_then(|exe| {
-            spawn::write_job_file(&self.config.state_dir, &dir, &view.spec, &run_on)?;
+            spawn::write_job_file(
+                &self.config.state_dir,
+                &dir,
+                crate::store::spec_of(&view),
+                &run_on,
+            )?;
             spawn::spawn_worker(&exe, &dir, nice)
         });
         let child = match child {

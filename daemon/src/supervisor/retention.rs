@@ -166,6 +166,7 @@ mod tests {
                 spec,
                 pending_reason: None,
                 estimate_bytes: None,
+                total_steps: 0,
                 idempotency: None,
             })
             .await

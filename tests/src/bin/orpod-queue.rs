@@ -35,7 +35,13 @@ async fn main() {
     let seconds: u64 = args.get(3).map_or(20, |s| s.parse().expect("SECONDS"));
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
-    let d = TestDaemon::start(exe.as_ref(), &tmp.path().join("state"), "").await;
+    // Thousands of jobs of one (anonymous) user.
+    let d = TestDaemon::start(
+        exe.as_ref(),
+        &tmp.path().join("state"),
+        "max_queued_per_user = 1000000\nmax_steps_per_user = 1000000000\n",
+    )
+    .await;
     let ds = d.client.upload_dataset(prefs_jsonl(8)).await.unwrap();
     let mut long = job_toml(&model, &ds.reference, "max_steps = 1000000\nsave_every = 0");
     long.insert_str(0, "priority = 10\n");

@@ -31,7 +31,7 @@ fn job(id: u64, state: JobState) -> JobView {
         created_at: "2026-11-27T11:58:30Z".into(),
         started_at: None,
         finished_at: None,
-        spec,
+        spec: Some(spec),
     }
 }
 
@@ -194,4 +194,39 @@ STEP    EPOCH  loss    nll_loss  log_odds_ratio  rewards/accuracies  rewards/mar
 4 eval  1.00   0.9000  -         -               -                   -                -               -         -
 "
     );
+}
+
+#[test]
+fn status_of_another_users_job_shows_the_public_fields() {
+    // As the daemon sends it to someone who is neither the owner nor an admin.
+    let mut j = running();
+    j.owner = "bob".into();
+    j.spec = None;
+    j.metrics = None;
+    j.eval_metrics = None;
+    assert_eq!(
+        render_status(&j, &[], now()),
+        "\
+job         7 (smollm2-polite)
+owner       bob
+state       running
+device      cuda:0
+progress    3/12 (25%), epoch 0.75, 1200 tokens, 1m05s elapsed, ETA 3m15s
+memory      estimate 3.0 GiB, peak 2.5 GiB
+spec        visible only to its owner and admins (with its metrics, logs and checkpoints)
+created     2026-11-27T11:58:30Z (1m ago)
+started     2026-11-27T11:58:40Z
+attempts    1
+"
+    );
+    let mut f = job(4, JobState::Failed);
+    f.spec = None;
+    f.error = Some(JobError {
+        kind: "data".into(),
+        message: String::new(),
+    });
+    let text = render_status(&f, &[], now());
+    assert!(text.contains("\nerror       data\n"), "{text}");
+    // The list looks the same whoever asks.
+    assert!(render_list(&[j], now()).contains("\n7   smollm2-polite  bob    running"));
 }

@@ -1,0 +1,166 @@
+//! What one user may ask of a shared daemon (the `max_*_per_user`, `max_user_priority`,
+//! `max_keep_checkpoints` and `min_save_every` settings): checked at submit, so a job over a
+//! limit is refused with the limit's name and value before anything is stored. How running
+//! slots are shared between users (round-robin at equal priority, `max_running_per_user`) is
+//! the scheduler's ([`crate::supervisor`]).
+
+use std::path::Path;
+
+use orpo_api::{JobSpec, JobState, JobView};
+
+use crate::auth::Caller;
+use crate::config::ServeConfig;
+use crate::http::error::ApiError;
+use crate::store::Store;
+
+/// The limits on the job itself: its priority (admins may exceed the ceiling) and how many
+/// checkpoints it keeps how often.
+pub fn check_spec(config: &ServeConfig, caller: &Caller, spec: &JobSpec) -> Result<(), ApiError> {
+    let t = &spec.train;
+    if spec.priority > config.max_user_priority && !caller.admin {
+        return Err(ApiError::LimitExceeded(format!(
+            "priority = {} is above this server's ceiling (max_user_priority = {}); only an \
+             admin may submit above it",
+            spec.priority, config.max_user_priority
+        )));
+    }
+    if t.keep_checkpoints > config.max_keep_checkpoints {
+        return Err(ApiError::LimitExceeded(format!(
+            "train.keep_checkpoints = {} is above this server's limit (max_keep_checkpoints = {})",
+            t.keep_checkpoints, config.max_keep_checkpoints
+        )));
+    }
+    if t.save_every != 0 && t.save_every < config.min_save_every {
+        return Err(ApiError::LimitExceeded(format!(
+            "train.save_every = {} is below this server's limit (min_save_every = {}); use a \
+             larger interval, or 0 for the final checkpoint only",
+            t.save_every, config.min_save_every
+        )));
+    }
+    Ok(())
+}
+
+/// The limits on everything `owner` has: jobs waiting, steps still to run (with this job's
+/// `steps`) and bytes on disk.
+pub fn check_user(
+    config: &ServeConfig,
+    store: &Store,
+    owner: &str,
+    steps: u64,
+) -> Result<(), ApiError> {
+    let jobs: Vec<JobView> = store
+        .all_jobs()?
+        .into_iter()
+        .filter(|j| j.owner == owner)
+        .collect();
+    let waiting = jobs.iter().filter(|j| waits(j.state)).count();
+    if waiting >= config.max_queued_per_user {
+        return Err(ApiError::LimitExceeded(format!(
+            "{owner} has {waiting} job(s) waiting, this server's limit (max_queued_per_user = \
+             {}); submit more when some have run, or cancel some",
+            config.max_queued_per_user
+        )));
+    }
+    let left: u64 = jobs
+        .iter()
+        .filter(|j| !j.state.is_terminal())
+        .map(|j| j.progress.total_steps.saturating_sub(j.progress.step) as u64)
+        .sum();
+    if left.saturating_add(steps) > config.max_steps_per_user {
+        return Err(ApiError::LimitExceeded(format!(
+            "this job's {steps} steps and the {left} still to run of {owner}'s unfinished jobs \
+             are more than this server's limit (max_steps_per_user = {})",
+            config.max_steps_per_user
+        )));
+    }
+    let bytes: u64 = jobs
+        .iter()
+        .map(|j| {
+            let dir = crate::supervisor::spawn::job_dir(&config.state_dir, j.id);
+            folder_bytes(&dir)
+        })
+        .sum();
+    let cap = config.max_checkpoint_mib_per_user.saturating_mul(1 << 20);
+    if bytes >= cap {
+        return Err(ApiError::LimitExceeded(format!(
+            "{owner}'s jobs hold {} MiB of checkpoints and exports, this server's limit \
+             (max_checkpoint_mib_per_user = {}); remove finished jobs with `orpoctl rm ID`",
+            bytes >> 20,
+            config.max_checkpoint_mib_per_user
+        )));
+    }
+    Ok(())
+}
+
+/// States in which a job waits for a slot (counted by `max_queued_per_user`).
+fn waits(state: JobState) -> bool {
+    matches!(
+        state,
+        JobState::Queued | JobState::Paused | JobState::Interrupted | JobState::Validating
+    )
+}
+
+/// Bytes of the files under `dir` (symlinks not followed); 0 when it does not exist.
+fn folder_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => folder_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(admin: bool) -> Caller {
+        Caller {
+            user: "alice".into(),
+            admin,
+            open: false,
+        }
+    }
+
+    #[test]
+    fn spec_limits_name_their_setting() {
+        let config = ServeConfig::default();
+        let mut spec = JobSpec::default();
+        spec.train.save_every = 0;
+        assert!(check_spec(&config, &caller(false), &spec).is_ok());
+        let refused = |spec: &JobSpec, admin: bool| {
+            check_spec(&config, &caller(admin), spec)
+                .unwrap_err()
+                .to_string()
+        };
+        spec.priority = 2_147_483_647;
+        assert!(refused(&spec, false).contains("max_user_priority = 10"));
+        assert!(
+            check_spec(&config, &caller(true), &spec).is_ok(),
+            "admins may"
+        );
+        spec.priority = 10;
+        spec.train.keep_checkpoints = 11;
+        assert!(refused(&spec, true).contains("max_keep_checkpoints = 10"));
+        spec.train.keep_checkpoints = 10;
+        spec.train.save_every = 1;
+        assert!(refused(&spec, true).contains("min_save_every = 10"));
+        spec.train.save_every = 10;
+        assert!(check_spec(&config, &caller(false), &spec).is_ok());
+    }
+
+    #[test]
+    fn folder_bytes_add_up_nested_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("x"), [0u8; 100]).unwrap();
+        std::fs::write(dir.path().join("a/b/y"), [0u8; 28]).unwrap();
+        assert_eq!(folder_bytes(dir.path()), 128);
+        assert_eq!(folder_bytes(&dir.path().join("missing")), 0);
+    }
+}
