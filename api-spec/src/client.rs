@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     CallerView, CheckpointView, CreatedToken, DatasetView, ErrorBody, EventView, GpusView,
-    HealthView, JobList, JobState, JobView, MetricRecord, NewToken, NewUser, PlanView,
-    SubmitJobRequest, TokenView, UserView,
+    HealthView, JobList, JobState, JobView, MetricRecord, NewNotify, NewToken, NewUser,
+    NotifyTestView, NotifyView, PlanView, SubmitJobRequest, TokenView, UserView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -408,6 +408,45 @@ impl Client {
         decode(
             self.http
                 .delete(self.url(&format!("/v1/tokens/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// The caller's notification endpoints (an admin's: everyone's).
+    pub async fn notify_targets(&self) -> Result<Vec<NotifyView>> {
+        decode(self.http.get(self.url("/v1/notify")).send().await?).await
+    }
+
+    /// Adds a notification endpoint for the caller.
+    pub async fn add_notify(&self, req: &NewNotify) -> Result<NotifyView> {
+        decode(
+            self.http
+                .post(self.url("/v1/notify"))
+                .json(req)
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Removes a notification endpoint by its id.
+    pub async fn remove_notify(&self, id: &str) -> Result<NotifyView> {
+        decode(
+            self.http
+                .delete(self.url(&format!("/v1/notify/{id}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
+    /// Sends one test notification to an endpoint and says how it went.
+    pub async fn test_notify(&self, id: &str) -> Result<NotifyTestView> {
+        decode(
+            self.http
+                .post(self.url(&format!("/v1/notify/{id}/test")))
                 .send()
                 .await?,
         )

@@ -9,6 +9,7 @@
 //! - [`gpus`]: devices and placement (`/v1/gpus`, `/v1/plan`).
 //! - [`health`]: the `/healthz` answer.
 //! - [`users`]: users and API tokens (`/v1/me`, `/v1/users`, `/v1/tokens`).
+//! - [`notify`]: webhook endpoints told when a job ends (`/v1/notify`).
 //! - [`label`]: the rule for free text shown to others (job names, owners).
 //! - [`error`]: the error body every failed request carries.
 //! - `client` (feature `client`): a typed reqwest client of the v1 API.
@@ -22,6 +23,7 @@ pub mod gpus;
 pub mod health;
 pub mod jobs;
 pub mod label;
+pub mod notify;
 pub mod spec;
 pub mod users;
 
@@ -40,6 +42,10 @@ pub use jobs::{
     MetricRecord, Progress, SubmitJobRequest,
 };
 pub use label::{check_label, NAME_MAX_CHARS, OWNER_MAX_CHARS};
+pub use notify::{
+    NewNotify, Notification, NotifyFormat, NotifyOn, NotifyTestView, NotifyView,
+    MAX_NOTIFY_PER_USER, NOTIFY_URL_MAX_BYTES,
+};
 pub use spec::{JobSpec, SpecError};
 pub use users::{
     check_user_name, parse_lifetime, CallerView, CreatedToken, NewToken, NewUser, TokenView,

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use orpo_api::{NotifyFormat, NotifyOn};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +143,10 @@ pub enum Command {
     /// API tokens: create one (shown only once), list them, revoke one
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Where the daemon tells you that a job ended or waits long: webhooks (ntfy, Slack,
+    /// Discord, JSON)
+    #[command(subcommand)]
+    Notify(NotifyCommand),
     /// Print a shell completion script (e.g. `orpoctl completions bash > ~/.local/share/bash-completion/completions/orpoctl`)
     Completions { shell: clap_complete::Shell },
 }
@@ -186,6 +191,43 @@ pub enum TokenCommand {
     },
     /// Revoke a token by its id (as `token list` shows it): it stops working at once
     Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NotifyCommand {
+    /// Add an endpoint: the daemon posts there when your jobs succeed, fail or wait long
+    /// (the URL must be under a prefix the server's operator allows)
+    Add {
+        url: String,
+        /// json, ntfy, slack or discord; default: guessed from the URL
+        #[arg(long, value_parser = notify_format)]
+        format: Option<NotifyFormat>,
+        /// Which events, comma-separated: succeeded, failed, cancelled, waiting
+        /// [default: succeeded,failed,waiting]
+        #[arg(long, value_delimiter = ',', value_parser = notify_on)]
+        on: Option<Vec<NotifyOn>>,
+        /// Whose endpoint (admins may name another user); default: yours
+        #[arg(long, value_parser = user_name)]
+        user: Option<String>,
+    },
+    /// List your endpoints (an admin's: everyone's)
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an endpoint by its id (as `notify list` shows it)
+    Rm { id: String },
+    /// Send a test notification to an endpoint now and say how it went
+    Test { id: String },
+}
+
+fn notify_format(text: &str) -> Result<NotifyFormat, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_string()))
+        .map_err(|_| format!("{text:?} is not a format: use json, ntfy, slack or discord"))
+}
+
+fn notify_on(text: &str) -> Result<NotifyOn, String> {
+    text.parse()
 }
 
 /// A token's lifetime in seconds; `None`: it never expires.

@@ -91,6 +91,15 @@ pub struct ServeConfig {
     /// The smallest `train.save_every` a job may ask for (0, "final only", is always allowed).
     /// Default 10.
     pub min_save_every: usize,
+    /// URL prefixes users' notification endpoints must start with (`http://host:port/path`,
+    /// compared after parsing: scheme, host and port equal, path under it). Empty: users cannot
+    /// add endpoints. Only the operator sets it, so the daemon posts where the admin allows.
+    pub notify_allow: Vec<String>,
+    /// Seconds a job may wait in the queue before its owner hears that it waits (once per job);
+    /// 0: never. Default 3600.
+    pub notify_wait_after_s: u64,
+    /// Tries after the first when an endpoint fails, 1 s apart and doubling. Default 5.
+    pub notify_retries: u32,
 }
 
 impl Default for ServeConfig {
@@ -123,6 +132,9 @@ impl Default for ServeConfig {
             max_checkpoint_mib_per_user: 51_200,
             max_keep_checkpoints: 10,
             min_save_every: 10,
+            notify_allow: Vec::new(),
+            notify_wait_after_s: 3600,
+            notify_retries: 5,
         }
     }
 }

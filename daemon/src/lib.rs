@@ -27,6 +27,7 @@ pub mod disk;
 pub mod http;
 pub mod lengths;
 pub mod limits;
+pub mod notify;
 pub mod sdnotify;
 pub mod server;
 pub mod store;

@@ -58,12 +58,21 @@ pub async fn run(
     if recovered > 0 {
         tracing::info!("requeued {recovered} job(s) left running by the previous daemon");
     }
+    let notifications = match crate::notify::Notifications::new(store.clone(), &config) {
+        Ok(n) => n,
+        Err(e) => {
+            store.close().await?;
+            return Err(e);
+        }
+    };
+    let notify_task = tokio::spawn(notifications.clone().run());
     let scheduler = tokio::spawn(supervisor.clone().run());
     let retention = tokio::spawn(supervisor.clone().retention_loop());
     let state = web::Data::new(AppState {
         store: store.clone(),
         supervisor: supervisor.clone(),
         config: config.clone(),
+        notifications,
     });
     let server = HttpServer::new(move || {
         App::new()
@@ -113,6 +122,7 @@ pub async fn run(
     let _ = server_task.await;
     scheduler.abort();
     retention.abort();
+    notify_task.abort();
     store.close().await?;
     let _ = std::fs::remove_file(dir.join("orpod.addr"));
     tracing::info!("stopped");

@@ -6,12 +6,14 @@
 //! - `errors`: bad job files (exit 2, line and column), unknown jobs, a server that is down,
 //!   where the server and token come from.
 //! - `devices`: gpus, plan, completions, and the daemon's dataset lookup route.
+//! - `notify`: `notify add | list | test | rm` against a local receiver.
 //! - `users`: a daemon with users: whoami, missing and refused tokens, `user add|list`,
 //!   `token create|list|revoke`, and jobs that only their owners (and admins) may touch.
 
 mod devices;
 mod errors;
 mod jobs;
+mod notify;
 mod users;
 
 use std::path::{Path, PathBuf};

@@ -13,6 +13,8 @@
 //! - `stress`: sixteen clients at once while a job trains; kill -9 at twenty random moments.
 //! - `errors`: bad inputs get the right 4xx and a message that says what is wrong.
 //! - `openapi`: the committed api-spec/openapi.json is what the code generates.
+//! - `notify`: webhooks (JSON, ntfy, Slack) from a local receiver's view: allowed prefixes
+//!   only, each owner hears of their own jobs, retries, a long wait announced once.
 //! - `security`: tokens (missing, wrong, expired, revoked), other users' jobs and data sets,
 //!   owner spoofing, admin routes, traversal in path parameters, model paths outside the roots.
 //! - `sharing`: each per-user limit refuses with its name and value; fair turns between users.
@@ -24,6 +26,7 @@ mod diskfull;
 mod edges;
 mod errors;
 mod jobs;
+mod notify;
 mod openapi;
 mod pause;
 mod queue;

@@ -3,6 +3,7 @@
 pub mod checkpoints;
 pub mod gpus;
 pub mod jobs;
+pub mod notify;
 pub mod remove;
 pub mod submit;
 pub mod users;
@@ -10,7 +11,7 @@ pub mod watch;
 
 use clap::CommandFactory as _;
 
-use crate::cli::{Cli, Command, TokenCommand, UserCommand};
+use crate::cli::{Cli, Command, NotifyCommand, TokenCommand, UserCommand};
 use crate::conn::Conn;
 use crate::{config, Outcome};
 
@@ -64,6 +65,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }) => users::token_create(&conn, user, expires, json).await,
         Command::Token(TokenCommand::List { json }) => users::token_list(&conn, json).await,
         Command::Token(TokenCommand::Revoke { id }) => users::token_revoke(&conn, &id).await,
+        Command::Notify(NotifyCommand::Add {
+            url,
+            format,
+            on,
+            user,
+        }) => notify::add(&conn, url, format, on, user).await,
+        Command::Notify(NotifyCommand::List { json }) => notify::list(&conn, json).await,
+        Command::Notify(NotifyCommand::Rm { id }) => notify::remove(&conn, &id).await,
+        Command::Notify(NotifyCommand::Test { id }) => notify::test(&conn, &id).await,
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

@@ -20,7 +20,7 @@ pub fn hash(token: &str) -> String {
         .collect()
 }
 
-fn random_hex(bytes: usize) -> std::io::Result<String> {
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; bytes];
     // Never a weaker fallback: a daemon that cannot read the kernel's randomness makes no token.
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;

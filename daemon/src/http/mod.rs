@@ -8,6 +8,7 @@ pub mod events;
 pub mod gpus;
 pub mod health;
 pub mod jobs;
+pub mod notify;
 mod rules;
 pub mod users;
 mod validate;
@@ -28,6 +29,7 @@ pub struct AppState {
     pub store: Store,
     pub supervisor: Arc<Supervisor>,
     pub config: Arc<ServeConfig>,
+    pub notifications: Arc<crate::notify::Notifications>,
 }
 
 #[derive(OpenApi)]
@@ -46,6 +48,7 @@ pub struct AppState {
         gpus::gpus, gpus::plan,
         users::me, users::list_users, users::add_user, users::create_token, users::list_tokens,
         users::revoke_token,
+        notify::list, notify::add, notify::remove, notify::test,
         health::healthz, health::metrics,
     ),
     components(schemas(orpo_api::ErrorBody, orpo_api::EventKind)),
@@ -56,6 +59,7 @@ pub struct AppState {
         (name = "checkpoints", description = "Checkpoints and their files"),
         (name = "devices", description = "Devices and placement"),
         (name = "users", description = "Users and API tokens"),
+        (name = "notify", description = "Word when a job ends: webhook endpoints"),
         (name = "health", description = "Health and monitoring"),
     )
 )]
@@ -138,6 +142,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(users::create_token)),
     )
     .service(resource("/v1/tokens/{id}", "DELETE").route(web::delete().to(users::revoke_token)))
+    .service(
+        resource("/v1/notify", "GET, POST")
+            .route(web::get().to(notify::list))
+            .route(web::post().to(notify::add)),
+    )
+    .service(resource("/v1/notify/{id}", "DELETE").route(web::delete().to(notify::remove)))
+    .service(resource("/v1/notify/{id}/test", "POST").route(web::post().to(notify::test)))
     .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
     .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
     .default_service(web::to(|| async {

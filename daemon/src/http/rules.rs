@@ -108,6 +108,7 @@ const MAY_FORBID: &[&str] = &[
     "list_users",
     "add_user",
     "create_token",
+    "add_notify",
     "plan",
 ];
 

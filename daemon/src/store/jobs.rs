@@ -172,13 +172,14 @@ impl Store {
         id: u64,
         change: impl FnOnce(&mut JobView) -> std::result::Result<(), String> + Send + 'static,
     ) -> Result<JobView> {
-        self.writer
+        let (after, moved) = self
+            .writer
             .run(false, move |t| {
                 let before = get_job(t, id)?;
                 let mut after = before.clone();
                 change(&mut after).map_err(StoreError::Rejected)?;
                 if after == before {
-                    return Ok(after);
+                    return Ok((after, false));
                 }
                 after.id = id;
                 let record = job_to_json(&after)?;
@@ -202,9 +203,15 @@ impl Store {
                     }
                     super::events::append(t, id, EventKind::State, &msg, Some(after.state), None)?;
                 }
-                Ok(after)
+                let moved = before.state != after.state;
+                Ok((after, moved))
             })
-            .await
+            .await?;
+        if moved {
+            // No receiver (no notifier yet) is fine.
+            let _ = self.transitions.send(after.clone());
+        }
+        Ok(after)
     }
 
     /// Removes a job in a final state with its events and metric records. Its files are the

@@ -29,6 +29,7 @@
 //! - `idempotency`: `owner \0 key` → the job it created and a fingerprint of the request.
 //! - `users`, `tokens`, `dataset_owners`: who may call the API and whose data sets are whose
 //!   ([`users`]).
+//! - `notify`: `user \0 id` → a webhook endpoint of that user ([`notify`]).
 //! - `quarantine`: `tree/key` → the raw bytes of a record that could not be read, moved aside
 //!   at open so that one bad record never stops the queue.
 //!
@@ -38,6 +39,7 @@
 
 mod events;
 mod jobs;
+mod notify;
 mod users;
 mod writer;
 
@@ -53,8 +55,11 @@ pub use users::TokenRecord;
 /// Bumped whenever a stored format changes; an older daemon refuses a newer store.
 /// 2: the queue order lives in memory (the `queue` tree is gone); `idempotency`, `quarantine`.
 /// 3: `users`, `tokens`, `dataset_owners` (a version-2 daemon would ignore the users and run
-/// open, so it must refuse this store).
+/// open, so it must refuse this store), `notify`.
 pub const SCHEMA_VERSION: u32 = 3;
+
+/// How many state changes [`Store::transitions`] keeps for a slow receiver.
+pub const TRANSITIONS_BUFFER: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,6 +101,7 @@ pub(crate) struct Trees {
     users: sled::Tree,
     tokens: sled::Tree,
     dataset_owners: sled::Tree,
+    notify: sled::Tree,
     /// `queue_key(job)` → id for exactly the queued jobs: highest priority first, ties in
     /// submit order. Only the writer changes it.
     queue: Arc<Mutex<BTreeMap<[u8; 12], u64>>>,
@@ -139,6 +145,8 @@ impl Shared {
 pub struct Store {
     shared: Arc<Shared>,
     writer: writer::Handle,
+    /// Every job whose state changed, as it is after the change ([`Store::transitions`]).
+    transitions: tokio::sync::broadcast::Sender<JobView>,
 }
 
 impl Store {
@@ -152,7 +160,19 @@ impl Store {
             broken: Mutex::new(None),
         });
         let writer = writer::spawn(shared.clone());
-        Ok(Store { shared, writer })
+        let (transitions, _) = tokio::sync::broadcast::channel(TRANSITIONS_BUFFER);
+        Ok(Store {
+            shared,
+            writer,
+            transitions,
+        })
+    }
+
+    /// A receiver of every job state change from now on (the job as it is after it). Sending
+    /// never waits: a receiver that falls more than [`TRANSITIONS_BUFFER`] behind misses the
+    /// oldest and is told how many (`RecvError::Lagged`).
+    pub fn transitions(&self) -> tokio::sync::broadcast::Receiver<JobView> {
+        self.transitions.subscribe()
     }
 
     /// The open trees, or [`StoreError::Unavailable`] while the store is being reopened.
@@ -243,6 +263,7 @@ pub(crate) fn open_trees(dir: &Path) -> Result<Trees> {
         users: db.open_tree("users")?,
         tokens: db.open_tree("tokens")?,
         dataset_owners: db.open_tree("dataset_owners")?,
+        notify: db.open_tree("notify")?,
         db,
         queue: Default::default(),
     };
@@ -301,10 +322,11 @@ fn rebuild(t: &Trees) -> Result<()> {
         serde_json::from_slice::<T>(v).is_ok()
     }
     type Reads = fn(&[u8]) -> bool;
-    let readable: [(&sled::Tree, &str, Reads); 3] = [
+    let readable: [(&sled::Tree, &str, Reads); 4] = [
         (&t.datasets, "datasets", reads::<DatasetView>),
         (&t.users, "users", reads::<orpo_api::UserView>),
         (&t.tokens, "tokens", reads::<TokenRecord>),
+        (&t.notify, "notify", reads::<orpo_api::NotifyView>),
     ];
     for (tree, name, reads) in readable {
         for kv in tree.iter() {
