@@ -52,7 +52,11 @@ pub struct NewToken {
     )]
     pub user: Option<String>,
     /// Seconds until it stops working (at most 10 years); absent: it never expires.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "whole_seconds"
+    )]
     #[cfg_attr(feature = "schema", schema(minimum = 1, maximum = 315_360_000))]
     pub expires_in_s: Option<u64>,
 }
@@ -173,4 +177,19 @@ mod tests {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// Seconds as a JSON integer, or a number with no fraction (`3600.0` is 3600, as JSON Schema's
+/// `integer` has it); anything else is an error naming what is expected.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(v) = Option::<f64>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if v.fract() != 0.0 || v < 0.0 || !v.is_finite() {
+        return Err(serde::de::Error::custom(format!(
+            "expires_in_s: {v} is not a whole number of seconds"
+        )));
+    }
+    // Past u64 saturates; the route's bound (10 years) refuses it.
+    Ok(Some(v as u64))
 }

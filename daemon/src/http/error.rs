@@ -127,11 +127,12 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::InvalidJob(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidData(_)
             | ApiError::ModelNotFound(_)
-            | ApiError::DatasetNotFound(_)
-            | ApiError::UnknownUser(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::JobNotFound(_) | ApiError::CheckpointNotFound(_) | ApiError::NotFound(_) => {
-                StatusCode::NOT_FOUND
-            }
+            | ApiError::DatasetNotFound(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Which users exist is server state, like an id: a name that is none is a 404.
+            ApiError::JobNotFound(_)
+            | ApiError::CheckpointNotFound(_)
+            | ApiError::NotFound(_)
+            | ApiError::UnknownUser(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) | ApiError::LimitExceeded(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,

@@ -33,7 +33,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/notify", tag = "notify", operation_id = "add_notify", request_body = NewNotify,
     responses((status = 201, body = NotifyView), (status = 400, body = ErrorBody),
         (status = 409, description = "The user has this URL already", body = ErrorBody),
-        (status = 422, description = "No such user", body = ErrorBody)))]
+        (status = 404, description = "No such user", body = ErrorBody)))]
 pub async fn add(
     state: web::Data<AppState>,
     caller: Caller,

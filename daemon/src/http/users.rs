@@ -71,12 +71,20 @@ pub async fn add_user(
 /// shown: the daemon keeps its hash.
 #[utoipa::path(post, path = "/v1/tokens", tag = "users", operation_id = "create_token", request_body = NewToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = ErrorBody),
-        (status = 422, description = "No such user", body = ErrorBody)))]
+        (status = 404, description = "No such user", body = ErrorBody)))]
 pub async fn create_token(
     state: web::Data<AppState>,
     caller: Caller,
-    req: web::Json<NewToken>,
+    req: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, ApiError> {
+    // An object only: serde would also take a struct from an array (`[null, null]`).
+    if !req.is_object() {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    let req: NewToken = serde_json::from_value(req.into_inner())
+        .map_err(|e| ApiError::BadRequest(format!("Json deserialize error: {e}")))?;
     let user = req.user.clone().unwrap_or_else(|| caller.user.clone());
     if user != caller.user {
         caller.check_admin("create tokens for other users")?;
