@@ -143,6 +143,21 @@ pub fn parse_lifetime(text: &str) -> Result<Option<u64>, String> {
 /// The longest lifetime a token can be given: ten years.
 pub const MAX_TOKEN_LIFETIME_S: u64 = 315_360_000;
 
+/// Seconds as a JSON integer, or a number with no fraction (`3600.0` is 3600, as JSON Schema's
+/// `integer` has it); anything else is an error naming what is expected.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(v) = Option::<f64>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if v.fract() != 0.0 || v < 0.0 || !v.is_finite() {
+        return Err(serde::de::Error::custom(format!(
+            "expires_in_s: {v} is not a whole number of seconds"
+        )));
+    }
+    // Past u64 saturates; the route's bound (10 years) refuses it.
+    Ok(Some(v as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,19 +192,4 @@ mod tests {
             assert!(parse_lifetime(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// Seconds as a JSON integer, or a number with no fraction (`3600.0` is 3600, as JSON Schema's
-/// `integer` has it); anything else is an error naming what is expected.
-fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let Some(v) = Option::<f64>::deserialize(d)? else {
-        return Ok(None);
-    };
-    if v.fract() != 0.0 || v < 0.0 || !v.is_finite() {
-        return Err(serde::de::Error::custom(format!(
-            "expires_in_s: {v} is not a whole number of seconds"
-        )));
-    }
-    // Past u64 saturates; the route's bound (10 years) refuses it.
-    Ok(Some(v as u64))
 }
