@@ -386,6 +386,17 @@ impl Client {
         .await
     }
 
+    /// Removes a user (admins): their tokens, endpoints and data set claims go.
+    pub async fn remove_user(&self, name: &str) -> Result<UserView> {
+        decode(
+            self.http
+                .delete(self.url(&format!("/v1/users/{name}")))
+                .send()
+                .await?,
+        )
+        .await
+    }
+
     /// Creates a token (for the caller, or for `user` when an admin asks).
     pub async fn create_token(&self, req: &NewToken) -> Result<CreatedToken> {
         decode(

@@ -1,10 +1,15 @@
 //! Uploaded preference data: `POST /v1/datasets` stores a JSONL file under its sha256 and a job
-//! names it as `data.train = "sha256:<hex>"`, so a re-submit uploads nothing new.
+//! names it as `data.train = "sha256:<hex>"`, so a re-submit uploads nothing new. A daemon with
+//! `data_roots` also takes `data.train = "server:<path>"`, a file already on the server, which
+//! it checks and stores as if it had been uploaded.
 
 use serde::{Deserialize, Serialize};
 
 /// The prefix of a data set reference in a job spec.
 pub const DATASET_REF_PREFIX: &str = "sha256:";
+
+/// The prefix of a data file on the daemon's machine, inside its `data_roots`.
+pub const SERVER_DATA_PREFIX: &str = "server:";
 
 /// A stored data set: every row was checked when it was uploaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -84,4 +89,15 @@ pub fn parse_dataset_ref(s: &str) -> Option<&str> {
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
     .then_some(hex)
+}
+
+/// `server:<path>` → `<path>` (not empty).
+pub fn parse_server_data(s: &str) -> Option<&str> {
+    s.strip_prefix(SERVER_DATA_PREFIX).filter(|p| !p.is_empty())
+}
+
+/// Whether a data value names something on the daemon (an upload or a server file) rather than
+/// a local file.
+pub fn is_server_data(s: &str) -> bool {
+    parse_dataset_ref(s).is_some() || parse_server_data(s).is_some()
 }

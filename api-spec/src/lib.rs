@@ -31,8 +31,8 @@ pub mod users;
 pub mod client;
 
 pub use datasets::{
-    parse_dataset_ref, ChatMessage, ChatRole, ChatRow, DatasetView, PreferenceRow, TextRow,
-    DATASET_REF_PREFIX,
+    is_server_data, parse_dataset_ref, parse_server_data, ChatMessage, ChatRole, ChatRow,
+    DatasetView, PreferenceRow, TextRow, DATASET_REF_PREFIX, SERVER_DATA_PREFIX,
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use gpus::{DeviceView, EstimateView, GpusView, PlanView, ProcessView};

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::datasets::is_server_data;
 use crate::label::{label_problem, NAME_MAX_CHARS};
 
 /// Why a job file was refused. The message names the file and, for parse errors, the line and
@@ -97,12 +98,20 @@ pub enum Dtype {
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
     /// JSONL rows `{"prompt","chosen","rejected"}`: strings, or lists of chat messages. On the
-    /// daemon: an uploaded data set, `sha256:<hex>` (see `POST /v1/datasets`).
-    #[cfg_attr(feature = "schema", schema(pattern = r"^sha256:[0-9a-f]{64}$"))]
+    /// daemon: an uploaded data set, `sha256:<hex>` (see `POST /v1/datasets`), or
+    /// `server:<path>`, a file inside the daemon's `data_roots`.
+    #[cfg_attr(
+        feature = "schema",
+        schema(pattern = r"^(sha256:[0-9a-f]{64}|server:.+)$")
+    )]
     pub train: String,
-    /// Optional JSONL file for evaluation. On the daemon: empty or an uploaded data set.
+    /// Optional JSONL file for evaluation. On the daemon: empty, an uploaded data set or a
+    /// `server:` file.
     #[serde(default)]
-    #[cfg_attr(feature = "schema", schema(pattern = r"^(sha256:[0-9a-f]{64})?$"))]
+    #[cfg_attr(
+        feature = "schema",
+        schema(pattern = r"^(sha256:[0-9a-f]{64}|server:.+)?$")
+    )]
     pub eval: String,
     /// Fraction of `train` split off for evaluation (with the seed) when `eval` is empty.
     #[serde(default)]
@@ -494,7 +503,7 @@ impl JobSpec {
     /// server, checked where the job runs.
     pub fn resolve_paths(&mut self, dir: &Path) {
         let join = |p: &mut String| {
-            if !p.is_empty() && Path::new(p.as_str()).is_relative() {
+            if !p.is_empty() && !is_server_data(p) && Path::new(p.as_str()).is_relative() {
                 *p = dir.join(p.as_str()).to_string_lossy().into_owned();
             }
         };

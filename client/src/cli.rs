@@ -137,7 +137,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Users of the daemon: add them, list them (admins)
+    /// Users of the daemon: add, list and remove them (admins)
     #[command(subcommand)]
     User(UserCommand),
     /// API tokens: create one (shown only once), list them, revoke one
@@ -166,6 +166,12 @@ pub enum UserCommand {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// Remove a user (admins): their tokens stop working; refused while they have unfinished jobs
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(value_parser = user_name)]
+        name: String,
     },
 }
 

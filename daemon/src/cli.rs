@@ -76,6 +76,15 @@ pub enum UserCommand {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Remove a user: their tokens stop working, their notification endpoints and data set
+    /// claims go; finished jobs stay. Refused while they have unfinished jobs, and for the
+    /// last admin while other users remain.
+    #[command(visible_alias = "remove")]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        state: StateArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]

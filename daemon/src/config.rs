@@ -23,6 +23,10 @@ pub struct ServeConfig {
     /// Folders `model.base` (and `lora.init_adapter`) must be inside, symlinks followed; a
     /// relative `model.base` is taken inside the first. Empty: `<state_dir>/models`.
     pub model_roots: Vec<PathBuf>,
+    /// Folders from which a job may take `data.train = "server:<path>"` (symlinks followed; a
+    /// relative path is taken inside the first); `{user}` in a root stands for the job's
+    /// owner, so each user reads only their own folder. Empty: data only as uploads.
+    pub data_roots: Vec<PathBuf>,
     /// The most jobs running at once (one worker process each), whatever the memory; admission
     /// starts a job only when a device also has the memory its estimate needs.
     pub max_running: usize,
@@ -108,6 +112,7 @@ impl Default for ServeConfig {
             listen: DEFAULT_LISTEN.into(),
             state_dir: default_state_dir(),
             model_roots: Vec::new(),
+            data_roots: Vec::new(),
             max_running: 1,
             headroom_mib: 512,
             backfill: true,
@@ -150,6 +155,14 @@ impl ServeConfig {
         toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
+    /// `user`'s data roots: the configured ones with `{user}` replaced.
+    pub fn data_roots(&self, user: &str) -> Vec<PathBuf> {
+        self.data_roots
+            .iter()
+            .map(|r| PathBuf::from(r.to_string_lossy().replace("{user}", user)))
+            .collect()
+    }
+
     /// The model roots in force: the configured ones, or `<state_dir>/models`.
     pub fn model_roots(&self) -> Vec<PathBuf> {
         if self.model_roots.is_empty() {
@@ -183,6 +196,23 @@ pub fn local_model(base: &str) -> String {
         }
     }
     base.to_string()
+}
+
+/// The foreground commands read data files here: a `sha256:` or `server:` value names data on
+/// a daemon, which they cannot reach.
+pub fn local_data(spec: &orpo_api::JobSpec) -> anyhow::Result<()> {
+    for (key, value) in [
+        ("data.train", &spec.data.train),
+        ("data.eval", &spec.data.eval),
+    ] {
+        if orpo_api::is_server_data(value) {
+            anyhow::bail!(
+                "{key} = {value:?} names data on a daemon (`orpoctl submit` sends it there); \
+                 here give the JSONL file's path"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `$STATE_DIRECTORY` (systemd's `StateDirectory=`), else `$XDG_STATE_HOME/orpod`, else

@@ -1,6 +1,7 @@
 //! What one user may ask of a shared daemon (the `max_*_per_user`, `max_user_priority`,
 //! `max_keep_checkpoints` and `min_save_every` settings): checked at submit, so a job over a
-//! limit is refused with the limit's name and value before anything is stored. How running
+//! limit is refused with the limit's name and value before anything is stored (the counts of
+//! [`UserCaps`] by the store, in the write that inserts the job). How running
 //! slots are shared between users (round-robin at equal priority, `max_running_per_user`) is
 //! the scheduler's ([`crate::supervisor`]).
 
@@ -40,39 +41,64 @@ pub fn check_spec(config: &ServeConfig, caller: &Caller, spec: &JobSpec) -> Resu
     Ok(())
 }
 
-/// The limits on everything `owner` has: jobs waiting, steps still to run (with this job's
-/// `steps`) and bytes on disk.
-pub fn check_user(
-    config: &ServeConfig,
-    store: &Store,
-    owner: &str,
-    steps: u64,
-) -> Result<(), ApiError> {
+/// The caps on how much one user has waiting: jobs queued and steps still to run. The store
+/// checks them in the same write that inserts a job ([`crate::store::NewJob::caps`]), so two
+/// submits at once cannot both pass a cap by one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UserCaps {
+    pub max_queued: usize,
+    pub max_steps: u64,
+}
+
+impl UserCaps {
+    pub fn of(config: &ServeConfig) -> UserCaps {
+        UserCaps {
+            max_queued: config.max_queued_per_user,
+            max_steps: config.max_steps_per_user,
+        }
+    }
+
+    /// `Err(why)`, naming the setting and its value, when one more job of `steps` steps would
+    /// take `owner` past a cap; `jobs` are `owner`'s.
+    pub fn check<'a>(
+        &self,
+        owner: &str,
+        steps: u64,
+        jobs: impl IntoIterator<Item = &'a JobView>,
+    ) -> Result<(), String> {
+        let (mut waiting, mut left) = (0, 0u64);
+        for j in jobs {
+            waiting += usize::from(waits(j.state));
+            if !j.state.is_terminal() {
+                let to_run = j.progress.total_steps.saturating_sub(j.progress.step) as u64;
+                left = left.saturating_add(to_run);
+            }
+        }
+        if waiting >= self.max_queued {
+            return Err(format!(
+                "{owner} has {waiting} job(s) waiting, this server's limit (max_queued_per_user = \
+                 {}); submit more when some have run, or cancel some",
+                self.max_queued
+            ));
+        }
+        if left.saturating_add(steps) > self.max_steps {
+            return Err(format!(
+                "this job's {steps} steps and the {left} still to run of {owner}'s unfinished jobs \
+                 are more than this server's limit (max_steps_per_user = {})",
+                self.max_steps
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The limit on what `owner`'s jobs hold on disk (checkpoints and exports).
+pub fn check_disk(config: &ServeConfig, store: &Store, owner: &str) -> Result<(), ApiError> {
     let jobs: Vec<JobView> = store
         .all_jobs()?
         .into_iter()
         .filter(|j| j.owner == owner)
         .collect();
-    let waiting = jobs.iter().filter(|j| waits(j.state)).count();
-    if waiting >= config.max_queued_per_user {
-        return Err(ApiError::LimitExceeded(format!(
-            "{owner} has {waiting} job(s) waiting, this server's limit (max_queued_per_user = \
-             {}); submit more when some have run, or cancel some",
-            config.max_queued_per_user
-        )));
-    }
-    let left: u64 = jobs
-        .iter()
-        .filter(|j| !j.state.is_terminal())
-        .map(|j| j.progress.total_steps.saturating_sub(j.progress.step) as u64)
-        .sum();
-    if left.saturating_add(steps) > config.max_steps_per_user {
-        return Err(ApiError::LimitExceeded(format!(
-            "this job's {steps} steps and the {left} still to run of {owner}'s unfinished jobs \
-             are more than this server's limit (max_steps_per_user = {})",
-            config.max_steps_per_user
-        )));
-    }
     let bytes: u64 = jobs
         .iter()
         .map(|j| {

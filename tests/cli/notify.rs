@@ -2,27 +2,9 @@
 //! nothing, then an endpoint for the submitting user's name, a test delivery to a local
 //! receiver, and its removal.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use orpo_tests::webhook::Receiver;
 
 use crate::Setup;
-
-/// A receiver that answers 200 to every request; returns its port.
-fn receiver() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            // The test's notifications are small: one read takes the request.
-            let mut buf = [0u8; 65536];
-            let _ = stream.read(&mut buf);
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    port
-}
 
 #[tokio::test]
 async fn notify_add_list_test_and_rm() {
@@ -43,7 +25,8 @@ async fn notify_add_list_test_and_rm() {
         "{out:#?}"
     );
 
-    let port = receiver();
+    let hooks = Receiver::start(|_, _| "200 OK");
+    let port = hooks.port;
     s.d.stop();
     let config = s.d.state_dir.with_extension("toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
@@ -80,6 +63,11 @@ async fn notify_add_list_test_and_rm() {
     );
     let out = s.run(&["notify", "test", &id]).expect(0);
     assert_eq!(out.stdout, "delivered: the endpoint answered 200\n");
+    let got = hooks.at("/orpod");
+    assert!(
+        got.len() == 1 && got[0].body.contains("\"event\":\"test\""),
+        "{got:#?}"
+    );
     let out = s.run(&["notify", "rm", &id]).expect(0);
     assert_eq!(out.stdout, format!("removed endpoint {id} of tester\n"));
     let out = s.run(&["notify", "test", &id]).expect(1);

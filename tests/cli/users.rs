@@ -266,6 +266,48 @@ async fn an_admin_adds_a_user_and_makes_and_revokes_their_token() {
     assert!(out.stderr.contains("(unauthorized)"), "{out:#?}");
     assert_token_hint(&out);
     run_as(&s, &root, &["token", "revoke", &id]).expect(1);
+
+    // Removing users: admins only; carol's other token dies with her.
+    let out = run_as(&s, &carol, &["user", "rm", "carol"]).expect(1);
+    assert!(out.stderr.contains("(unauthorized)"), "{out:#?}");
+    let out = run_as(&s, &root, &["user", "rm", "root"]).expect(1);
+    assert!(
+        out.stderr.contains("root is the last admin") && out.stderr.contains("(conflict)"),
+        "{out:#?}"
+    );
+    let out = run_as(&s, &root, &["user", "rm", "carol"]).expect(0);
+    assert_eq!(
+        out.stdout,
+        "removed user carol; their tokens no longer work\n"
+    );
+    let out = run_as(&s, &root, &["user", "rm", "carol"]).expect(1);
+    assert!(out.stderr.contains("(unknown_user)"), "{out:#?}");
+
+    // `orpod user rm` on the stopped daemon's state folder: the last user may go, and the
+    // daemon is open again.
+    s.d.stop();
+    let orpod = |args: &[&str]| {
+        let out = std::process::Command::new(ORPOD)
+            .args(args)
+            .arg("--state-dir")
+            .arg(&s.d.state_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = orpod(&["user", "rm", "nobody"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no user nobody"), "{err}");
+    let (code, err) = orpod(&["user", "rm", "root"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("removed admin root: 2 token(s) revoked")
+            && err.contains("the daemon runs open again, on loopback only"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

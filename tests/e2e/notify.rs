@@ -3,117 +3,21 @@
 //! each endpoint's format; a failing endpoint is retried, a refusing one is not, a dead one
 //! holds up nothing; a job that waits long is announced once.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orpo_api::{JobState, NewNotify, Notification, NotifyFormat, NotifyOn, SubmitJobRequest};
+use orpo_tests::webhook::Receiver;
 use orpo_tests::{job_toml, orpod_token_create, orpod_user_add, prefs_jsonl, TestDaemon};
 
 use crate::{exe, fixture};
 
-/// One request as the receiver read it.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A webhook receiver on a free port: `/hooks/gone` answers 404, the first request to
-/// `/hooks/flaky` 503, everything else 200.
-struct Receiver {
-    port: u16,
-    got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let log = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split(' ').nth(1).unwrap_or("").to_string();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((k, v)) = h.trim_end().split_once(':') {
-                        headers.push((k.trim().to_string(), v.trim().to_string()));
-                    }
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                let _ = reader.read_exact(&mut body);
-                let mut got = log.lock().unwrap();
-                let earlier = got.iter().filter(|r| r.path == path).count();
-                got.push(Received {
-                    path: path.clone(),
-                    headers,
-                    body: String::from_utf8_lossy(&body).into_owned(),
-                });
-                drop(got);
-                let status = match path.as_str() {
-                    "/hooks/gone" => "404 Not Found",
-                    "/hooks/flaky" if earlier == 0 => "503 Service Unavailable",
-                    _ => "200 OK",
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-                );
-            }
-        });
-        Receiver { port, got }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn at(&self, path: &str) -> Vec<Received> {
-        let got = self.got.lock().unwrap();
-        got.iter().filter(|r| r.path == path).cloned().collect()
-    }
-
-    /// Waits until `path` got a request whose body contains `text`.
-    async fn wait_for(&self, path: &str, text: &str) -> Received {
-        let start = Instant::now();
-        loop {
-            if let Some(r) = self.at(path).into_iter().find(|r| r.body.contains(text)) {
-                return r;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{path} got no {text:?}: {:?}",
-                self.got.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+/// `/hooks/gone` answers 404, the first request to `/hooks/flaky` 503, everything else 200.
+fn hooks_answer(path: &str, earlier: usize) -> &'static str {
+    match path {
+        "/hooks/gone" => "404 Not Found",
+        "/hooks/flaky" if earlier == 0 => "503 Service Unavailable",
+        _ => "200 OK",
     }
 }
 
@@ -137,7 +41,7 @@ fn endpoint(url: String, format: Option<NotifyFormat>, on: Option<&[NotifyOn]>) 
 async fn webhooks_tell_each_owner_when_their_jobs_end_or_wait() {
     let (tmp, model) = fixture();
     let state = tmp.path().join("state");
-    let hooks = Receiver::start();
+    let hooks = Receiver::start(hooks_answer);
     // A port nothing listens on: an endpoint that is down.
     let dead = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -325,7 +229,7 @@ async fn webhooks_tell_each_owner_when_their_jobs_end_or_wait() {
     assert_eq!(hooks.at("/hooks/flaky").len(), 2);
     assert_eq!(hooks.at("/hooks/gone").len(), 1);
     // Nobody heard of bob's job, and nothing was sent twice.
-    let got = hooks.got.lock().unwrap().clone();
+    let got = hooks.all();
     assert!(
         got.iter().all(|r| !r.body.contains("\"owner\":\"bob\"")
             && !r.body.contains(&format!("job {} ", blocker.id))),

@@ -110,6 +110,7 @@ async fn stored_bad_jobs_fail_alone_and_the_queue_goes_on() {
                     estimate_bytes: None,
                     total_steps: 0,
                     idempotency: None,
+                    caps: None,
                 })
                 .await
                 .unwrap()

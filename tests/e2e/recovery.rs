@@ -126,6 +126,7 @@ async fn restart_with_ten_thousand_stored_jobs() {
                     estimate_bytes: None,
                     total_steps: 0,
                     idempotency: None,
+                    caps: None,
                 })
                 .await
                 .unwrap()

@@ -96,6 +96,11 @@ fn routes(job: u64, sha: &str) -> Vec<(&'static str, String)> {
         ("GET", "/v1/tokens".into()),
         ("POST", "/v1/tokens".into()),
         ("DELETE", "/v1/tokens/0123abcd".into()),
+        ("DELETE", "/v1/users/nobody".into()),
+        ("GET", "/v1/notify".into()),
+        ("POST", "/v1/notify".into()),
+        ("DELETE", "/v1/notify/0123abcd".into()),
+        ("POST", "/v1/notify/0123abcd/test".into()),
     ]
 }
 
@@ -373,10 +378,78 @@ async fn tokens_users_and_other_peoples_jobs() {
         d.client_with(&carol.token).me().await.unwrap().user,
         "carol"
     );
+    // Every JSON body is an object: serde alone would read these arrays as the structs.
+    for (path, body) in [
+        ("/v1/users", serde_json::json!(["dave", false])),
+        ("/v1/notify", serde_json::json!([null, "http://x/"])),
+        ("/v1/jobs", serde_json::json!([null, null])),
+        ("/v1/plan", serde_json::json!([])),
+    ] {
+        let (s, text) = call(&d, "POST", path, Some(&root_t), Some(body)).await;
+        assert_eq!(s, 400, "{path}: {text}");
+        assert!(
+            text.contains("must be a JSON object, not an array"),
+            "{text}"
+        );
+    }
+
+    // Removing users: admins only, never the last admin, never with unfinished jobs.
+    let before = snapshot(&root).await;
+    for (token, path, status, what) in [
+        (
+            &bob_t,
+            "/v1/users/carol",
+            403,
+            "only an admin may remove users",
+        ),
+        (&root_t, "/v1/users/nobody", 404, "no user nobody"),
+        (&root_t, "/v1/users/root", 409, "root is the last admin"),
+        (&root_t, "/v1/users/-x", 400, "user name"),
+        (
+            &root_t,
+            "/v1/users/alice",
+            409,
+            &format!("alice has unfinished jobs ({})", job.id),
+        ),
+    ] {
+        let (s, text) = call(&d, "DELETE", path, Some(token), None).await;
+        assert_eq!(s, status, "{path}: {text}");
+        assert!(text.contains(what), "{path}: {text}");
+    }
+    assert_eq!(
+        snapshot(&root).await,
+        before,
+        "a refused removal changed the store"
+    );
+
     // And an admin may cancel anyone's job.
     root.cancel(job.id).await.unwrap();
     d.wait_state(job.id, JobState::Cancelled, Duration::from_secs(30))
         .await;
+    // With it ended alice can go: her tokens stop working, her job stays in the history.
+    let (s, text) = call(&d, "DELETE", "/v1/users/alice", Some(&root_t), None).await;
+    assert_eq!(s, 200, "{text}");
+    let e = alice.me().await.unwrap_err();
+    assert!(e.to_string().contains("unknown or revoked"), "{e}");
+    assert!(root
+        .tokens()
+        .await
+        .unwrap()
+        .iter()
+        .all(|t| t.user != "alice"));
+    let users: Vec<String> = root
+        .users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(users, ["bob", "carol", "root"]);
+    assert_eq!(root.job(job.id).await.unwrap().owner, "alice");
+    assert!(
+        root.dataset(&ds.sha256).await.unwrap().is_some(),
+        "the file stays"
+    );
 }
 
 /// Path parameters that try to leave their folder or their type get a 4xx and nothing else.
@@ -486,6 +559,14 @@ async fn model_paths_stay_inside_the_roots() {
         }
         assert_eq!(d.all_jobs().await.len(), before, "{base}: nothing stored");
     }
+    // Without `data_roots` data comes only as uploads.
+    let e = d
+        .client
+        .submit(&plan_server_data(&models))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("invalid_job"), "{e}");
+    assert!(e.to_string().contains("data only as uploads"), "{e}");
     // lora.init_adapter follows the same rule.
     let mut text = job_toml(&models.join("tiny.gguf"), &ds.reference, "max_steps = 1");
     text = text.replace(
@@ -578,4 +659,102 @@ async fn an_open_daemon_stays_on_loopback() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+fn plan_server_data(models: &Path) -> SubmitJobRequest {
+    SubmitJobRequest {
+        job_toml: Some(job_toml(
+            &models.join("tiny.gguf"),
+            "server:prefs.jsonl",
+            "",
+        )),
+        ..Default::default()
+    }
+}
+
+/// `data.train = "server:<path>"` reads a file inside the owner's data root (`{user}` in
+/// `data_roots`) and stores it as their data set; another user's folder, a symlink out, a
+/// missing file and bad rows are refused, and nothing is stored for them.
+#[tokio::test]
+async fn server_data_stays_inside_the_owners_data_root() {
+    let (tmp, model) = fixture();
+    let state = tmp.path().join("state");
+    let data = tmp.path().join("data");
+    for user in ["ada", "bob"] {
+        std::fs::create_dir_all(data.join(user)).unwrap();
+        orpod_user_add(exe(), &state, user, false);
+    }
+    let (ada_t, bob_t) = (
+        orpod_token_create(exe(), &state, "ada"),
+        orpod_token_create(exe(), &state, "bob"),
+    );
+    std::fs::write(data.join("ada/prefs.jsonl"), prefs_jsonl(6)).unwrap();
+    std::fs::write(data.join("bob/secret.jsonl"), prefs_jsonl(5)).unwrap();
+    let mut bad = prefs_jsonl(2);
+    bad.extend_from_slice(b"{\"prompt\": \"p\"}\n");
+    std::fs::write(data.join("ada/bad.jsonl"), bad).unwrap();
+    std::os::unix::fs::symlink(data.join("bob/secret.jsonl"), data.join("ada/link.jsonl")).unwrap();
+    let config = format!(
+        "data_roots = [{:?}]\nheadroom_mib = 100000000\n",
+        data.join("{user}")
+    );
+    let mut d = TestDaemon::start(exe(), &state, &config).await;
+    d.use_token(&ada_t);
+    let (ada, bob) = (d.client_with(&ada_t), d.client_with(&bob_t));
+    let job = |train: &str| SubmitJobRequest {
+        job_toml: Some(job_toml(&model, train, "max_steps = 1")),
+        ..Default::default()
+    };
+
+    // By name in ada's folder and by absolute path: stored as her data set, rows checked.
+    let queued = ada.submit(&job("server:prefs.jsonl")).await.unwrap();
+    let train = queued.spec.unwrap().data.train;
+    let sha = orpo_api::parse_dataset_ref(&train).unwrap_or_else(|| panic!("{train}"));
+    assert_eq!(ada.dataset(sha).await.unwrap().unwrap().rows, 6);
+    assert!(
+        bob.dataset(sha).await.unwrap().is_none(),
+        "ada's, not bob's"
+    );
+    let abs = format!("server:{}", data.join("ada/prefs.jsonl").display());
+    let plan = ada.plan(&job(&abs)).await.unwrap();
+    assert!(plan.estimate_bytes.is_some());
+    // Bob reads his own folder.
+    bob.plan(&job("server:secret.jsonl")).await.unwrap();
+
+    let before = d.all_jobs().await.len();
+    let ada_root = data.join("ada").to_string_lossy().into_owned();
+    for (train, code, what) in [
+        (
+            "server:../bob/secret.jsonl",
+            "dataset_not_found",
+            "outside the daemon's data roots",
+        ),
+        (
+            "server:link.jsonl",
+            "dataset_not_found",
+            "outside the daemon's data roots",
+        ),
+        (
+            "server:/etc/passwd",
+            "dataset_not_found",
+            "outside the daemon's data roots",
+        ),
+        (
+            "server:missing.jsonl",
+            "dataset_not_found",
+            "does not exist on the server",
+        ),
+        ("server:bad.jsonl", "invalid_data", "bad.jsonl:3:"),
+        ("server:", "invalid_job", "not an uploaded data set"),
+    ] {
+        let e = ada.submit(&job(train)).await.unwrap_err();
+        assert_eq!(e.code(), Some(code), "{train}: {e}");
+        let text = e.to_string();
+        assert!(text.contains(what), "{train}: {text}");
+        if what.contains("outside") {
+            assert!(text.contains(&format!("roots ({ada_root})")), "{text}");
+        }
+        assert!(!text.contains("root:"), "{text}");
+    }
+    assert_eq!(d.all_jobs().await.len(), before, "nothing stored");
 }

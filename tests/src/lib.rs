@@ -4,6 +4,8 @@
 //! The daemon runs as a separate process (not in-process) because the suite kills it with
 //! SIGKILL and SIGTERM, and its workers must see a real parent die.
 
+pub mod webhook;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

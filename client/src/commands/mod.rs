@@ -58,6 +58,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             users::user_add(&conn, name, admin).await
         }
         Command::User(UserCommand::List { json }) => users::user_list(&conn, json).await,
+        Command::User(UserCommand::Rm { name }) => users::user_rm(&conn, &name).await,
         Command::Token(TokenCommand::Create {
             user,
             expires,

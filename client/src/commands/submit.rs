@@ -1,11 +1,13 @@
 //! `orpoctl submit` and `orpoctl plan`: check the job file here first (unknown keys, types,
 //! ranges, missing data files, with line and column), upload the data files it names unless the
-//! server already has them (by sha256), then queue the job or ask where it would run.
+//! server already has them (by sha256), then queue the job or ask where it would run. A
+//! `server:<path>` data value names a file on the server (inside its `data_roots`) and is sent
+//! as it is.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use orpo_api::{parse_dataset_ref, JobSpec, SubmitJobRequest};
+use orpo_api::{is_server_data, JobSpec, SubmitJobRequest};
 use sha2::{Digest, Sha256};
 
 use crate::conn::{ApiResult as _, Conn};
@@ -26,7 +28,7 @@ pub fn load(path: &Path) -> anyhow::Result<JobSpec> {
         ("data.train", &spec.data.train),
         ("data.eval", &spec.data.eval),
     ] {
-        if value.is_empty() || parse_dataset_ref(value).is_some() {
+        if value.is_empty() || is_server_data(value) {
             continue;
         }
         if !Path::new(value).is_file() {
@@ -47,7 +49,7 @@ pub async fn upload_data(conn: &Conn, spec: &mut JobSpec) -> anyhow::Result<()> 
         ("data.train", &mut spec.data.train),
         ("data.eval", &mut spec.data.eval),
     ] {
-        if value.is_empty() || parse_dataset_ref(value).is_some() {
+        if value.is_empty() || is_server_data(value) {
             continue;
         }
         let bytes = tokio::fs::read(value.as_str())

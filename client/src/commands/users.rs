@@ -1,4 +1,4 @@
-//! `orpoctl whoami`, `orpoctl user add|list` and `orpoctl token create|list|revoke`: who the
+//! `orpoctl whoami`, `orpoctl user add|list|rm` and `orpoctl token create|list|revoke`: who the
 //! daemon takes you for, its users and their API tokens. The renderers are pure functions of
 //! the views (and the clock), pinned by the tests below.
 //!
@@ -69,6 +69,16 @@ pub async fn user_add(conn: &Conn, name: String, admin: bool) -> anyhow::Result<
              with `orpod token create --user NAME` on the server"
         );
     }
+    Ok(Outcome::Ok)
+}
+
+pub async fn user_rm(conn: &Conn, name: &str) -> anyhow::Result<Outcome> {
+    let user = conn.client.remove_user(name).await.or_explain(conn)?;
+    println!(
+        "removed {} {}; their tokens no longer work",
+        if user.admin { "admin" } else { "user" },
+        display::escape(&user.name)
+    );
     Ok(Outcome::Ok)
 }
 

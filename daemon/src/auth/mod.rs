@@ -65,6 +65,37 @@ impl Caller {
         )))
     }
 
+    /// The user a request acts for when its body may name one (`field`: a job's `owner`, an
+    /// endpoint's `user`). On an open daemon: the name sent, `anonymous` when none. Otherwise
+    /// the caller; another name is refused unless `admin_may` says what an admin may then do
+    /// for that user (whether the user exists is the route's to check).
+    pub fn acting_for(
+        &self,
+        field: &str,
+        sent: Option<&str>,
+        admin_may: Option<&str>,
+    ) -> Result<String, ApiError> {
+        let sent = sent.filter(|name| !name.trim().is_empty());
+        if self.open {
+            let name = sent.unwrap_or(OPEN_USER).to_string();
+            orpo_api::check_label(field, &name, orpo_api::OWNER_MAX_CHARS)
+                .map_err(ApiError::BadRequest)?;
+            return Ok(name);
+        }
+        match (sent, admin_may) {
+            (Some(other), _) if other == self.user => Ok(self.user.clone()),
+            (Some(other), Some(doing)) => {
+                self.check_admin(doing)?;
+                Ok(other.to_string())
+            }
+            (Some(other), None) => Err(ApiError::Forbidden(format!(
+                "`{field}` is the user of your token ({}), not {other}; leave `{field}` out",
+                self.user
+            ))),
+            (None, _) => Ok(self.user.clone()),
+        }
+    }
+
     /// The job as this caller may see it: whole for its owner and admins; for anyone else the
     /// queue's view without what the job does (spec, metrics, the error's text).
     pub fn view(&self, mut job: JobView) -> JobView {

@@ -9,6 +9,7 @@ use crate::cli::EvalArgs;
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut spec = JobSpec::load(&args.job)?;
     spec.model.base = crate::config::local_model(&spec.model.base);
+    crate::config::local_data(&spec)?;
     if let Some(dir) = &args.adapter {
         spec.lora.init_adapter = dir.to_string_lossy().into_owned();
     }

@@ -13,6 +13,7 @@ use crate::cli::TrainArgs;
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut spec = JobSpec::load(&args.job)?;
     spec.model.base = crate::config::local_model(&spec.model.base);
+    crate::config::local_data(&spec)?;
     let device = train::select_device(&spec.resources.device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;

@@ -1,4 +1,4 @@
-//! `orpod user add|list` and `orpod token create|list|revoke`: users and tokens written straight
+//! `orpod user add|list|rm` and `orpod token create|list|revoke`: users and tokens written straight
 //! into the state folder's store. sled lets one process open it, so these run while the daemon
 //! is stopped (that is how the first admin is made); while it runs, an admin uses `orpoctl`.
 
@@ -44,6 +44,23 @@ pub fn user(cmd: UserCommand) -> anyhow::Result<()> {
             for u in store.users()? {
                 let admin = if u.admin { "yes" } else { "no" };
                 println!("{:<32}  {admin:<5}  {}", u.name, u.created_at);
+            }
+            Ok(())
+        }),
+        UserCommand::Rm { name, state } => with_store(state, |store| async move {
+            let Some(removed) = store.remove_user(name.clone(), false).await? else {
+                anyhow::bail!("no user {name} (see `orpod user list`)");
+            };
+            eprintln!(
+                "removed {} {name}: {} token(s) revoked, {} notification endpoint(s) and {} data \
+                 set claim(s) removed; their finished jobs stay",
+                if removed.user.admin { "admin" } else { "user" },
+                removed.tokens,
+                removed.endpoints,
+                removed.claims
+            );
+            if !store.has_users()? {
+                eprintln!("that was the last user: the daemon runs open again, on loopback only");
             }
             Ok(())
         }),

@@ -83,7 +83,16 @@ pub async fn upload(
     // A few chunks in flight: enough to keep the disk busy, little enough to stay small.
     let (tx, rx) = mpsc::channel(4);
     let config = state.config.clone();
-    let receiver = tokio::task::spawn_blocking(move || receive(rx, &datasets, &config));
+    let receiver = tokio::task::spawn_blocking(move || {
+        let mut rx = rx;
+        let next = move || match rx.blocking_recv() {
+            Some(Chunk::Data(chunk)) => Ok(Some(chunk)),
+            Some(Chunk::End) => Ok(None),
+            // The handler gave up (bad body, too large) and answers the client itself.
+            None => Err(ApiError::BadRequest("the upload was not complete".into())),
+        };
+        receive(next, &datasets, &config, UPLOAD_NAME)
+    });
     let mut size = 0;
     let mut failed = None;
     while let Some(chunk) = body.next().await {
@@ -112,7 +121,21 @@ pub async fn upload(
     if let Some(e) = failed {
         return Err(e);
     }
-    let received = received?;
+    let (view, created) = keep(&state, &caller.user, received?).await?;
+    Ok(if created {
+        HttpResponse::Created().json(view)
+    } else {
+        HttpResponse::Ok().json(view)
+    })
+}
+
+/// Stores a received data set (unless the same bytes are stored already) and records that
+/// `user` has it; `true` when they did not have it before.
+async fn keep(
+    state: &AppState,
+    user: &str,
+    received: Received,
+) -> Result<(DatasetView, bool), ApiError> {
     let (view, stored) = match state.store.dataset(&received.sha256)? {
         Some(view) => (view, false),
         None => {
@@ -132,19 +155,90 @@ pub async fn upload(
             (view, true)
         }
     };
-    // 201 when the caller did not have it: whether someone else uploaded the same bytes is
-    // theirs to know.
-    let created = stored || !state.store.dataset_claimed(&view.sha256, &caller.user)?;
-    state
-        .store
-        .claim_dataset(&view.sha256, &caller.user)
-        .await?;
+    // New to the caller when they did not have it: whether someone else uploaded the same
+    // bytes is theirs to know.
+    let created = stored || !state.store.dataset_claimed(&view.sha256, user)?;
+    state.store.claim_dataset(&view.sha256, user).await?;
     state.store.flush().await?;
-    Ok(if created {
-        HttpResponse::Created().json(view)
-    } else {
-        HttpResponse::Ok().json(view)
+    Ok((view, created))
+}
+
+/// Stores `path` (a `server:` data value of a job) as a data set of the caller, as if they had
+/// uploaded it: it must lie inside `owner`'s `data_roots`, and passes the upload's limits and
+/// row checks (messages name the file as the job does).
+pub async fn import(
+    state: &AppState,
+    caller: &Caller,
+    owner: &str,
+    key: &str,
+    path: &str,
+) -> Result<DatasetView, ApiError> {
+    let roots = state.config.data_roots(owner);
+    if roots.is_empty() {
+        return Err(ApiError::InvalidJob(format!(
+            "{key}: this server takes data only as uploads (its data_roots is empty); give the \
+             file's local path and `orpoctl submit` uploads it"
+        )));
+    }
+    let real = super::validate::confine(key, path, &roots, "data roots").map_err(|e| match e {
+        super::validate::Confined::Outside(m) => ApiError::DatasetNotFound(m),
+        super::validate::Confined::Missing(shown) => {
+            ApiError::DatasetNotFound(format!("{key}: {shown} does not exist on the server"))
+        }
+    })?;
+    let size = std::fs::metadata(&real)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .ok_or_else(|| {
+            ApiError::DatasetNotFound(format!("{key}: {path} is not a file the daemon can read"))
+        })?;
+    let limit = state.config.max_upload_bytes;
+    if size > limit as u64 {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "{key}: {path} has {size} bytes; data sets are limited to {limit} bytes \
+             (max_upload_bytes)"
+        )));
+    }
+    crate::disk::ensure_free(&state.config.state_dir, state.config.min_free_mib, size)
+        .map_err(ApiError::InsufficientStorage)?;
+    let datasets = dataset_path(&state.config.state_dir, "")
+        .parent()
+        .expect("datasets folder")
+        .to_path_buf();
+    let (config, name, shown) = (state.config.clone(), path.to_string(), path.to_string());
+    let received = web::block(move || {
+        let mut file = std::fs::File::open(&real).map_err(|_| {
+            ApiError::DatasetNotFound(format!("{shown} is not a file the daemon can read"))
+        })?;
+        let mut left = limit as u64 + 1;
+        let next = move || {
+            use std::io::Read;
+            let mut buf = vec![0; 1 << 20];
+            let n = (&mut file)
+                .take(left)
+                .read(&mut buf)
+                .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("reading")))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            left -= n as u64;
+            if left == 0 {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "{shown}: data sets are limited to {limit} bytes (max_upload_bytes)"
+                )));
+            }
+            buf.truncate(n);
+            Ok(Some(web::Bytes::from(buf)))
+        };
+        receive(next, &datasets, &config, &name)
     })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    let (view, _) = keep(state, &caller.user, received).await?;
+    tracing::info!(user = %caller.user, %path, reference = %view.reference, rows = view.rows,
+        "server data file stored as a data set");
+    Ok(view)
 }
 
 /// Look up a data set
@@ -272,12 +366,14 @@ struct Received {
     size: u64,
 }
 
-/// Receives an upload (blocking: run it with `spawn_blocking`): the chunks are written to a
-/// temporary file, hashed and split into lines for the row checks.
+/// Receives an upload (blocking: run it with `spawn_blocking`): the chunks `next` gives until
+/// `None` are written to a temporary file, hashed and split into lines for the row checks;
+/// `name` is the file's name in row messages.
 fn receive(
-    mut rx: mpsc::Receiver<Chunk>,
+    mut next: impl FnMut() -> Result<Option<web::Bytes>, ApiError>,
     dir: &Path,
     config: &ServeConfig,
+    name: &str,
 ) -> Result<Received, ApiError> {
     use anyhow::Context;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -288,20 +384,13 @@ fn receive(
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = Sha256::new();
-    let mut lines = Lines::new(config);
+    let mut lines = Lines::new(config, name);
     let mut size = 0u64;
-    loop {
-        match rx.blocking_recv() {
-            Some(Chunk::Data(chunk)) => {
-                size += chunk.len() as u64;
-                hasher.update(&chunk);
-                lines.feed(&chunk)?;
-                out.write_all(&chunk).map_err(write_error)?;
-            }
-            Some(Chunk::End) => break,
-            // The handler gave up (bad body, too large) and answers the client itself.
-            None => return Err(ApiError::BadRequest("the upload was not complete".into())),
-        }
+    while let Some(chunk) = next()? {
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+        lines.feed(&chunk)?;
+        out.write_all(&chunk).map_err(write_error)?;
     }
     let rows = lines.finish()?;
     let file = out.into_inner().map_err(|e| write_error(e.into_error()))?;
@@ -347,15 +436,18 @@ struct Lines {
     partial: Vec<u8>,
     max_rows: usize,
     max_line: usize,
+    /// The file's name in messages.
+    name: String,
 }
 
 impl Lines {
-    fn new(config: &ServeConfig) -> Lines {
+    fn new(config: &ServeConfig, name: &str) -> Lines {
         Lines {
             checker: RowChecker::default(),
             partial: Vec::new(),
             max_rows: config.max_upload_rows,
             max_line: config.max_line_bytes,
+            name: name.to_string(),
         }
     }
 
@@ -381,7 +473,7 @@ impl Lines {
         let last = std::mem::take(&mut self.partial);
         self.line(&last)?;
         self.checker
-            .finish(Path::new(UPLOAD_NAME))
+            .finish(Path::new(&self.name))
             .map_err(|e| ApiError::InvalidData(e.to_string()))
     }
 
@@ -390,8 +482,8 @@ impl Lines {
         self.checker.check_line(raw);
         if self.checker.rows() > self.max_rows {
             return Err(ApiError::PayloadTooLarge(format!(
-                "{UPLOAD_NAME}: more than {} rows (max_upload_rows)",
-                self.max_rows
+                "{}: more than {} rows (max_upload_rows)",
+                self.name, self.max_rows
             )));
         }
         Ok(())
@@ -400,7 +492,8 @@ impl Lines {
     fn check_length(&self, len: usize) -> Result<(), ApiError> {
         if len > self.max_line {
             return Err(ApiError::PayloadTooLarge(format!(
-                "{UPLOAD_NAME}:{}: the line is longer than {} bytes (max_line_bytes)",
+                "{}:{}: the line is longer than {} bytes (max_line_bytes)",
+                self.name,
                 self.checker.lines() + 1,
                 self.max_line
             )));
@@ -414,11 +507,14 @@ mod tests {
     use super::*;
 
     fn lines(max_rows: usize, max_line: usize) -> Lines {
-        Lines::new(&ServeConfig {
-            max_upload_rows: max_rows,
-            max_line_bytes: max_line,
-            ..ServeConfig::default()
-        })
+        Lines::new(
+            &ServeConfig {
+                max_upload_rows: max_rows,
+                max_line_bytes: max_line,
+                ..ServeConfig::default()
+            },
+            UPLOAD_NAME,
+        )
     }
 
     const ROW: &str = r#"{"prompt":"a","chosen":"b","rejected":"c"}"#;

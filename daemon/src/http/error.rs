@@ -106,6 +106,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(id) => ApiError::JobNotFound(id),
             StoreError::Rejected(m) => ApiError::Conflict(m),
+            StoreError::Limit(m) => ApiError::LimitExceeded(m),
             StoreError::Sled(sled::Error::Io(e)) if e.kind() == std::io::ErrorKind::StorageFull => {
                 ApiError::InsufficientStorage(
                     "the server's disk is full; nothing was stored, try again when an admin \

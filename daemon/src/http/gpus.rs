@@ -88,8 +88,10 @@ pub async fn plan(
     caller: Caller,
     req: validate::JobRequest,
 ) -> Result<web::Json<PlanView>, ApiError> {
-    let spec = validate::check(&state, &caller, &req)?;
+    let owner = caller.acting_for("owner", req.owner.as_deref(), None)?;
+    let mut spec = validate::check(&state, &caller, &req)?;
     crate::limits::check_spec(&state.config, &caller, &spec)?;
+    validate::server_data(&state, &caller, &owner, &mut spec).await?;
     let (estimate, _) = state
         .supervisor
         .estimate(&spec)

@@ -44,18 +44,19 @@ pub async fn submit(
     req: validate::JobRequest,
 ) -> Result<HttpResponse, ApiError> {
     let idempotency = idempotency(&http, &req)?;
-    let owner = owner(&caller, req.owner.as_deref())?;
+    let owner = caller.acting_for("owner", req.owner.as_deref(), None)?;
     crate::disk::ensure_free(&state.config.state_dir, state.config.min_free_mib, 0)
         .map_err(ApiError::InsufficientStorage)?;
-    let spec = validate::check(&state, &caller, &req)?;
+    let mut spec = validate::check(&state, &caller, &req)?;
     crate::limits::check_spec(&state.config, &caller, &spec)?;
+    validate::server_data(&state, &caller, &owner, &mut spec).await?;
     let (estimate, steps) = state
         .supervisor
         .estimate(&spec)
         .await
         .map_err(ApiError::InvalidJob)?;
     let (config, store, who) = (state.config.clone(), state.store.clone(), owner.clone());
-    web::block(move || crate::limits::check_user(&config, &store, &who, steps as u64))
+    web::block(move || crate::limits::check_disk(&config, &store, &who))
         .await
         .map_err(|e| ApiError::Internal(e.into()))??;
     let ahead = state.store.queue_len() + state.supervisor.running().len();
@@ -72,6 +73,7 @@ pub async fn submit(
             estimate_bytes: Some(estimate.total_bytes),
             total_steps: steps,
             idempotency,
+            caps: Some(crate::limits::UserCaps::of(&state.config)),
         })
         .await?;
     state.store.flush().await?;
@@ -84,24 +86,6 @@ pub async fn submit(
             .insert_header(("Idempotent-Replayed", "true"))
             .json(view),
     })
-}
-
-/// Whose job it is: the token's user; on an open daemon (no users) the name the client sends.
-fn owner(caller: &Caller, sent: Option<&str>) -> Result<String, ApiError> {
-    let sent = sent.filter(|o| !o.trim().is_empty());
-    if caller.open {
-        let owner = sent.unwrap_or(crate::auth::OPEN_USER).to_string();
-        orpo_api::check_label("owner", &owner, orpo_api::OWNER_MAX_CHARS)
-            .map_err(ApiError::InvalidJob)?;
-        return Ok(owner);
-    }
-    match sent {
-        Some(other) if other != caller.user => Err(ApiError::Forbidden(format!(
-            "a job's owner is the user of the token that submits it ({}); leave `owner` out",
-            caller.user
-        ))),
-        _ => Ok(caller.user.clone()),
-    }
 }
 
 /// The request's `Idempotency-Key`, with a fingerprint of the request it came with.

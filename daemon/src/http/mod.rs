@@ -8,6 +8,7 @@ pub mod events;
 pub mod gpus;
 pub mod health;
 pub mod jobs;
+mod json;
 pub mod notify;
 mod rules;
 pub mod users;
@@ -46,7 +47,7 @@ pub struct AppState {
         checkpoints::list, checkpoints::download,
         datasets::upload, datasets::get, datasets::delete,
         gpus::gpus, gpus::plan,
-        users::me, users::list_users, users::add_user, users::create_token, users::list_tokens,
+        users::me, users::list_users, users::add_user, users::remove_user, users::create_token, users::list_tokens,
         users::revoke_token,
         notify::list, notify::add, notify::remove, notify::test,
         health::healthz, health::metrics,
@@ -136,6 +137,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::get().to(users::list_users))
             .route(web::post().to(users::add_user)),
     )
+    .service(resource("/v1/users/{name}", "DELETE").route(web::delete().to(users::remove_user)))
     .service(
         resource("/v1/tokens", "GET, POST")
             .route(web::get().to(users::list_tokens))

@@ -3,11 +3,11 @@
 
 use actix_web::{web, HttpResponse};
 use orpo_api::{
-    ErrorBody, NewNotify, NotifyFormat, NotifyOn, NotifyTestView, NotifyView, MAX_NOTIFY_PER_USER,
-    NOTIFY_URL_MAX_BYTES,
+    ErrorBody, NewNotify, NotifyFormat, NotifyOn, NotifyTestView, NotifyView, NOTIFY_URL_MAX_BYTES,
 };
 
 use super::error::ApiError;
+use super::json::Object;
 use super::AppState;
 use crate::auth::{tokens, Caller};
 use crate::notify::Outcome;
@@ -37,10 +37,19 @@ pub async fn list(
 pub async fn add(
     state: web::Data<AppState>,
     caller: Caller,
-    req: web::Json<NewNotify>,
+    req: Object<NewNotify>,
 ) -> Result<HttpResponse, ApiError> {
     let req = req.into_inner();
-    let user = whose(&state, &caller, req.user.as_deref())?;
+    let user = caller.acting_for(
+        "user",
+        req.user.as_deref(),
+        Some("add notification endpoints for other users"),
+    )?;
+    if !caller.open && state.store.user(&user)?.is_none() {
+        return Err(ApiError::UnknownUser(format!(
+            "no user {user}; an admin adds one with `orpoctl user add {user}`"
+        )));
+    }
     if req.url.len() > NOTIFY_URL_MAX_BYTES {
         return Err(ApiError::BadRequest(format!(
             "url: {} bytes, at most {NOTIFY_URL_MAX_BYTES}",
@@ -58,13 +67,6 @@ pub async fn add(
         return Err(ApiError::BadRequest(
             "on: name at least one of succeeded, failed, cancelled, waiting".into(),
         ));
-    }
-    let had = state.store.notify_targets(Some(&user))?.len();
-    if had >= MAX_NOTIFY_PER_USER {
-        return Err(ApiError::LimitExceeded(format!(
-            "{user} has {had} notification endpoints, the most one user may have \
-             ({MAX_NOTIFY_PER_USER}); remove one first"
-        )));
     }
     let id = tokens::random_hex(4).map_err(|e| ApiError::Internal(e.into()))?;
     let view = NotifyView {
@@ -138,30 +140,6 @@ pub async fn test(
         },
     };
     Ok(web::Json(view))
-}
-
-/// Whose endpoint a request adds: the caller's; another user's for an admin (who must exist);
-/// on an open daemon the owner name sent, as for a submit.
-fn whose(state: &AppState, caller: &Caller, sent: Option<&str>) -> Result<String, ApiError> {
-    let sent = sent.filter(|u| !u.trim().is_empty());
-    if caller.open {
-        let user = sent.unwrap_or(crate::auth::OPEN_USER).to_string();
-        orpo_api::check_label("user", &user, orpo_api::OWNER_MAX_CHARS)
-            .map_err(ApiError::BadRequest)?;
-        return Ok(user);
-    }
-    match sent {
-        Some(other) if other != caller.user => {
-            caller.check_admin("add notification endpoints for other users")?;
-            if state.store.user(other)?.is_none() {
-                return Err(ApiError::UnknownUser(format!(
-                    "no user {other}; an admin adds one with `orpoctl user add {other}`"
-                )));
-            }
-            Ok(other.to_string())
-        }
-        _ => Ok(caller.user.clone()),
-    }
 }
 
 /// The endpoint `id` when the caller may use it; another user's is a 404 like a missing one.

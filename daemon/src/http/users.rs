@@ -9,6 +9,7 @@ use orpo_api::{
 };
 
 use super::error::ApiError;
+use super::json::Object;
 use super::AppState;
 use crate::auth::{tokens, Caller};
 use crate::store::StoreError;
@@ -49,7 +50,7 @@ pub async fn list_users(
 pub async fn add_user(
     state: web::Data<AppState>,
     caller: Caller,
-    req: web::Json<NewUser>,
+    req: Object<NewUser>,
 ) -> Result<HttpResponse, ApiError> {
     caller.check_admin("add users")?;
     orpo_api::check_user_name(&req.name).map_err(ApiError::BadRequest)?;
@@ -65,6 +66,34 @@ pub async fn add_user(
     Ok(HttpResponse::Created().json(user))
 }
 
+/// Remove a user
+///
+/// Admins only. The user's tokens stop working, their notification endpoints and data set
+/// claims go; their finished jobs stay under their name. Refused (409) while they have
+/// unfinished jobs (cancel them first) and for the last admin.
+#[utoipa::path(delete, path = "/v1/users/{name}", tag = "users", operation_id = "remove_user",
+    params(("name" = String, Path, description = "The user's name", pattern = "^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")),
+    responses((status = 200, description = "Removed; the user as they were", body = UserView),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Unfinished jobs, or the last admin", body = ErrorBody)))]
+pub async fn remove_user(
+    state: web::Data<AppState>,
+    caller: Caller,
+    name: web::Path<String>,
+) -> Result<web::Json<UserView>, ApiError> {
+    caller.check_admin("remove users")?;
+    let name = name.into_inner();
+    orpo_api::check_user_name(&name).map_err(ApiError::BadRequest)?;
+    match state.store.remove_user(name.clone(), true).await? {
+        Some(removed) => {
+            tracing::info!(by = %caller.user, user = %name, tokens = removed.tokens,
+                endpoints = removed.endpoints, "user removed");
+            Ok(web::Json(removed.user))
+        }
+        None => Err(ApiError::UnknownUser(format!("no user {name}"))),
+    }
+}
+
 /// Create a token
 ///
 /// A token for the caller, or (admins) for `user`. The answer is the only time the token is
@@ -75,16 +104,8 @@ pub async fn add_user(
 pub async fn create_token(
     state: web::Data<AppState>,
     caller: Caller,
-    req: web::Json<serde_json::Value>,
+    req: Object<NewToken>,
 ) -> Result<HttpResponse, ApiError> {
-    // An object only: serde would also take a struct from an array (`[null, null]`).
-    if !req.is_object() {
-        return Err(ApiError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
-    }
-    let req: NewToken = serde_json::from_value(req.into_inner())
-        .map_err(|e| ApiError::BadRequest(format!("Json deserialize error: {e}")))?;
     let user = req.user.clone().unwrap_or_else(|| caller.user.clone());
     if user != caller.user {
         caller.check_admin("create tokens for other users")?;

@@ -7,10 +7,10 @@ use std::path::{Component, Path, PathBuf};
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
-use orpo_api::{parse_dataset_ref, JobSpec, SpecError, SubmitJobRequest};
+use orpo_api::{parse_dataset_ref, parse_server_data, JobSpec, SpecError, SubmitJobRequest};
 use serde_json::Value;
 
-use super::error::{bad_request, ApiError};
+use super::error::ApiError;
 use super::AppState;
 use crate::auth::Caller;
 
@@ -36,9 +36,7 @@ impl FromRequest for JobRequest {
         Box::pin(async move {
             let mut value = json.await?.into_inner();
             whole_numbers_as_integers(&mut value);
-            serde_json::from_value(value)
-                .map(JobRequest)
-                .map_err(|e| bad_request(format!("Json deserialize error: {e}")))
+            super::json::read(value).map(JobRequest)
         })
     }
 }
@@ -93,11 +91,36 @@ pub fn check(
             "data.chat_template: template files are not uploaded; use \"auto\" (the model's) or \"none\"".into(),
         ));
     }
-    dataset(state, caller, "data.train", &spec.data.train)?;
-    if !spec.data.eval.is_empty() {
-        dataset(state, caller, "data.eval", &spec.data.eval)?;
+    for (key, value) in [
+        ("data.train", &spec.data.train),
+        ("data.eval", &spec.data.eval),
+    ] {
+        // `server:` files are stored as data sets by [`server_data`], after these checks.
+        if !value.is_empty() && parse_server_data(value).is_none() {
+            dataset(state, caller, key, value)?;
+        }
     }
     Ok(spec)
+}
+
+/// Replaces each `server:<path>` data value by the reference of the data set it is stored as:
+/// the file must lie inside `owner`'s data roots, and its rows are checked as an upload's.
+pub async fn server_data(
+    state: &AppState,
+    caller: &Caller,
+    owner: &str,
+    spec: &mut JobSpec,
+) -> Result<(), ApiError> {
+    for (key, value) in [
+        ("data.train", &mut spec.data.train),
+        ("data.eval", &mut spec.data.eval),
+    ] {
+        if let Some(path) = parse_server_data(value) {
+            let view = super::datasets::import(state, caller, owner, key, path).await?;
+            *value = view.reference;
+        }
+    }
+    Ok(())
 }
 
 fn spec_error(e: SpecError) -> ApiError {
@@ -105,57 +128,75 @@ fn spec_error(e: SpecError) -> ApiError {
 }
 
 /// A model on the server: a path inside the configured model roots (a relative one is taken
-/// inside the first root) naming a GGUF file or a model folder.
+/// inside the first root) naming a GGUF file or a model folder. Only then is the file opened,
+/// and messages never quote what it holds.
+fn server_path(state: &AppState, key: &str, value: &str) -> Result<String, ApiError> {
+    let roots = state.config.model_roots();
+    let real = confine(key, value, &roots, "model roots").map_err(|e| match e {
+        Confined::Outside(m) => ApiError::ModelNotFound(m),
+        Confined::Missing(shown) => ApiError::ModelNotFound(format!(
+            "{key}: {shown} does not exist on the server (models are not uploaded: put it there \
+             first)"
+        )),
+    })?;
+    if !is_model(&real) {
+        return Err(ApiError::ModelNotFound(format!(
+            "{key}: {value} is not a model the daemon can read: give a GGUF file or a Hugging \
+             Face model folder (with config.json)"
+        )));
+    }
+    Ok(real.to_string_lossy().into_owned())
+}
+
+/// Why a path was not taken: outside the roots (the message says which roots are allowed), or
+/// inside them but absent (the path as written, for the caller's message).
+#[derive(Debug, PartialEq)]
+pub(super) enum Confined {
+    Outside(String),
+    Missing(String),
+}
+
+/// `value` resolved, symlinks followed, when it lies inside one of `roots` (`what` names them
+/// in messages); a relative `value` is taken inside the first root.
 ///
 /// The roots are checked on the path as written before anything on disk is looked at, so a
 /// path outside them tells the client nothing about what is there; they are checked again on
-/// the resolved path, as a symlink inside a root may point out of it. Only then is the file
-/// opened, and messages never quote what it holds.
-fn server_path(state: &AppState, key: &str, value: &str) -> Result<String, ApiError> {
-    let roots = &state.config.model_roots();
+/// the resolved path, as a symlink inside a root may point out of it.
+pub(super) fn confine(
+    key: &str,
+    value: &str,
+    roots: &[PathBuf],
+    what: &str,
+) -> Result<PathBuf, Confined> {
     let path = match roots.first() {
         Some(root) if Path::new(value).is_relative() => root.join(value),
         _ => PathBuf::from(value),
     };
     let real_roots: Vec<PathBuf> = roots.iter().filter_map(|r| r.canonicalize().ok()).collect();
     let outside = || {
-        ApiError::ModelNotFound(format!(
-            "{key}: {} is outside the daemon's model roots ({})",
+        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Confined::Outside(format!(
+            "{key}: {} is outside the daemon's {what} ({})",
             path.display(),
-            roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+            roots.join(", ")
         ))
     };
     let written = lexical(&path);
-    if !roots.is_empty()
-        && !roots
-            .iter()
-            .map(|r| lexical(r))
-            .chain(real_roots.iter().cloned())
-            .any(|r| written.starts_with(r))
+    if !roots
+        .iter()
+        .map(|r| lexical(r))
+        .chain(real_roots.iter().cloned())
+        .any(|r| written.starts_with(r))
     {
         return Err(outside());
     }
-    let real = path.canonicalize().map_err(|_| {
-        ApiError::ModelNotFound(format!(
-            "{key}: {} does not exist on the server (models are not uploaded: put it there first)",
-            path.display()
-        ))
-    })?;
-    if !roots.is_empty() && !real_roots.iter().any(|r| real.starts_with(r)) {
+    let real = path
+        .canonicalize()
+        .map_err(|_| Confined::Missing(path.display().to_string()))?;
+    if !real_roots.iter().any(|r| real.starts_with(r)) {
         return Err(outside());
     }
-    if !is_model(&real) {
-        return Err(ApiError::ModelNotFound(format!(
-            "{key}: {} is not a model the daemon can read: give a GGUF file or a Hugging Face \
-             model folder (with config.json)",
-            path.display()
-        )));
-    }
-    Ok(real.to_string_lossy().into_owned())
+    Ok(real)
 }
 
 /// `path` with `.` and `..` resolved by name only, without looking at the disk.
@@ -197,7 +238,8 @@ fn dataset(state: &AppState, caller: &Caller, key: &str, value: &str) -> Result<
     let Some(hex) = parse_dataset_ref(value) else {
         return Err(ApiError::InvalidJob(format!(
             "{key}: {value:?} is not an uploaded data set; upload the file with POST /v1/datasets \
-             (orpoctl submit does it) and name it as \"sha256:<hex>\""
+             (orpoctl submit does it) and name it as \"sha256:<hex>\", or name a file inside the \
+             server's data_roots as \"server:<path>\""
         )));
     };
     let visible = caller.admin || state.store.dataset_claimed(hex, &caller.user)?;

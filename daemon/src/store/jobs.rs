@@ -5,6 +5,7 @@ use orpo_api::{EventKind, JobSpec, JobState, JobView, Memory, Progress};
 use serde::{Deserialize, Serialize};
 
 use super::{job_from_json, job_to_json, to_json, Result, Store, StoreError, Trees};
+use crate::limits::UserCaps;
 
 /// What a submit stores.
 pub struct NewJob {
@@ -17,6 +18,9 @@ pub struct NewJob {
     pub total_steps: usize,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency: Option<Idempotency>,
+    /// The owner's caps, checked against their jobs in the write that inserts this one
+    /// ([`StoreError::Limit`]); `None` for jobs the daemon makes itself.
+    pub caps: Option<UserCaps>,
 }
 
 /// A client's `Idempotency-Key` and a fingerprint of its request: the same key with the same
@@ -108,6 +112,17 @@ impl Store {
                             Err(e) => return Err(e),
                         }
                     }
+                }
+                if let Some(caps) = &new.caps {
+                    let mut mine = Vec::new();
+                    for v in t.jobs.iter().values() {
+                        let job = job_from_json(&v?)?;
+                        if job.owner == new.owner {
+                            mine.push(job);
+                        }
+                    }
+                    caps.check(&new.owner, new.total_steps as u64, &mine)
+                        .map_err(StoreError::Limit)?;
                 }
                 let id = read_next_id(t)?;
                 let view = JobView {

@@ -50,7 +50,7 @@ use std::sync::{Arc, Mutex};
 use orpo_api::{DatasetView, JobState, JobView};
 
 pub use jobs::{Idempotency, Inserted, JobFilter, NewJob};
-pub use users::TokenRecord;
+pub use users::{RemovedUser, TokenRecord};
 
 /// Bumped whenever a stored format changes; an older daemon refuses a newer store.
 /// 2: the queue order lives in memory (the `queue` tree is gone); `idempotency`, `quarantine`.
@@ -72,6 +72,10 @@ pub enum StoreError {
     /// The change does not apply to the job as it is (e.g. pausing a finished job).
     #[error("{0}")]
     Rejected(String),
+    /// A user's limit would be passed (their jobs waiting, steps, endpoints): the message
+    /// names the limit and its value.
+    #[error("{0}")]
+    Limit(String),
     #[error(
         "store at {path} has schema version {found}; this orpod reads version {SCHEMA_VERSION}"
     )]

@@ -5,7 +5,7 @@ use orpo_api::{NotifyView, MAX_NOTIFY_PER_USER};
 
 use super::{from_json, to_json, Result, Store, StoreError};
 
-fn key(user: &str, id: &str) -> Vec<u8> {
+pub(super) fn key(user: &str, id: &str) -> Vec<u8> {
     [user.as_bytes(), b"\0", id.as_bytes()].concat()
 }
 
@@ -20,8 +20,8 @@ impl Store {
         iter.values().map(|v| from_json("notify", &v?)).collect()
     }
 
-    /// Stores an endpoint; [`StoreError::Rejected`] when its user has
-    /// [`MAX_NOTIFY_PER_USER`] already or the same URL twice.
+    /// Stores an endpoint; [`StoreError::Limit`] when its user has [`MAX_NOTIFY_PER_USER`]
+    /// already, [`StoreError::Rejected`] when they have the same URL.
     pub async fn add_notify_target(&self, view: NotifyView) -> Result<NotifyView> {
         self.writer
             .run(true, move |t| {
@@ -38,8 +38,9 @@ impl Store {
                     count += 1;
                 }
                 if count >= MAX_NOTIFY_PER_USER {
-                    return Err(StoreError::Rejected(format!(
-                        "{} has {count} endpoints, the most one user may have; remove one first",
+                    return Err(StoreError::Limit(format!(
+                        "{} has {count} notification endpoints, the most one user may have \
+                         ({MAX_NOTIFY_PER_USER}); remove one first",
                         view.user
                     )));
                 }

@@ -24,6 +24,7 @@ async fn new(store: &Store, priority: i32) -> u64 {
             estimate_bytes: None,
             total_steps: 0,
             idempotency: None,
+            caps: None,
         })
         .await
         .unwrap()
@@ -281,6 +282,7 @@ fn keyed(key: &str, fingerprint: &str) -> NewJob {
             key: key.into(),
             fingerprint: fingerprint.into(),
         }),
+        caps: None,
     }
 }
 
@@ -410,4 +412,48 @@ async fn after_a_failed_write_the_store_reopens_with_what_was_flushed() {
     );
     store.flush().await.unwrap();
     assert_eq!(store.job(a).unwrap().id, a);
+}
+
+/// Submits at once cannot pass a user's cap by one: the count and the insert are one write.
+#[tokio::test]
+async fn user_caps_hold_for_submits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let caps = crate::limits::UserCaps {
+        max_queued: 3,
+        max_steps: 1_000,
+    };
+    let submit = |owner: &str, steps: usize| {
+        store.insert_job(NewJob {
+            owner: owner.into(),
+            spec: spec(0),
+            pending_reason: None,
+            estimate_bytes: None,
+            total_steps: steps,
+            idempotency: None,
+            caps: Some(caps),
+        })
+    };
+    let results = futures_util::future::join_all((0..8).map(|_| submit("ann", 10))).await;
+    let refused: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| match r {
+            Err(StoreError::Limit(why)) => Some(why),
+            Err(e) => panic!("{e}"),
+            Ok(_) => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 5, "3 of 8 fit under max_queued = 3");
+    assert!(
+        refused[0].contains("max_queued_per_user = 3"),
+        "{}",
+        refused[0]
+    );
+    // Another user's jobs do not count against ann's cap, and steps add up per user.
+    submit("bob", 990).await.unwrap();
+    let Err(StoreError::Limit(why)) = submit("bob", 11).await else {
+        panic!("990 + 11 steps passed max_steps = 1000");
+    };
+    assert!(why.contains("max_steps_per_user = 1000"), "{why}");
+    assert_eq!(store.all_jobs().unwrap().len(), 4);
 }

@@ -20,6 +20,16 @@ pub struct TokenRecord {
     pub expires_unix: Option<u64>,
 }
 
+/// What [`Store::remove_user`] removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemovedUser {
+    pub user: UserView,
+    pub tokens: usize,
+    pub endpoints: usize,
+    /// Data sets they had uploaded (the files stay for other uploaders and admins).
+    pub claims: usize,
+}
+
 fn claim_key(sha256: &str, user: &str) -> Vec<u8> {
     [sha256.as_bytes(), b"\0", user.as_bytes()].concat()
 }
@@ -60,6 +70,86 @@ impl Store {
                 }
                 t.users.insert(user.name.as_bytes(), to_json(&user))?;
                 Ok(user)
+            })
+            .await
+    }
+
+    /// Removes a user with their tokens, notification endpoints and data set claims; their
+    /// finished jobs stay, under their name. `None` when there is no such user.
+    ///
+    /// [`StoreError::Rejected`] while the user has unfinished jobs (cancel them first), and
+    /// for the last admin while other users remain (no one could manage them), or at all
+    /// when `keep_an_admin` (the API: removing it would leave a running daemon with no admin,
+    /// or open).
+    pub async fn remove_user(
+        &self,
+        name: String,
+        keep_an_admin: bool,
+    ) -> Result<Option<RemovedUser>> {
+        self.writer
+            .run(true, move |t| {
+                let Some(user) = t.users.get(name.as_bytes())? else {
+                    return Ok(None);
+                };
+                let user: UserView = from_json("users", &user)?;
+                if user.admin {
+                    let mut others = 0;
+                    let mut admins = 0;
+                    for v in t.users.iter().values() {
+                        let u: UserView = from_json("users", &v?)?;
+                        if u.name != name {
+                            others += 1;
+                            admins += usize::from(u.admin);
+                        }
+                    }
+                    if admins == 0 && (keep_an_admin || others > 0) {
+                        return Err(StoreError::Rejected(format!(
+                            "{name} is the last admin; make another admin first (`orpod user \
+                             add NAME --admin` on the stopped daemon's state folder)"
+                        )));
+                    }
+                }
+                let mut unfinished = Vec::new();
+                for v in t.jobs.iter().values() {
+                    let job = super::job_from_json(&v?)?;
+                    if job.owner == name && !job.state.is_terminal() {
+                        unfinished.push(job.id.to_string());
+                    }
+                }
+                if !unfinished.is_empty() {
+                    return Err(StoreError::Rejected(format!(
+                        "{name} has unfinished jobs ({}); cancel them first (`orpoctl cancel \
+                         ID`) or let them end",
+                        unfinished.join(", ")
+                    )));
+                }
+                let mut removed = RemovedUser {
+                    user,
+                    tokens: 0,
+                    endpoints: 0,
+                    claims: 0,
+                };
+                for kv in t.tokens.iter() {
+                    let (k, v) = kv?;
+                    let record: TokenRecord = from_json("tokens", &v)?;
+                    if record.view.user == name {
+                        t.tokens.remove(k)?;
+                        removed.tokens += 1;
+                    }
+                }
+                for k in t.notify.scan_prefix(super::notify::key(&name, "")).keys() {
+                    t.notify.remove(k?)?;
+                    removed.endpoints += 1;
+                }
+                for k in t.dataset_owners.iter().keys() {
+                    let k = k?;
+                    if k.splitn(2, |&b| b == 0).nth(1) == Some(name.as_bytes()) {
+                        t.dataset_owners.remove(k)?;
+                        removed.claims += 1;
+                    }
+                }
+                t.users.remove(name.as_bytes())?;
+                Ok(Some(removed))
             })
             .await
     }

@@ -168,6 +168,7 @@ mod tests {
                 estimate_bytes: None,
                 total_steps: 0,
                 idempotency: None,
+                caps: None,
             })
             .await
             .unwrap()
