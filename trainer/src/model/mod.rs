@@ -9,6 +9,7 @@ pub mod export;
 pub mod gguf;
 mod hf;
 pub mod llama;
+pub mod quant;
 pub mod testing;
 
 use std::collections::HashMap;
