@@ -376,6 +376,10 @@ pub struct ExportSpec {
     pub merged: bool,
     #[serde(default)]
     pub gguf: GgufExport,
+    /// The adapter alone as a GGUF LoRA file (`adapter.gguf`, for llama.cpp's `--lora` and
+    /// Ollama's `ADAPTER`) with a `Modelfile` beside it.
+    #[serde(default)]
+    pub gguf_adapter: bool,
 }
 
 impl Default for ExportSpec {
@@ -384,6 +388,7 @@ impl Default for ExportSpec {
             adapter: true,
             merged: false,
             gguf: GgufExport::default(),
+            gguf_adapter: false,
         }
     }
 }

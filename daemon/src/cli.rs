@@ -211,6 +211,10 @@ pub struct ExportArgs {
     /// The GGUF weight type.
     #[arg(long = "type", value_enum, default_value = "f16")]
     pub r#type: GgufType,
+    /// Write the adapter alone as a GGUF LoRA file (llama.cpp `--lora`, Ollama `ADAPTER`),
+    /// with a `Modelfile` beside it.
+    #[arg(long, value_name = "FILE.gguf")]
+    pub gguf_adapter: Option<PathBuf>,
     /// The base model (default: base_model_name_or_path of the adapter's config).
     #[arg(long)]
     pub base: Option<PathBuf>,

@@ -53,6 +53,9 @@ F32_TOL = 1e-4
 # 8 bits in its q8_0 matmuls).
 BOUNDS = {"f16": 2e-3, "q8_0": 2e-2}
 LLAMA_CPP_BOUNDS = {"f16": 2e-3, "q8_0": 5e-2}
+# The adapter's effect on the eval log-probs, llama.cpp (Q4_1 base + adapter.gguf, minus the base
+# alone) against orpod (with minus without the adapter).
+ADAPTER_EFFECT_TOL = 5e-3
 
 failures = []
 
@@ -98,11 +101,13 @@ def row_logps(logits, ids, labels):
     return float(lp[mask].mean())
 
 
-def llama_cpp_logps(path, rows, batch):
-    """TRL-shaped eval_logps/{chosen,rejected} from llama.cpp's logits on TRL's token ids."""
+def llama_cpp_logps(path, rows, batch, lora=None):
+    """TRL-shaped eval_logps/{chosen,rejected} from llama.cpp's logits on TRL's token ids, with
+    the GGUF LoRA adapter `lora` applied (as `llama-cli --lora` and Ollama's ADAPTER do)."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=1024, logits_all=True, verbose=False, n_threads=2, seed=0)
+    llm = Llama(model_path=str(path), n_ctx=1024, logits_all=True, verbose=False, n_threads=2, seed=0,
+                lora_path=None if lora is None else str(lora))
     out = {}
     for which in ["chosen", "rejected"]:
         per_row = []
@@ -171,6 +176,8 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--prompt", default="What is the capital of France?")
     ap.add_argument("--skip-answer", action="store_true", help="random test models answer noise")
+    ap.add_argument("--gguf-adapter", help="BASE.gguf=ADAPTER.gguf: orpod's GGUF LoRA adapter on the base GGUF")
+    ap.add_argument("--orpod-base-eval", help="JSON of `orpod eval` at the base weights (no adapter)")
     args = ap.parse_args()
 
     want = json.loads(Path(args.orpod_eval).read_text())
@@ -243,6 +250,28 @@ def main():
         if not answer.strip():
             failures.append(f"llama.cpp answer {path.name}")
         del llm
+
+    # 4. The GGUF LoRA adapter on the (quantized) base GGUF. llama.cpp quantizes activations in
+    # its matmuls on a quantized base, so its log-probs differ from orpod's f32 ones by about the
+    # same amount with and without the adapter: what must match is the adapter's effect.
+    if args.gguf_adapter:
+        base_gguf, adapter_gguf = args.gguf_adapter.split("=", 1)
+        base_want = json.loads(Path(args.orpod_base_eval).read_text())
+        llm, plain = llama_cpp_logps(base_gguf, rows, args.eval_batch_size)
+        del llm
+        llm, lora = llama_cpp_logps(base_gguf, rows, args.eval_batch_size, lora=adapter_gguf)
+        del llm
+        moved = {k: want[k] - base_want[k] for k in LOGPS}
+        biggest = max(abs(v) for v in moved.values())
+        print(f"     orpod: the adapter moves eval_logps by {moved}", flush=True)
+        if biggest < 10 * ADAPTER_EFFECT_TOL:
+            failures.append("adapter effect too small to check")
+            print(f"FAIL the adapter moves eval_logps by only {biggest:.2e}: train it longer", flush=True)
+        diff = max(abs((lora[k] - plain[k]) - moved[k]) for k in LOGPS)
+        check("llama.cpp base GGUF + adapter.gguf: the adapter's effect on eval_logps vs orpod", diff,
+              ADAPTER_EFFECT_TOL)
+        diff = max(abs(lora[k] - want[k]) for k in LOGPS)
+        check("llama.cpp base GGUF + adapter.gguf eval_logps vs orpod", diff, LLAMA_CPP_BOUNDS["q8_0"])
 
     if failures:
         print(f"{len(failures)} interop check(s) failed: {', '.join(failures)}", flush=True)

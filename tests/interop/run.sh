@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Interop tests: trains two short runs with orpod (SmolLM2-135M from its GGUF, and the tiny
 # Llama test model from its Hugging Face folder), exports them (PEFT adapter, merged folder, GGUF
-# f16 and q8_0), and checks with Python (peft, transformers, TRL, gguf, llama.cpp) that each
+# f16 and q8_0, the adapter as a GGUF LoRA file), and checks with Python (peft, transformers, TRL, gguf, llama.cpp) that each
 # export loads and gives the eval log-probs of `orpod eval --adapter` (check_exports.py).
 # Needs the test model (tests/run.sh fetches it) and builds the venv once (setup_venv.sh).
 set -euo pipefail
@@ -43,6 +43,7 @@ save_every = 2
 [export]
 merged = true
 gguf = "$4"
+gguf_adapter = true
 TOML
 }
 
@@ -54,19 +55,21 @@ run_case() { # $1 name, $2 base HF folder for Python, $3 second GGUF type, extra
         || { cat "$work/$name.train.log" >&2; exit 1; }
     "$orpod" export "$work/$name/checkpoints/step-3" --gguf "$work/$name/model-$other.gguf" --type "$other"
     "$orpod" eval "$work/$name.toml" --adapter "$work/$name/final" --json > "$work/$name.eval.json"
+    "$orpod" eval "$work/$name.toml" --json > "$work/$name.base-eval.json"
     echo "== $name: Python checks" >&2
     "$venv/bin/python" tests/interop/check_exports.py \
         --base "$base" --adapter "$work/$name/final" --merged "$work/$name/final/merged" \
         --gguf "$(ls "$work/$name"/final/model-*.gguf | sed 's/.*model-\(.*\)\.gguf/\1/')=$(ls "$work/$name"/final/model-*.gguf)" \
         --gguf "$other=$work/$name/model-$other.gguf" \
         --orpod-eval "$work/$name.eval.json" --eval "$fixtures/prefs_chat_eval.jsonl" \
-        --eval-batch-size 4 --max-length 256 --work "$work/$name.py" "$@"
+        --eval-batch-size 4 --max-length 256 --work "$work/$name.py" \
+        --orpod-base-eval "$work/$name.base-eval.json" "$@"
 }
 
 # SmolLM2 from its Q4_1 GGUF: Python gets the same dequantized weights as a Hugging Face folder.
 "$orpod" convert "$gguf" --out "$work/smollm2-hf" 2> /dev/null
 write_job smollm2 "$gguf" $'r = 8\nalpha = 16' f16
-run_case smollm2 "$work/smollm2-hf" q8_0
+run_case smollm2 "$work/smollm2-hf" q8_0 --gguf-adapter "$gguf=$work/smollm2/final/adapter.gguf"
 
 # The tiny Llama from a Hugging Face folder: the GGUF tokenizer is rebuilt from tokenizer.json.
 # Its 16-wide rows cannot hold q8_0 blocks (32), so both files are f16; it answers noise, so

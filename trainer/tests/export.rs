@@ -63,6 +63,7 @@ fn merged_folder_and_gguf_evaluate_like_base_plus_adapter() {
         base: Some(fixtures().join("tiny-llama")),
         merged: Some(merged.clone()),
         gguf: Some((gguf.clone(), GgufExport::F16)),
+        gguf_adapter: None,
     })
     .unwrap();
 
@@ -104,6 +105,7 @@ fn gguf_file_has_llama_cpp_layout() {
         base: Some(fixtures().join("tiny-llama")),
         merged: None,
         gguf: Some((gguf.clone(), GgufExport::F16)),
+        gguf_adapter: None,
     })
     .unwrap();
     let mut r = BufReader::new(File::open(&gguf).unwrap());
@@ -163,6 +165,7 @@ fn train_writes_the_requested_exports_to_final() {
     spec.train.max_steps = 1;
     spec.export.merged = true;
     spec.export.gguf = GgufExport::Q8_0;
+    spec.export.gguf_adapter = true;
     let (_, out) = common::run_case_spec(&spec);
     let fin = out.path().join("final");
     for f in [
@@ -173,6 +176,8 @@ fn train_writes_the_requested_exports_to_final() {
         "merged/tokenizer.json",
         "merged/generation_config.json",
         "model-q8_0.gguf",
+        "adapter.gguf",
+        "Modelfile",
     ] {
         assert!(fin.join(f).is_file(), "final/{f}");
     }
@@ -186,4 +191,90 @@ fn train_writes_the_requested_exports_to_final() {
         let mode = std::fs::metadata(fin.join(f)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "{f}");
     }
+}
+
+/// The adapter alone as llama.cpp's loader checks it: `general.type = adapter`, the base's
+/// architecture, `adapter.lora.alpha = scale * r`, `<name>.lora_a [r, in]` and `.lora_b
+/// [out, r]` in f32 for every adapted weight, and Q's `lora_b` rows in llama.cpp's rope order
+/// (llama.cpp row 1 is HF row head_dim / 2 = 2, as for the base's Q); plus the Modelfile.
+#[test]
+fn gguf_adapter_has_llama_cpp_lora_layout() {
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("lora.gguf");
+    export::export_checkpoint(&ExportRequest {
+        adapter_dir: trained_adapter(),
+        base: Some(fixtures().join("tiny-llama")),
+        merged: None,
+        gguf: None,
+        gguf_adapter: Some(path.clone()),
+    })
+    .unwrap();
+    let base = orpo_trainer::model::load_base(
+        &fixtures().join("tiny-llama"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let adapter =
+        orpo_trainer::lora::LoraAdapter::load_peft(&trained_adapter(), &base.config, &Device::Cpu)
+            .unwrap();
+    let mut r = BufReader::new(File::open(&path).unwrap());
+    let c = Content::read(&mut r).unwrap();
+    let md = |k: &str| c.metadata.get(k).unwrap_or_else(|| panic!("no {k}"));
+    assert_eq!(md("general.type").to_string().unwrap(), "adapter");
+    assert_eq!(md("general.architecture").to_string().unwrap(), "llama");
+    assert_eq!(md("adapter.type").to_string().unwrap(), "lora");
+    let alpha = md("adapter.lora.alpha").to_f32().unwrap();
+    assert!(
+        (alpha as f64 - adapter.scale * adapter.r as f64).abs() < 1e-6,
+        "{alpha}"
+    );
+    let pairs = adapter.named_vars().len();
+    assert_eq!(
+        c.tensor_infos.len(),
+        pairs,
+        "one GGUF tensor per PEFT tensor"
+    );
+    let ti = &c.tensor_infos;
+    let (r_, h) = (adapter.r, base.config.hidden_size);
+    let q_out = base.config.num_attention_heads * base.config.head_dim;
+    assert_eq!(ti["blk.0.attn_q.weight.lora_a"].shape.dims(), &[r_, h]);
+    assert_eq!(ti["blk.0.attn_q.weight.lora_b"].shape.dims(), &[q_out, r_]);
+    assert_eq!(
+        ti["blk.1.ffn_down.weight.lora_a"].ggml_dtype,
+        GgmlDType::F32
+    );
+
+    let pair = adapter.get(0, 0).unwrap();
+    let mut read = |name: &str| -> Vec<Vec<f32>> {
+        c.tensor(&mut r, name, &Device::Cpu)
+            .unwrap()
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .to_vec2()
+            .unwrap()
+    };
+    let want_a: Vec<Vec<f32>> = pair.a.as_tensor().to_vec2().unwrap();
+    assert_eq!(
+        read("blk.0.attn_q.weight.lora_a"),
+        want_a,
+        "A as PEFT has it"
+    );
+    let hf_b: Vec<Vec<f32>> = pair.b.as_tensor().to_vec2().unwrap();
+    let gg_b = read("blk.0.attn_q.weight.lora_b");
+    for (gg_row, hf_row) in [(0, 0), (1, 2), (2, 1), (3, 3), (5, 6)] {
+        assert_eq!(gg_b[gg_row], hf_b[hf_row], "row {gg_row}");
+    }
+
+    let modelfile = std::fs::read_to_string(out.path().join("Modelfile")).unwrap();
+    assert!(
+        modelfile.contains(&format!("FROM {}", base.source.display())),
+        "{modelfile}"
+    );
+    assert!(modelfile.contains("ADAPTER ./lora.gguf"), "{modelfile}");
+    assert!(
+        modelfile.contains("PARAMETER stop \"<|im_end|>\""),
+        "{modelfile}"
+    );
+    assert!(modelfile.contains("{{ .Prompt }}<|im_end|>"), "{modelfile}");
 }

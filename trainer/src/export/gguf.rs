@@ -61,7 +61,16 @@ pub fn write_gguf(
     let mut metadata = model_metadata(base, ftype, path)?;
     metadata.extend(tokenizer_metadata(base, path)?);
     let tensors = gguf_tensors(cfg, weights, weight_type)?;
+    write_gguf_file(path, &metadata, &tensors)
+}
 
+/// Writes a GGUF file through a temporary file beside it, synced and renamed at the end, so
+/// `path` is complete or absent.
+pub(super) fn write_gguf_file(
+    path: &Path,
+    metadata: &[(String, Value)],
+    tensors: &[(String, QTensor)],
+) -> Result<()> {
     let tmp = path.with_file_name(format!(
         ".{}.tmp-{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
@@ -92,7 +101,7 @@ pub fn write_gguf(
     written
 }
 
-fn arch_name(cfg: &ModelConfig) -> &'static str {
+pub(super) fn arch_name(cfg: &ModelConfig) -> &'static str {
     match cfg.arch {
         Arch::Llama => "llama",
         Arch::Qwen2 => "qwen2",

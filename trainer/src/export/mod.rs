@@ -5,9 +5,11 @@
 //! ([`write_final`]); `orpod export` does the same from any checkpoint ([`export_checkpoint`]).
 //!
 //! Layout of `final/`: `adapter_config.json` + `adapter_model.safetensors` (`export.adapter`),
-//! `merged/` (`export.merged`), `model-f16.gguf` or `model-q8_0.gguf` (`export.gguf`).
+//! `merged/` (`export.merged`), `model-f16.gguf` or `model-q8_0.gguf` (`export.gguf`),
+//! `adapter.gguf` + `Modelfile` (`export.gguf_adapter`).
 
 pub mod gguf;
+pub mod gguf_adapter;
 pub mod merge;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use crate::train::Session;
 use crate::{Error, Result};
 
 pub use gguf::write_gguf;
+pub use gguf_adapter::{write_gguf_adapter, GGUF_ADAPTER_FILE, MODELFILE};
 pub use merge::merged_weights;
 
 /// The merged folder's name inside `final/`.
@@ -40,6 +43,13 @@ pub fn write_final(session: &Session, dir: &Path) -> Result<()> {
             session
                 .adapter
                 .save_peft(tmp, &session.base.source.to_string_lossy())?;
+        }
+        if export.gguf_adapter {
+            write_adapter_gguf(
+                &session.base,
+                &session.adapter,
+                &tmp.join(GGUF_ADAPTER_FILE),
+            )?;
         }
         if export.merged || export.gguf != GgufExport::None {
             let weights = merged_weights(&session.base, &session.adapter)?;
@@ -61,6 +71,8 @@ pub struct ExportRequest {
     pub base: Option<PathBuf>,
     pub merged: Option<PathBuf>,
     pub gguf: Option<(PathBuf, GgufExport)>,
+    /// The adapter as a GGUF LoRA file (a `Modelfile` goes beside it).
+    pub gguf_adapter: Option<PathBuf>,
 }
 
 /// Loads the base (f32, CPU) and the adapter, merges them and writes the requested files.
@@ -71,6 +83,12 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<()> {
     };
     let base: BaseModel = model::load_base(&base_path, DType::F32, &Device::Cpu)?;
     let adapter = LoraAdapter::load_peft(&req.adapter_dir, &base.config, &Device::Cpu)?;
+    if let Some(path) = &req.gguf_adapter {
+        write_adapter_gguf(&base, &adapter, path)?;
+    }
+    if req.merged.is_none() && req.gguf.is_none() {
+        return Ok(());
+    }
     let weights = merged_weights(&base, &adapter)?;
     if let Some(dir) = &req.merged {
         save_hf_folder(&base, &weights, dir)?;
@@ -79,6 +97,23 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<()> {
         write_gguf(&base, &weights, path, *kind)?;
     }
     Ok(())
+}
+
+/// The GGUF adapter at `path` and the `Modelfile` beside it.
+fn write_adapter_gguf(base: &BaseModel, adapter: &LoraAdapter, path: &Path) -> Result<()> {
+    write_gguf_adapter(base, adapter, path)?;
+    let modelfile = path.with_file_name(MODELFILE);
+    let text = gguf_adapter::modelfile(base).replace(
+        &format!("./{GGUF_ADAPTER_FILE}"),
+        &format!("./{}", file_name(path)),
+    );
+    std::fs::write(&modelfile, text).map_err(|e| Error::io(&modelfile, e))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// `base_model_name_or_path` of an adapter folder (orpod writes the base's path there).
