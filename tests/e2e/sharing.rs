@@ -159,6 +159,15 @@ async fn equal_priorities_take_turns_between_users() {
         .submit(&job(&model, &a_ds.reference, 0, "max_steps = 1"))
         .await
         .unwrap();
+    // `plan` counts the jobs ahead in fair turns: alice's third would wait behind her two,
+    // bob's first behind none.
+    let plan = |c: &orpo_api::client::Client, ds: &str| {
+        let req = job(&model, ds, 0, "max_steps = 1");
+        let c = c.clone();
+        async move { c.plan(&req).await.unwrap() }
+    };
+    assert_eq!(plan(&alice, &a_ds.reference).await.queued_ahead, 2);
+    assert_eq!(plan(&bob, &b_ds.reference).await.queued_ahead, 0);
     let b1 = bob
         .submit(&job(&model, &b_ds.reference, 0, "max_steps = 1"))
         .await

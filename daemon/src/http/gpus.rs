@@ -98,7 +98,7 @@ pub async fn plan(
         .await
         .map_err(ApiError::InvalidJob)?;
     let sup = state.supervisor.clone();
-    let plan = web::block(move || sup.plan(&spec, estimate))
+    let plan = web::block(move || sup.plan(&spec, &owner, estimate))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(ApiError::Internal)?;

@@ -229,10 +229,16 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Where `spec`, of this `estimate`, would run if it were submitted now, behind the queued
-    /// jobs of its priority or higher, and why not if it would wait.
-    pub fn plan(&self, spec: &JobSpec, estimate: MemoryEstimate) -> anyhow::Result<Plan> {
-        let mut candidates = Vec::new();
+    /// Where `spec`, of this `estimate`, would run if `owner` submitted it now: behind the
+    /// queued jobs of its priority or higher, in its owner's fair turn (as [`fair::order`]
+    /// places it), and why not if it would wait.
+    pub fn plan(
+        &self,
+        spec: &JobSpec,
+        owner: &str,
+        estimate: MemoryEstimate,
+    ) -> anyhow::Result<Plan> {
+        let mut queued = Vec::new();
         let mut inserted = false;
         for id in self.store.queued() {
             let Ok(view) = self.store.job(id) else {
@@ -240,33 +246,49 @@ impl Supervisor {
             };
             if !inserted && spec_of(&view).priority < spec.priority {
                 inserted = true;
-                candidates.push(planned(spec, &estimate));
+                queued.push(planned_view(spec, owner, &estimate));
             }
-            candidates.push(Candidate {
-                id,
-                estimate: view.memory.estimate_bytes,
-                pin: spec_of(&view).resources.device.clone(),
-            });
+            queued.push(view);
         }
-        let queued_ahead = if inserted {
-            candidates.iter().position(|c| c.id == PLANNED).unwrap_or(0)
-        } else {
-            candidates.len()
-        };
         if !inserted {
-            candidates.push(planned(spec, &estimate));
+            queued.push(planned_view(spec, owner, &estimate));
         }
+        let (ordered, capped) = fair::order(
+            queued,
+            &self.running_by_owner(),
+            &self.last_starts(),
+            self.config.max_running_per_user,
+        );
         let devices = self.device_states()?;
+        let queued_ahead = ordered
+            .iter()
+            .position(|j| j.id == PLANNED)
+            .unwrap_or(ordered.len());
+        let candidates: Vec<Candidate> = ordered
+            .iter()
+            .map(|j| Candidate {
+                id: j.id,
+                estimate: j.memory.estimate_bytes,
+                pin: spec_of(j).resources.device.clone(),
+            })
+            .collect();
         let decisions = admit(&candidates, &devices, self.slots().len(), &self.policy());
-        let (device, starts_now, reason) = match decisions.into_iter().find(|d| match d {
-            Decision::Start { id, .. } | Decision::Wait { id, .. } => *id == PLANNED,
-        }) {
-            Some(Decision::Start { device, .. }) => {
+        let capped = capped.into_iter().find(|(id, _)| *id == PLANNED);
+        let (device, starts_now, reason) = match (
+            capped,
+            decisions.into_iter().find(|d| match d {
+                Decision::Start { id, .. } | Decision::Wait { id, .. } => *id == PLANNED,
+            }),
+        ) {
+            (Some((_, reason)), _) => (waits_for(spec, &devices), false, reason),
+            (None, Some(Decision::Start { device, .. })) => {
                 let why = format!("it would start now on {device}");
                 (device, true, why)
             }
-            Some(Decision::Wait { reason, .. }) => (waits_for(spec, &devices), false, reason),
-            None => unreachable!("every candidate gets a decision"),
+            (None, Some(Decision::Wait { reason, .. })) => {
+                (waits_for(spec, &devices), false, reason)
+            }
+            (None, None) => unreachable!("every candidate gets a decision"),
         };
         let free_bytes = devices
             .iter()
@@ -283,11 +305,28 @@ impl Supervisor {
     }
 }
 
-fn planned(spec: &JobSpec, estimate: &MemoryEstimate) -> Candidate {
-    Candidate {
+/// The job a plan asks about, as if `owner` had just submitted it.
+fn planned_view(spec: &JobSpec, owner: &str, estimate: &MemoryEstimate) -> JobView {
+    JobView {
         id: PLANNED,
-        estimate: Some(estimate.total_bytes),
-        pin: spec.resources.device.clone(),
+        name: spec.name.clone(),
+        owner: owner.to_string(),
+        state: JobState::Queued,
+        pending_reason: None,
+        device: None,
+        progress: Default::default(),
+        metrics: None,
+        eval_metrics: None,
+        memory: orpo_api::Memory {
+            estimate_bytes: Some(estimate.total_bytes),
+            ..Default::default()
+        },
+        error: None,
+        attempts: 0,
+        created_at: String::new(),
+        started_at: None,
+        finished_at: None,
+        spec: Some(spec.clone()),
     }
 }
 
