@@ -49,13 +49,16 @@ pub fn module_dims(cfg: &ModelConfig, m: usize) -> (usize, usize) {
     }
 }
 
+/// The Hugging Face path of module `m` (an index into `LORA_MODULES`) of layer `layer`, e.g.
+/// `model.layers.3.self_attn.q_proj`; its weight is `<path>.weight`.
+pub fn module_path(layer: usize, m: usize) -> String {
+    let block = if m < 4 { "self_attn" } else { "mlp" };
+    format!("model.layers.{layer}.{block}.{}", LORA_MODULES[m])
+}
+
 /// PEFT's key prefix for module `m` of layer `layer`.
 pub fn peft_prefix(layer: usize, m: usize) -> String {
-    let block = if m < 4 { "self_attn" } else { "mlp" };
-    format!(
-        "base_model.model.model.layers.{layer}.{block}.{}",
-        LORA_MODULES[m]
-    )
+    format!("base_model.model.{}", module_path(layer, m))
 }
 
 fn module_index(name: &str) -> Option<usize> {

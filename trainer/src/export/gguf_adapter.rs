@@ -15,7 +15,7 @@ use candle_core::quantized::gguf_file::Value;
 use candle_core::quantized::{GgmlDType, QTensor};
 use orpo_api::spec::LORA_MODULES;
 
-use crate::lora::LoraAdapter;
+use crate::lora::{module_path, LoraAdapter};
 use crate::model::gguf::{gguf_name, permute};
 use crate::model::{Arch, BaseModel};
 use crate::{Error, Result};
@@ -52,8 +52,7 @@ pub fn write_gguf_adapter(base: &BaseModel, adapter: &LoraAdapter, path: &Path) 
             let Some(pair) = adapter.get(layer, m) else {
                 continue;
             };
-            let block = if m < 4 { "self_attn" } else { "mlp" };
-            let hf = format!("model.layers.{layer}.{block}.{module}.weight");
+            let hf = format!("{}.weight", module_path(layer, m));
             let name = gguf_name(&hf)
                 .ok_or_else(|| Error::model(path, format!("no GGUF name for {hf}")))?;
             let a = pair

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor, TensorId, Var};
-use orpo_api::spec::LORA_MODULES;
 use rand::{RngCore, SeedableRng};
 
 use super::{BaseModel, ModelConfig};
@@ -129,8 +128,7 @@ impl Llama {
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let proj = |m: usize| -> Result<Proj> {
-                let block = if m < 4 { "self_attn" } else { "mlp" };
-                let name = format!("{p}.{block}.{}", LORA_MODULES[m]);
+                let name = crate::lora::module_path(l, m);
                 let b = if cfg.attention_bias && m < 3 {
                     Some(get(&format!("{name}.bias"))?)
                 } else {
