@@ -180,14 +180,7 @@ impl Supervisor {
             &self.last_starts(),
             self.config.max_running_per_user,
         );
-        let candidates: Vec<Candidate> = queued
-            .iter()
-            .map(|j| Candidate {
-                id: j.id,
-                estimate: j.memory.estimate_bytes,
-                pin: spec_of(j).resources.device.clone(),
-            })
-            .collect();
+        let candidates = candidates(&queued);
         let devices = self.device_states()?;
         let running = self.slots().len();
         let mut decisions = admit(&candidates, &devices, running, &self.policy());
@@ -264,15 +257,12 @@ impl Supervisor {
             .iter()
             .position(|j| j.id == PLANNED)
             .unwrap_or(ordered.len());
-        let candidates: Vec<Candidate> = ordered
-            .iter()
-            .map(|j| Candidate {
-                id: j.id,
-                estimate: j.memory.estimate_bytes,
-                pin: spec_of(j).resources.device.clone(),
-            })
-            .collect();
-        let decisions = admit(&candidates, &devices, self.slots().len(), &self.policy());
+        let decisions = admit(
+            &candidates(&ordered),
+            &devices,
+            self.slots().len(),
+            &self.policy(),
+        );
         let capped = capped.into_iter().find(|(id, _)| *id == PLANNED);
         let (device, starts_now, reason) = match (
             capped,
@@ -303,6 +293,17 @@ impl Supervisor {
             queued_ahead,
         })
     }
+}
+
+/// Admission's view of queued jobs, in the order given.
+fn candidates(jobs: &[JobView]) -> Vec<Candidate> {
+    jobs.iter()
+        .map(|j| Candidate {
+            id: j.id,
+            estimate: j.memory.estimate_bytes,
+            pin: spec_of(j).resources.device.clone(),
+        })
+        .collect()
 }
 
 /// The job a plan asks about, as if `owner` had just submitted it.
