@@ -24,6 +24,23 @@ fn trained_adapter() -> std::path::PathBuf {
     fixtures().join("parity/tiny_ga_clip-final-adapter")
 }
 
+/// The tiny Llama (f32, CPU) and TRL's trained adapter on it.
+fn tiny_base_and_trained_adapter() -> (
+    orpo_trainer::model::BaseModel,
+    orpo_trainer::lora::LoraAdapter,
+) {
+    let base = orpo_trainer::model::load_base(
+        &fixtures().join("tiny-llama"),
+        candle_core::DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let adapter =
+        orpo_trainer::lora::LoraAdapter::load_peft(&trained_adapter(), &base.config, &Device::Cpu)
+            .unwrap();
+    (base, adapter)
+}
+
 /// The parity job with TRL's trained adapter, and the same job on another base with none.
 fn jobs(base: &Path) -> (JobSpec, JobSpec) {
     let mut with_adapter = job_for_case(&fixture("tiny_ga_clip"));
@@ -131,15 +148,7 @@ fn gguf_file_has_llama_cpp_layout() {
     assert_eq!(ti.len(), 1 + 2 * 9 + 1);
 
     // Row 1 of llama.cpp's q is HF row head_dim / 2 = 2 (the rotary pairs interleave).
-    let base = orpo_trainer::model::load_base(
-        &fixtures().join("tiny-llama"),
-        candle_core::DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let adapter =
-        orpo_trainer::lora::LoraAdapter::load_peft(&trained_adapter(), &base.config, &Device::Cpu)
-            .unwrap();
+    let (base, adapter) = tiny_base_and_trained_adapter();
     let merged = export::merged_weights(&base, &adapter).unwrap();
     let hf_q: Vec<Vec<f32>> = merged["model.layers.0.self_attn.q_proj.weight"]
         .to_vec2()
@@ -209,15 +218,7 @@ fn gguf_adapter_has_llama_cpp_lora_layout() {
         gguf_adapter: Some(path.clone()),
     })
     .unwrap();
-    let base = orpo_trainer::model::load_base(
-        &fixtures().join("tiny-llama"),
-        candle_core::DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let adapter =
-        orpo_trainer::lora::LoraAdapter::load_peft(&trained_adapter(), &base.config, &Device::Cpu)
-            .unwrap();
+    let (base, adapter) = tiny_base_and_trained_adapter();
     let mut r = BufReader::new(File::open(&path).unwrap());
     let c = Content::read(&mut r).unwrap();
     let md = |k: &str| c.metadata.get(k).unwrap_or_else(|| panic!("no {k}"));

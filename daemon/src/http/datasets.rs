@@ -206,11 +206,12 @@ pub async fn import(
         .parent()
         .expect("datasets folder")
         .to_path_buf();
-    let (config, name, shown) = (state.config.clone(), path.to_string(), path.to_string());
+    let (config, name) = (state.config.clone(), path.to_string());
     let received = web::block(move || {
         let mut file = std::fs::File::open(&real).map_err(|_| {
-            ApiError::DatasetNotFound(format!("{shown} is not a file the daemon can read"))
+            ApiError::DatasetNotFound(format!("{name} is not a file the daemon can read"))
         })?;
+        let label = name.as_str(); // borrowed by the reader below, which owns the file
         let mut left = limit as u64 + 1;
         let next = move || {
             use std::io::Read;
@@ -225,7 +226,7 @@ pub async fn import(
             left -= n as u64;
             if left == 0 {
                 return Err(ApiError::PayloadTooLarge(format!(
-                    "{shown}: data sets are limited to {limit} bytes (max_upload_bytes)"
+                    "{label}: data sets are limited to {limit} bytes (max_upload_bytes)"
                 )));
             }
             buf.truncate(n);
