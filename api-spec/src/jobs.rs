@@ -177,6 +177,10 @@ pub struct JobView {
     pub pending_reason: Option<String>,
     /// Where it runs or ran: `cpu`, `cuda:0`.
     pub device: Option<String>,
+    /// How the frozen base is held while it runs (`model.quantize`): `"q4_1 + q8_0, f32
+    /// norms"` for a GGUF kept quantized, `"bf16"` for a dense one.
+    #[serde(default)]
+    pub base_precision: Option<String>,
     pub progress: Progress,
     /// The latest training record.
     pub metrics: Option<MetricRecord>,

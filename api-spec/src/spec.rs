@@ -79,6 +79,76 @@ pub struct ModelSpec {
     pub base: String,
     #[serde(default)]
     pub dtype: Dtype,
+    /// How the frozen base's weights are held: as the file stores them (`auto`), all in
+    /// `dtype` (`none`), or block-quantized on load to one GGUF type (the projections, the
+    /// embedding and the head; norms stay in `dtype`).
+    #[serde(default)]
+    pub quantize: Quantize,
+}
+
+/// The block-quantized form of a frozen base (`model.quantize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Quantize {
+    /// A GGUF base keeps its quantized tensors as stored; a Hugging Face base stays in `dtype`.
+    #[default]
+    Auto,
+    /// Every weight in `dtype` (a GGUF base is dequantized on load).
+    None,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
+}
+
+impl Quantize {
+    pub const ALL: [Quantize; 10] = [
+        Quantize::Auto,
+        Quantize::None,
+        Quantize::Q4_0,
+        Quantize::Q4_1,
+        Quantize::Q5_0,
+        Quantize::Q5_1,
+        Quantize::Q8_0,
+        Quantize::Q4K,
+        Quantize::Q5K,
+        Quantize::Q6K,
+    ];
+
+    /// The value of its job-file name (`"q4_k"`).
+    pub fn parse(name: &str) -> Result<Quantize, String> {
+        Quantize::ALL
+            .into_iter()
+            .find(|q| q.as_str() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Quantize::ALL.iter().map(|q| q.as_str()).collect();
+                format!("{name:?} is not one of {}", names.join(", "))
+            })
+    }
+
+    /// The name job files use (`"q4_k"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantize::Auto => "auto",
+            Quantize::None => "none",
+            Quantize::Q4_0 => "q4_0",
+            Quantize::Q4_1 => "q4_1",
+            Quantize::Q5_0 => "q5_0",
+            Quantize::Q5_1 => "q5_1",
+            Quantize::Q8_0 => "q8_0",
+            Quantize::Q4K => "q4_k",
+            Quantize::Q5K => "q5_k",
+            Quantize::Q6K => "q6_k",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -138,6 +138,10 @@ pub struct CalibrateArgs {
     /// train.batch_size and train.eval_batch_size of the mixed-length runs.
     #[arg(long, value_delimiter = ',', default_value = "4,8")]
     pub mixed_batches: Vec<usize>,
+    /// Values of model.quantize: `auto` keeps a GGUF base's quantized matrices, `none` holds
+    /// the base in f32.
+    #[arg(long, value_delimiter = ',', default_value = "auto,none", value_parser = orpo_api::spec::Quantize::parse)]
+    pub quantize: Vec<orpo_api::spec::Quantize>,
     /// Optimizer steps per config (AdamW's moments exist from the second on).
     #[arg(long, default_value_t = 2)]
     pub steps: usize,

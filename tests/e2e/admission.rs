@@ -84,6 +84,8 @@ async fn cpu_only_host_admits_against_ram_and_records_the_peak() {
         .wait_state(job.id, JobState::Succeeded, Duration::from_secs(120))
         .await;
     assert_eq!(done.device.as_deref(), Some("cpu"));
+    // The tiny f32 model, held as it is (the worker says so when training starts).
+    assert_eq!(done.base_precision.as_deref(), Some("f32"));
     let (estimate, peak) = (done.memory.estimate_bytes, done.memory.peak_bytes);
     assert_eq!(
         estimate,
@@ -274,6 +276,7 @@ fn calibrate_measures_smollm2_within_the_band() {
     let out = std::process::Command::new(exe())
         .args(["calibrate", &gguf.to_string_lossy()])
         .args(["--data", "short", "--lengths", "128", "--ranks", "8"])
+        .args(["--quantize", "auto,none"])
         .args([
             "--checkpointing",
             "true",
@@ -290,15 +293,16 @@ fn calibrate_measures_smollm2_within_the_band() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}");
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let row = stdout
-        .lines()
-        .find(|l| l.trim_start().starts_with("short"))
-        .expect("a measured row");
+    // The kept quantized base and the same base in f32, each within the band.
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains(" short ")).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    assert!(rows[0].trim_start().starts_with("auto") && rows[1].trim_start().starts_with("none"));
+    let row = rows[0];
     assert!(stdout.contains(": ok"), "{stdout}");
     // The estimate follows the data: short pairs are far below max_length 128.
     let longest: usize = row
         .split_whitespace()
-        .nth(6)
+        .nth(7)
         .unwrap()
         .split('/')
         .next()

@@ -467,13 +467,14 @@ def tail(path, n=30):
         return ""
 
 
-def write_job(path, data, base, L, steps, gc):
+def write_job(path, data, base, L, steps, gc, quantize="auto"):
     path.write_text(f"""# written by trainer/benches/orpo_vs_trl.py
 name = "bench-L{L}-gc{'on' if gc else 'off'}"
 
 [model]
 base = {json.dumps(str(base))}
 dtype = "f32"
+quantize = "{quantize}"
 
 [data]
 train = {json.dumps(str(data))}
@@ -532,19 +533,23 @@ def summarize(r, warmup):
     return out
 
 
-def run_orpod(a, work, data, L, gc, tag):
-    d = work / f"orpod-{tag}"
+def run_orpod(a, work, data, L, gc, tag, quantize="auto", side="orpod"):
+    d = work / f"{side}-{tag}"
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     job = d / "job.toml"
-    write_job(job, data, a.orpod_base, L, a.steps, gc)
+    write_job(job, data, a.orpod_base, L, a.steps, gc, quantize)
     out = d / "out"
     log = d / "log.txt"
     load0 = os.getloadavg()[0]
     rc, wall, ru, mon = run_child([str(a.orpod), "train", str(job), "--out", str(out)], log, a.timeout,
                                   marker="training ", metrics=out / "metrics.jsonl")
-    res = {"side": "orpod", "rc": rc, "wall_s": wall, "log": str(log), "loadavg_before": load0,
+    res = {"side": side, "rc": rc, "wall_s": wall, "log": str(log), "loadavg_before": load0,
            "loadavg_after": os.getloadavg()[0]}
+    # "...; base in q4_1 + q8_0, f32 norms (96.6 MB)": how the base was held, and its bytes.
+    held = re.search(r"base in (.+) \(([0-9.]+) MB\)", tail(log, 400))
+    if held:
+        res["base_precision"], res["base_mb"] = held.group(1), float(held.group(2))
     res["peak_rss_mib"] = ru.ru_maxrss / 1024.0
     res["cpu_s"] = ru.ru_utime + ru.ru_stime
     res["other_cores"] = mon.others
@@ -668,11 +673,11 @@ def main():
             ap.error(f"--checkpointing: {x!r} is not off or on")
         gcs.append(x == "on")
     sides = [s.strip() for s in a.sides.split(",") if s.strip()]
-    if any(s not in ("trl", "orpod") for s in sides):
-        ap.error("--sides: trl and/or orpod")
+    if any(s not in ("trl", "orpod", "orpod-f32") for s in sides):
+        ap.error("--sides: trl, orpod and/or orpod-f32")
     a.orpod = Path(a.orpod).resolve()
     a.gguf = Path(a.gguf).resolve()
-    if "orpod" in sides or not a.hf_dir:
+    if any(s.startswith("orpod") for s in sides) or not a.hf_dir:
         if not a.orpod.exists():
             sys.exit(f"no orpod binary at {a.orpod} (cargo build --release -p orpod)")
     a.hf_dir = ensure_hf_dir(a).resolve()
@@ -709,7 +714,8 @@ def main():
                 tries = []
                 for rep in range(a.repeats):
                     print(f"  {tag} {side} run {rep + 1}/{a.repeats} ...", flush=True)
-                    fn = run_trl if side == "trl" else run_orpod
+                    fn = {"trl": run_trl, "orpod": run_orpod,
+                          "orpod-f32": lambda *x: run_orpod(*x, quantize="none", side="orpod-f32")}[side]
                     idle = waited = None
                     if a.wait_idle > 0:
                         idle, waited = wait_until_idle(a.wait_idle)
@@ -749,11 +755,11 @@ def main():
     for e in report["runs"]:
         L, gc = e["max_length"], e["checkpointing"]
         ck = "on" if gc else "off"
-        for side in ("trl", "orpod"):
+        for side in ("trl", "orpod", "orpod-f32"):
             r = e.get(side)
             if not r:
                 continue
-            name = "TRL" if side == "trl" else "orpod"
+            name = {"trl": "TRL", "orpod": "orpod", "orpod-f32": "f32"}[side]
             if "error" in r:
                 lines.append(f"{L:>6} {ck:>4} {name:>6}  CRASHED (see {r['log']})")
                 continue
@@ -791,6 +797,20 @@ def main():
                 e["ratios"]["quiet_s_per_step"] = rq
                 lines.append(f"{'':>6} {'':>4} {'':>6} {rq:>8.3f}   (s/step over the quiet steps only)")
             verdicts.append((rs <= step_t) and (rr <= rss_t))
+        q, f = e.get("orpod"), e.get("orpod-f32")
+        if q and f and "error" not in q and "error" not in f and q.get("base_mb") and f.get("base_mb"):
+            # The quantized base against the same base in f32 (issue targets): at most 1.2x the
+            # step time, and a peak RSS lower by at least 80% of the weights' difference.
+            rs = q["s_per_step"] / f["s_per_step"]
+            saved = f["peak_rss_mib"] - q["peak_rss_mib"]
+            want = 0.8 * (f["base_mb"] - q["base_mb"]) * 1e6 / 2**20
+            e["quantized_vs_f32"] = {"s_per_step": rs, "rss_saved_mib": saved, "rss_saved_target_mib": want,
+                                     "step_pass": rs <= 1.2, "rss_pass": saved >= want,
+                                     "held": q.get("base_precision")}
+            lines.append(f"{L:>6} {ck:>4} {'q/f32':>6} {rs:>8.3f}   kept {q.get('base_precision')} vs f32: "
+                         f"s/step {'PASS' if rs <= 1.2 else 'FAIL'} (<= 1.2), peak RSS {saved:.0f} MiB lower "
+                         f"{'PASS' if saved >= want else 'FAIL'} (>= {want:.0f} MiB, 80% of the weights' difference)")
+            verdicts.append(rs <= 1.2 and saved >= want)
         lines.append("")
     print()
     print("\n".join(lines).rstrip())

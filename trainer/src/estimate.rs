@@ -5,7 +5,10 @@
 //! The terms follow what the trainer really holds at its peak, the start of the backward pass
 //! of a micro-batch (or, for a big `eval_batch_size`, an evaluation forward):
 //!
-//! - base weights in their dtype (every tensor of [`expected_weights`]);
+//! - base weights in their dtype (every tensor of [`expected_weights`]), or as held
+//!   (`model.quantize`: [`held_weights`]) with the dequantized working tile of the projection
+//!   that runs (at most `quant::TILE_F32_BYTES`) and, when the head is quantized, its dense copy for the head
+//!   pass (on CUDA two copies for a moment while its tiles are joined);
 //! - LoRA parameters (f32), their gradient, the accumulated gradient and AdamW's two moments;
 //! - activations the graph keeps for the backward pass, per token of the largest micro-batch:
 //!   `batch_size × 2` rows (chosen and rejected) padded to the longest row the job's data
@@ -19,8 +22,9 @@
 //!   their gradients alive together in that layer's backward;
 //! - a working set while one layer runs its backward: SwiGLU's temporaries and, on the dense
 //!   attention path (CUDA, or a 16-bit dtype), the attention probabilities and their gradients
-//!   (`[rows, heads, t, t]`, f32, about four alive at once) and the `[rows, t, t]` mask. The CPU
-//!   f32 path (`ops::flash`) makes no scores-sized tensor at all;
+//!   of one kv group at a time (`[rows, heads / kv_heads, t, t]`, f32, about four alive at
+//!   once) and the `[rows, t, t]` mask. The CPU f32 path (`ops::flash`) makes no scores-sized
+//!   tensor at all;
 //! - the output head's logits slice: [`head_chunk_rows`] rows × vocabulary in f32 (at most
 //!   96 MiB), turned into the softmax gradient in place on the CPU; on CUDA the composite path
 //!   keeps three such tensors alive at once (logits, their exponentials, the gradient). It is
@@ -41,7 +45,7 @@ use orpo_api::JobSpec;
 
 use crate::data::lengths::BatchShape;
 use crate::lora::module_dims;
-use crate::model::{expected_weights, read_config, ModelConfig};
+use crate::model::{expected_weights, held_weights, read_config, HeldWeights, ModelConfig};
 use crate::{Error, Result};
 
 /// Rows of the output head computed at once for `vocab` logits per row: the op's own rule.
@@ -83,6 +87,8 @@ pub struct JobShape {
     /// LoRA dropout on: each targeted projection keeps an f32 mask of its input.
     pub dropout: bool,
     pub gradient_checkpointing: bool,
+    /// The frozen base when some of it is block-quantized (`None`: all in `dtype_bytes`).
+    pub held: Option<HeldWeights>,
 }
 
 impl JobShape {
@@ -118,7 +124,18 @@ impl JobShape {
                 .collect(),
             dropout: spec.lora.dropout > 0.0,
             gradient_checkpointing: spec.train.gradient_checkpointing,
+            held: None,
         }
+    }
+
+    /// The model config at `spec.model.base` and the job's shape on it, with the base's
+    /// weights as `model.quantize` holds them (GGUF header or config; no weights are loaded).
+    pub fn for_model(spec: &JobSpec, cuda: bool) -> Result<(ModelConfig, JobShape)> {
+        let path = Path::new(&spec.model.base);
+        let cfg = read_config(path)?;
+        let mut shape = JobShape::from_spec(spec, cuda);
+        shape.held = held_weights(path, &cfg, spec.model.quantize, shape.dtype_bytes)?;
+        Ok((cfg, shape))
     }
 }
 
@@ -143,6 +160,7 @@ impl JobShape {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MemoryEstimate {
     pub total_bytes: u64,
+    /// The frozen base as held, with a quantized base's working tile.
     pub weights_bytes: u64,
     pub lora_bytes: u64,
     /// LoRA gradient, accumulated gradient, AdamW's first and second moments.
@@ -151,7 +169,7 @@ pub struct MemoryEstimate {
     pub activations_bytes: u64,
     /// One layer's backward working set (with checkpointing: the recomputed layer too).
     pub workspace_bytes: u64,
-    /// The output head's logits slice.
+    /// The output head's logits slice (and a quantized head's dense copy).
     pub logits_bytes: u64,
     pub overhead_bytes: u64,
     /// The peak of an evaluation forward (no graph), 0 when the job does not evaluate.
@@ -169,8 +187,7 @@ pub fn estimate_job(
     cuda: bool,
     batches: Option<&BatchShape>,
 ) -> Result<MemoryEstimate> {
-    let cfg = read_config(Path::new(&spec.model.base))?;
-    let shape = JobShape::from_spec(spec, cuda);
+    let (cfg, shape) = JobShape::for_model(spec, cuda)?;
     estimate(
         &cfg,
         &batches.map_or(shape.clone(), |b| shape.with_batches(b)),
@@ -225,7 +242,8 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
     let (h, i) = (cfg.hidden_size as u64, cfg.intermediate_size as u64);
     let q = (cfg.num_attention_heads * cfg.head_dim) as u64;
     let kv = (cfg.num_key_value_heads * cfg.head_dim) as u64;
-    let heads = cfg.num_attention_heads as u64;
+    // Query heads per kv group: the dense attention path works one group at a time.
+    let group_heads = (cfg.num_attention_heads / cfg.num_key_value_heads.max(1)) as u64;
     let layers = cfg.num_hidden_layers as u64;
     let vocab = cfg.vocab_size as u64;
 
@@ -277,7 +295,7 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
     let backward_work = add(
         work,
         &[
-            mul(work, &[score_copies, rows, heads, t, t, f32b])?,
+            mul(work, &[score_copies, rows, group_heads, t, t, f32b])?,
             mul(work, &[5, tokens, i, f32b])?,
         ],
     )?;
@@ -305,7 +323,26 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
         mul(head, &[head_copies, head_rows(rows, t)?, vocab, f32b])?,
     )?;
 
-    let weights = mul("the weights", &[params, e])?;
+    // A quantized base: its bytes, the working tile (f32, and its copy in a 16-bit dtype), and
+    // the head's dense copy during the head pass.
+    let (weights, tile, head_copy) = match job.held {
+        None => (mul("the weights", &[params, e])?, 0, 0),
+        Some(held) => {
+            let tile = held.tile_bytes * (4 + if e == f32b { 0 } else { e }) / 4;
+            let copy = match held.head_quantized {
+                true => mul("the head", &[vocab, h, e])?,
+                false => 0,
+            };
+            (held.bytes, tile, copy)
+        }
+    };
+    // The head pass: the logits slice beside the head's dense copy; on CUDA the copy is joined
+    // from its tiles, two copies for a moment before the logits exist (on the CPU the tiles are
+    // written into one buffer).
+    let joined = if job.cuda { 2 } else { 1 };
+    let head_pass = |logits: u64| -> Result<u64> {
+        Ok(add("the logits", &[logits, head_copy])?.max(mul("the head", &[joined, head_copy])?))
+    };
     let lora = mul("the LoRA parameters", &[lora_params, f32b])?;
     let optimizer = mul("the optimizer state", &[4, lora_params, f32b])?;
     let overhead = if job.cuda {
@@ -313,8 +350,11 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
     } else {
         CPU_OVERHEAD
     };
-    let fixed = add("the total", &[weights, lora, optimizer, overhead])?;
-    let train_peak = add("the total", &[fixed, activations, workspace.max(logits)])?;
+    let fixed = add("the total", &[weights, tile, lora, optimizer, overhead])?;
+    let train_peak = add(
+        "the total",
+        &[fixed, activations, workspace.max(head_pass(logits)?)],
+    )?;
 
     let eval_peak = if job.eval_pairs > 0 {
         let eval = "the evaluation peak";
@@ -328,24 +368,22 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
             0
         };
         let layer = add(eval, &[mul(eval, &[tokens, e, layer_width])?, scores])?;
-        let scores = mul(eval, &[3, heads, scores])?;
+        let scores = mul(eval, &[3, group_heads, scores])?;
         let head = mul(eval, &[head_copies, head_rows(rows, t)?, vocab, f32b])?;
-        add(
-            eval,
-            &[fixed, slack(eval, add(eval, &[layer, scores.max(head)])?)?],
-        )?
+        let layer_peak = slack(eval, add(eval, &[layer, scores.max(head)])?)?;
+        add(eval, &[fixed, layer_peak, head_copy])?
     } else {
         0
     };
 
     Ok(MemoryEstimate {
         total_bytes: train_peak.max(eval_peak),
-        weights_bytes: weights,
+        weights_bytes: weights + tile,
         lora_bytes: lora,
         optimizer_bytes: optimizer,
         activations_bytes: activations,
         workspace_bytes: workspace,
-        logits_bytes: logits,
+        logits_bytes: head_pass(logits)?,
         overhead_bytes: overhead,
         eval_peak_bytes: eval_peak,
         tokens,
@@ -391,6 +429,7 @@ mod tests {
             modules: (0..7).collect(),
             dropout: false,
             gradient_checkpointing: ckpt,
+            held: None,
         }
     }
 
@@ -465,8 +504,13 @@ mod tests {
         let path = dir.path().join("tiny.gguf");
         for arch in [Arch::Llama, Arch::Qwen2] {
             crate::model::testing::write_tiny_gguf(&path, arch, 3).unwrap();
-            let loaded =
-                crate::model::load_base(&path, DType::F32, &candle_core::Device::Cpu).unwrap();
+            let loaded = crate::model::load_base(
+                &path,
+                DType::F32,
+                &candle_core::Device::Cpu,
+                crate::model::Quantize::None,
+            )
+            .unwrap();
             assert_eq!(read_config(&path).unwrap(), loaded.config);
             let mut spec = JobSpec::default();
             spec.model.base = path.to_string_lossy().into_owned();
@@ -493,7 +537,7 @@ mod tests {
     }
 
     /// Totals computed by the unchecked arithmetic before it became checked: the checks change
-    /// no number of a real shape. A bf16 CUDA job with dropout, checkpointing and evaluation
+    /// no number of a real shape (the GPU figures since follow the attention's kv groups). A bf16 CUDA job with dropout, checkpointing and evaluation
     /// goes through every term.
     #[test]
     fn checked_arithmetic_gives_the_numbers_of_before() {
@@ -512,15 +556,18 @@ mod tests {
         assert_eq!(est.total_bytes, 1_963_273_061);
         assert_eq!(est.activations_bytes, 1_149_684_940);
         let est = total(&smollm2(), &gpu);
-        assert_eq!(est.total_bytes, 3_811_920_921);
-        assert_eq!(est.workspace_bytes, 1_134_978_662);
+        // The dense attention path's scores are one kv group's since it runs group by group
+        // (SmolLM2: 3 of 9 heads; Llama 3 8B: 4 of 32): 3,811,920,921 and 27,643,512,422
+        // before, with all heads' scores.
+        assert_eq!(est.total_bytes, 2_483_165_414);
+        assert_eq!(est.workspace_bytes, 692_060_160);
         assert_eq!(est.logits_bytes, 332_188_876);
         assert_eq!(
             total(&llama3_8b(), &shape(4, 128, false)).total_bytes,
             43_444_826_931
         );
         let est = total(&llama3_8b(), &gpu);
-        assert_eq!(est.total_bytes, 27_643_512_422);
+        assert_eq!(est.total_bytes, 23_528_061_337);
         assert_eq!(est.activations_bytes, 1_310_300_569);
     }
 
@@ -665,5 +712,51 @@ mod tests {
         assert_eq!(cpu.dtype_bytes, 4);
         assert!(cpu.gradient_checkpointing);
         assert_eq!(JobShape::from_spec(&spec, true).dtype_bytes, 2);
+    }
+
+    /// The table of docs/quantized-bases.md: Llama 3 8B on a CUDA card in bf16, LoRA r16 on all
+    /// seven projections, one pair per step with checkpointing, per quantization and row length.
+    /// The docs must show what this estimator says (run the test to see the current table).
+    #[test]
+    fn the_docs_table_of_quantized_8b_jobs_is_current() {
+        use orpo_api::spec::Quantize;
+        let cfg = llama3_8b();
+        let kinds = [
+            (Quantize::None, "bf16"),
+            (Quantize::Q8_0, "q8_0"),
+            (Quantize::Q6K, "q6_k"),
+            (Quantize::Q5K, "q5_k"),
+            (Quantize::Q4K, "q4_k"),
+        ];
+        let lengths = [512usize, 1024, 2048, 4096];
+        let mut table = String::from("| base | 2 x 512 | 2 x 1024 | 2 x 2048 | 2 x 4096 |\n");
+        table.push_str("|:-----|--------:|---------:|---------:|---------:|\n");
+        for (q, name) in kinds {
+            table.push_str(&format!("| {name} |"));
+            for len in lengths {
+                let held = crate::model::held_weights(Path::new("llama-3-8b"), &cfg, q, 2).unwrap();
+                let job = JobShape {
+                    dtype_bytes: 2,
+                    cuda: true,
+                    pairs: 1,
+                    train_length: len,
+                    gradient_checkpointing: true,
+                    held,
+                    ..shape(1, len, true)
+                };
+                let gib = estimate(&cfg, &job).unwrap().total_bytes as f64 / (1u64 << 30) as f64;
+                let card = [8, 12, 16, 24].into_iter().find(|&c| gib <= c as f64);
+                let fits = card.map_or("none".to_string(), |c| format!("{c} GiB"));
+                table.push_str(&format!(" {gib:.1} GiB ({fits}) |"));
+            }
+            table.push('\n');
+        }
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/quantized-bases.md");
+        let text = std::fs::read_to_string(&docs).unwrap();
+        assert!(
+            text.contains(&table),
+            "{} does not hold the current table:\n{table}",
+            docs.display()
+        );
     }
 }

@@ -30,7 +30,7 @@ pub fn greedy(
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut done: Vec<bool> = prompts.iter().map(|p| p.is_empty()).collect();
-    let head = model.lm_head().to_dtype(DType::F32)?;
+    let head = model.lm_head().to_dense(DType::F32)?;
     for _ in 0..max_new {
         let active: Vec<usize> = (0..seqs.len()).filter(|&i| !done[i]).collect();
         if active.is_empty() {

@@ -51,6 +51,8 @@ pub enum Event<'a> {
         train_pairs: usize,
         eval_pairs: usize,
         trainable_parameters: usize,
+        /// How the frozen base is held ([`crate::model::Precision`]).
+        base: crate::model::Precision,
     },
     Log(&'a LogRecord),
     Eval(&'a LogRecord),
@@ -120,7 +122,12 @@ impl Session {
     /// training), and makes or loads the adapter.
     pub fn load(spec: &JobSpec, device: &Device) -> Result<Session> {
         let dtype = select_dtype(spec.model.dtype, device);
-        let base = model::load_base(Path::new(&spec.model.base), dtype, device)?;
+        let base = model::load_base(
+            Path::new(&spec.model.base),
+            dtype,
+            device,
+            spec.model.quantize,
+        )?;
         let (train, eval) = data::load_job_data(spec, &base.tokenizer)?;
         if train.is_empty() {
             return Err(Error::Config(format!(
@@ -284,6 +291,7 @@ pub fn train(
         train_pairs: n,
         eval_pairs: session.eval.len(),
         trainable_parameters: session.adapter.num_parameters(),
+        base: session.base.precision(),
     });
     let start = Instant::now();
     let (mut p, mut opt) = match checkpoint::latest(&opts.out_dir)? {

@@ -33,6 +33,7 @@ fn tiny_base_and_trained_adapter() -> (
         &fixtures().join("tiny-llama"),
         candle_core::DType::F32,
         &Device::Cpu,
+        orpo_trainer::model::Quantize::None,
     )
     .unwrap();
     let adapter =

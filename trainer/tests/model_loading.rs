@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use candle_core::{DType, Device, Tensor};
 use orpo_trainer::model::testing::{self, tiny_base, write_tiny_gguf};
 use orpo_trainer::model::{
-    load_base, save_hf_folder, Arch, BaseModel, Llama3RopeScaling, ModelConfig,
+    load_base, save_hf_folder, Arch, BaseModel, Llama3RopeScaling, ModelConfig, Quantize,
 };
 use serde_json::json;
 
@@ -215,7 +215,7 @@ fn exported_folder_loads_back_identically() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("model");
         save_hf_folder(&base, &base.weights, &dir).unwrap();
-        let loaded = load_base(&dir, DType::F32, &Device::Cpu).unwrap();
+        let loaded = load_base(&dir, DType::F32, &Device::Cpu, Quantize::None).unwrap();
         assert_eq!(loaded.config, base.config);
         assert_same_weights(&loaded.weights, &base.weights);
         assert_same_tokenizer(&loaded, &base);
@@ -241,7 +241,7 @@ fn bf16_export_says_so_and_loads_as_f32() {
             .unwrap();
     assert_eq!(config["torch_dtype"], "bfloat16");
     assert_eq!(config["architectures"], json!(["LlamaForCausalLM"]));
-    let loaded = load_base(tmp.path(), DType::F32, &Device::Cpu).unwrap();
+    let loaded = load_base(tmp.path(), DType::F32, &Device::Cpu, Quantize::None).unwrap();
     let embed = &loaded.weights["model.embed_tokens.weight"];
     assert_eq!(embed.dtype(), DType::F32);
     let want = base.weights["model.embed_tokens.weight"]
@@ -278,7 +278,7 @@ fn sharded_folder_loads() {
     let base = tiny_base(Arch::Llama, 11, DType::F32, &Device::Cpu).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     write_sharded(&base, tmp.path());
-    let loaded = load_base(tmp.path(), DType::F32, &Device::Cpu).unwrap();
+    let loaded = load_base(tmp.path(), DType::F32, &Device::Cpu, Quantize::None).unwrap();
     assert_same_weights(&loaded.weights, &base.weights);
 }
 
@@ -294,7 +294,7 @@ fn missing_and_misshapen_tensors_are_named() {
         Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&broken, tmp.path().join("model.safetensors")).unwrap();
-    let msg = load_base(tmp.path(), DType::F32, &Device::Cpu)
+    let msg = load_base(tmp.path(), DType::F32, &Device::Cpu, Quantize::None)
         .err()
         .unwrap()
         .to_string();
@@ -320,7 +320,7 @@ fn tokenizer_config_forms_transformers_writes() {
         "chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]
     });
     std::fs::write(tmp.path().join("tokenizer_config.json"), config.to_string()).unwrap();
-    let tok = load_base(tmp.path(), DType::F32, &Device::Cpu)
+    let tok = load_base(tmp.path(), DType::F32, &Device::Cpu, Quantize::None)
         .unwrap()
         .tokenizer;
     assert_eq!(tok.bos.map(|t| t.id), Some(1));
@@ -334,7 +334,7 @@ fn tokenizer_config_forms_transformers_writes() {
         r#"{"eos_token": "<|im_end|>", "bos_token": null}"#,
     )
     .unwrap();
-    let tok = load_base(tmp.path(), DType::F32, &Device::Cpu)
+    let tok = load_base(tmp.path(), DType::F32, &Device::Cpu, Quantize::None)
         .unwrap()
         .tokenizer;
     assert_eq!(
@@ -353,13 +353,13 @@ fn synthetic_gguf_loads_as_the_original_hf_weights() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("tiny.gguf");
         write_tiny_gguf(&path, arch, 9).unwrap();
-        let loaded = load_base(&path, DType::F32, &Device::Cpu).unwrap();
+        let loaded = load_base(&path, DType::F32, &Device::Cpu, Quantize::None).unwrap();
         assert_eq!(loaded.config, base.config, "{arch:?}");
         assert_same_weights(&loaded.weights, &base.weights);
         assert_same_tokenizer(&loaded, &base);
         // A folder holding one .gguf file loads too (llama.cpp-style downloads).
         assert_eq!(
-            load_base(tmp.path(), DType::F32, &Device::Cpu)
+            load_base(tmp.path(), DType::F32, &Device::Cpu, Quantize::None)
                 .unwrap()
                 .weights
                 .len(),
@@ -375,7 +375,15 @@ fn synthetic_gguf_loads_as_the_original_hf_weights() {
 
 fn smollm2() -> &'static BaseModel {
     static MODEL: OnceLock<BaseModel> = OnceLock::new();
-    MODEL.get_or_init(|| load_base(&common::smollm2_gguf(), DType::F32, &Device::Cpu).unwrap())
+    MODEL.get_or_init(|| {
+        load_base(
+            &common::smollm2_gguf(),
+            DType::F32,
+            &Device::Cpu,
+            Quantize::None,
+        )
+        .unwrap()
+    })
 }
 
 #[test]
@@ -609,7 +617,7 @@ fn smollm2_gguf_exports_to_an_identical_hf_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("smollm2");
     save_hf_folder(base, &base.weights, &dir).unwrap();
-    let loaded = load_base(&dir, DType::F32, &Device::Cpu).unwrap();
+    let loaded = load_base(&dir, DType::F32, &Device::Cpu, Quantize::None).unwrap();
     assert_eq!(loaded.config, base.config);
     assert_same_weights(&loaded.weights, &base.weights);
     assert_same_tokenizer(&loaded, base);
@@ -638,12 +646,23 @@ fn hf_cache_ids_resolve_offline() {
         std::fs::copy(fixture.join(f), snap.join(f)).unwrap();
     }
     std::env::set_var("HF_HUB_CACHE", hub.path());
-    let base = load_base(Path::new("acme/tiny-llama"), DType::F32, &Device::Cpu).unwrap();
+    let base = load_base(
+        Path::new("acme/tiny-llama"),
+        DType::F32,
+        &Device::Cpu,
+        Quantize::None,
+    )
+    .unwrap();
     assert_eq!(base.config.hidden_size, 16);
-    let err = load_base(Path::new("acme/missing"), DType::F32, &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = load_base(
+        Path::new("acme/missing"),
+        DType::F32,
+        &Device::Cpu,
+        Quantize::None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         err.contains("acme/missing") && err.contains("Hugging Face cache"),
         "{err}"

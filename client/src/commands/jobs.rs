@@ -125,6 +125,9 @@ pub fn render_status(j: &JobView, ckpts: &[CheckpointView], now: SystemTime) -> 
         }
     }
     kv("device", display::or_dash(j.device.as_deref()));
+    if let Some(held) = &j.base_precision {
+        kv("base", held.clone());
+    }
     let p = &j.progress;
     let mut prog = format!("{}, epoch {:.2}", display::progress(p), p.epoch);
     if p.tokens > 0 {

@@ -57,6 +57,7 @@ struct Config {
     eval_batch: usize,
     r: usize,
     ckpt: bool,
+    quantize: orpo_api::spec::Quantize,
 }
 
 pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
@@ -83,32 +84,36 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         [] => (4, 8),
     };
     let mut configs = Vec::new();
-    for &data in &args.data {
-        for &ckpt in &args.checkpointing {
-            if data == DataKind::Full {
-                for &len in &args.lengths {
-                    for &batch in &args.batches {
-                        for &r in &args.ranks {
-                            configs.push(Config {
-                                data,
-                                len,
-                                batch,
-                                eval_batch: 0,
-                                r,
-                                ckpt,
-                            });
+    for &quantize in &args.quantize {
+        for &data in &args.data {
+            for &ckpt in &args.checkpointing {
+                if data == DataKind::Full {
+                    for &len in &args.lengths {
+                        for &batch in &args.batches {
+                            for &r in &args.ranks {
+                                configs.push(Config {
+                                    data,
+                                    len,
+                                    batch,
+                                    eval_batch: 0,
+                                    r,
+                                    ckpt,
+                                    quantize,
+                                });
+                            }
                         }
                     }
+                } else {
+                    configs.push(Config {
+                        data,
+                        len: longest,
+                        batch,
+                        eval_batch,
+                        r: args.ranks.iter().copied().max().unwrap_or(16),
+                        ckpt,
+                        quantize,
+                    });
                 }
-            } else {
-                configs.push(Config {
-                    data,
-                    len: longest,
-                    batch,
-                    eval_batch,
-                    r: args.ranks.iter().copied().max().unwrap_or(16),
-                    ckpt,
-                });
             }
         }
     }
@@ -116,7 +121,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:>6} {:>6} {:>5} {:>4} {:>4} {:>5} {:>9} {:>12} {:>12} {:>8}",
+        "{:>5} {:>6} {:>6} {:>5} {:>4} {:>4} {:>5} {:>9} {:>12} {:>12} {:>8}",
+        "base",
         "data",
         "length",
         "batch",
@@ -134,7 +140,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         write_data(&data, c.data, longest)?;
         let spec = job_spec(&model, &data, c, args.steps);
         let dir = work.join(format!(
-            "{}-l{}-b{}-e{}-r{}-c{}",
+            "{}-{}-l{}-b{}-e{}-r{}-c{}",
+            c.quantize.as_str(),
             c.data.name(),
             c.len,
             c.batch,
@@ -149,7 +156,8 @@ pub fn run(args: CalibrateArgs) -> anyhow::Result<()> {
         worst = (worst.0.min(err), worst.1.max(err));
         writeln!(
             out,
-            "{:>6} {:>6} {:>5} {:>4} {:>4} {:>5} {:>9} {:>12.0} {:>12.0} {:>+7.1}%",
+            "{:>5} {:>6} {:>6} {:>5} {:>4} {:>4} {:>5} {:>9} {:>12.0} {:>12.0} {:>+7.1}%",
+            c.quantize.as_str(),
             c.data.name(),
             c.len,
             c.batch,
@@ -198,6 +206,7 @@ fn job_spec(model: &Path, data: &Path, c: &Config, steps: usize) -> JobSpec {
         ..JobSpec::default()
     };
     spec.model.base = model.to_string_lossy().into_owned();
+    spec.model.quantize = c.quantize;
     spec.data.train = data.to_string_lossy().into_owned();
     spec.data.max_length = c.len;
     if c.data == DataKind::Full {

@@ -35,10 +35,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             train_pairs,
             eval_pairs,
             trainable_parameters,
+            base,
         } => {
             total = total_steps;
             eprintln!(
-                "training {total_steps} steps on {train_pairs} pairs ({eval_pairs} eval), {trainable_parameters} LoRA parameters"
+                "training {total_steps} steps on {train_pairs} pairs ({eval_pairs} eval), {trainable_parameters} LoRA parameters; base in {} ({:.1} MB)",
+                base.name,
+                base.bytes as f64 / 1e6
             );
         }
         Event::Log(rec) | Event::Eval(rec) => {

@@ -71,13 +71,15 @@ fn train_job(args: &crate::cli::WorkerArgs, stop: &Arc<AtomicBool>) -> anyhow::R
                 train_pairs,
                 eval_pairs,
                 trainable_parameters,
-                ..
+                base,
             } => WorkerEvent::Started {
                 total_steps,
                 train_pairs,
                 eval_pairs,
                 trainable_parameters,
                 device: device_name.clone(),
+                base_precision: base.name,
+                base_bytes: base.bytes,
             },
             Event::Resumed {
                 step,

@@ -132,6 +132,7 @@ impl Store {
                     state: JobState::Queued,
                     pending_reason: new.pending_reason.clone(),
                     device: None,
+                    base_precision: None,
                     progress: Progress {
                         total_steps: new.total_steps,
                         ..Progress::default()

@@ -3,12 +3,10 @@
 //! `POST /v1/plan` runs the same policy for a job that is not stored.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 
 use orpo_api::{JobError, JobSpec, JobState, JobView};
 use orpo_trainer::estimate::{estimate, JobShape, MemoryEstimate};
-use orpo_trainer::model::read_config;
 
 use super::{fair, panic_text, Supervisor};
 use crate::devices::admission::{admit, Candidate, Decision, DeviceState, Policy};
@@ -87,8 +85,7 @@ impl Supervisor {
             let model_error = |e: orpo_trainer::Error| {
                 format!("model.base: cannot estimate the job's memory: {e}")
             };
-            let cfg = read_config(Path::new(&spec.model.base)).map_err(model_error)?;
-            let shape = JobShape::from_spec(&spec, cuda);
+            let (cfg, shape) = JobShape::for_model(&spec, cuda).map_err(model_error)?;
             // The worst case first, on the config alone: a model no one could train is named
             // as such before its tokenizer or the data are read.
             estimate(&cfg, &shape).map_err(model_error)?;
@@ -315,6 +312,7 @@ fn planned_view(spec: &JobSpec, owner: &str, estimate: &MemoryEstimate) -> JobVi
         state: JobState::Queued,
         pending_reason: None,
         device: None,
+        base_precision: None,
         progress: Default::default(),
         metrics: None,
         eval_metrics: None,

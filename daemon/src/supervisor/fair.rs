@@ -73,6 +73,7 @@ mod tests {
             state: JobState::Queued,
             pending_reason: None,
             device: None,
+            base_precision: None,
             progress: Default::default(),
             metrics: None,
             eval_metrics: None,

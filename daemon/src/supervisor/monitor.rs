@@ -72,10 +72,14 @@ async fn apply(
             train_pairs,
             eval_pairs,
             trainable_parameters,
+            base_precision,
+            base_bytes,
         } => {
             let msg = format!(
                 "training {total_steps} steps on {train_pairs} pairs ({eval_pairs} eval), \
-                 {trainable_parameters} LoRA parameters, on {device}"
+                 {trainable_parameters} LoRA parameters, on {device}; base in {base_precision} \
+                 ({:.1} MB)",
+                base_bytes as f64 / 1e6
             );
             store
                 .append_event(id, EventKind::Log, &msg, None, None)
@@ -88,6 +92,7 @@ async fn apply(
                         v.state = JobState::Running;
                     }
                     v.progress.total_steps = total_steps;
+                    v.base_precision = Some(base_precision.clone());
                     if !fake {
                         v.device = Some(device);
                     }

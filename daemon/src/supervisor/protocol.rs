@@ -16,6 +16,9 @@ pub enum WorkerEvent {
         eval_pairs: usize,
         trainable_parameters: usize,
         device: String,
+        /// How the frozen base is held, and its weights' bytes.
+        base_precision: String,
+        base_bytes: u64,
     },
     /// The run continues from checkpoint `checkpoint` after `step` steps; `records` is the
     /// metric history up to it, which replaces what the store holds (a worker whose daemon died

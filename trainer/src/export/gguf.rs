@@ -56,7 +56,7 @@ pub fn write_gguf(
         GgufExport::Q8_0 => (FTYPE_Q8_0, GgmlDType::Q8_0),
         GgufExport::None => return Err(Error::Config("export.gguf: no GGUF type given".into())),
     };
-    crate::model::check_weights(path, &base.config, weights)?;
+    crate::model::check_weights(path, &base.config, weights, &Default::default())?;
     let cfg = &base.config;
     let mut metadata = model_metadata(base, ftype, path)?;
     metadata.extend(tokenizer_metadata(base, path)?);

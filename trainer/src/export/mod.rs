@@ -81,7 +81,8 @@ pub fn export_checkpoint(req: &ExportRequest) -> Result<()> {
         Some(p) => p.clone(),
         None => adapter_base(&req.adapter_dir)?,
     };
-    let base: BaseModel = model::load_base(&base_path, DType::F32, &Device::Cpu)?;
+    let base: BaseModel =
+        model::load_base(&base_path, DType::F32, &Device::Cpu, model::Quantize::None)?;
     let adapter = LoraAdapter::load_peft(&req.adapter_dir, &base.config, &Device::Cpu)?;
     if let Some(path) = &req.gguf_adapter {
         write_adapter_gguf(&base, &adapter, path)?;

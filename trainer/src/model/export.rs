@@ -20,7 +20,7 @@ pub fn save_hf_folder(
     weights: &HashMap<String, Tensor>,
     dir: &Path,
 ) -> Result<()> {
-    check_weights(dir, &base.config, weights)?;
+    check_weights(dir, &base.config, weights, &Default::default())?;
     if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(Error::model(
             dir,

@@ -5,21 +5,27 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
-use super::{check_weights, expected_weights, BaseModel, ModelConfig};
+use super::{check_weights, expected_weights, file_weight, hold, BaseModel, ModelConfig, Quantize};
 use crate::tokenizer::{read_json, TokenizerInfo};
 use crate::{Error, Result};
 
-pub(super) fn load(dir: &Path, dtype: DType, device: &Device) -> Result<BaseModel> {
+pub(super) fn load(
+    dir: &Path,
+    dtype: DType,
+    device: &Device,
+    quantize: Quantize,
+) -> Result<BaseModel> {
     let config = ModelConfig::from_hf_file(&dir.join("config.json"))?;
     let tokenizer = TokenizerInfo::from_hf_dir(dir)?;
     let files = safetensors_files(dir)?;
-    let weights = load_weights(dir, &files, &config, dtype, device)?;
-    tracing::debug!(dir = %dir.display(), tensors = weights.len(), "loaded Hugging Face model");
+    let (weights, quantized) = load_weights(dir, &files, &config, (dtype, quantize), device)?;
+    tracing::debug!(dir = %dir.display(), tensors = weights.len() + quantized.len(), "loaded Hugging Face model");
     Ok(BaseModel {
         config,
         weights,
+        quantized,
         tokenizer,
         source: dir.to_path_buf(),
     })
@@ -48,28 +54,35 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     ))
 }
 
-/// Loads every tensor the model needs, and only those, cast to `dtype`.
+/// Loads every tensor the model needs, and only those, cast to `dtype` or quantized one at a
+/// time as `quantize` says.
 fn load_weights(
     dir: &Path,
     files: &[PathBuf],
     config: &ModelConfig,
-    dtype: DType,
+    (dtype, quantize): (DType, Quantize),
     device: &Device,
-) -> Result<HashMap<String, Tensor>> {
+) -> Result<super::Weights> {
     // SAFETY: the files are memory-mapped read-only and must not be changed while we read them,
     // the same assumption candle's own `VarBuilder::from_mmaped_safetensors` makes. Every tensor
     // is copied out (cast and moved to `device`) before the map is dropped.
     let st = unsafe { MmapedSafetensors::multi(files) }
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
-    let mut weights = HashMap::new();
+    let (mut weights, mut quantized) = (HashMap::new(), HashMap::new());
     for (name, _) in expected_weights(config) {
         // Absent names are reported all together by `check_weights`.
         let Ok(view) = st.get(&name) else { continue };
-        let tensor = candle_core::safetensors::Load::load(&view, device)
-            .and_then(|t| t.to_dtype(dtype))
+        // Loaded on the CPU when it is to be quantized (the quantizer runs there).
+        let to_quantize = !matches!(quantize, Quantize::Auto | Quantize::None);
+        let load_on = match to_quantize && super::is_quantizable(&name) {
+            true => &Device::Cpu,
+            false => device,
+        };
+        let held = candle_core::safetensors::Load::load(&view, load_on)
+            .and_then(|t| hold(&name, t, quantize, dtype, device))
             .map_err(|e| Error::model(dir, format!("{name}: {e}")))?;
-        weights.insert(name, tensor);
+        file_weight(name, held, &mut weights, &mut quantized);
     }
-    check_weights(dir, config, &weights)?;
-    Ok(weights)
+    check_weights(dir, config, &weights, &quantized)?;
+    Ok((weights, quantized))
 }

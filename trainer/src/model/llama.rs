@@ -12,18 +12,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Module, Tensor, TensorId, Var};
+use candle_core::{DType, Device, Tensor, TensorId, Var};
 use rand::{RngCore, SeedableRng};
 
+use super::quant::Frozen;
 use super::{BaseModel, ModelConfig};
 use crate::lora::LoraAdapter;
 use crate::ops;
 use crate::{Error, Result};
 
-/// One frozen projection (`[out, in]` weight, optional bias).
+/// One frozen projection (`[out, in]` weight, dense or quantized, optional bias).
 #[derive(Clone)]
 struct Proj {
-    w: Tensor,
+    w: Frozen,
     b: Option<Tensor>,
 }
 
@@ -40,11 +41,11 @@ struct Layer {
 
 pub struct Llama {
     pub cfg: ModelConfig,
-    embed: Tensor,
+    embed: Frozen,
     layers: Vec<Layer>,
     norm: Tensor,
     /// `[vocab, hidden]`; the embedding matrix itself when tied.
-    lm_head: Tensor,
+    lm_head: Frozen,
     /// Mean of the head's rows, `[hidden]` f32: `h . mean_row` is the mean logit at `h`, which gives
     /// TRL's `logits/chosen` metric without making the logits.
     head_row_mean: Tensor,
@@ -118,11 +119,18 @@ impl Llama {
     /// Takes the weights of `base` (they are reference-counted, nothing is copied).
     pub fn new(base: &BaseModel) -> Result<Self> {
         let cfg = base.config.clone();
-        let get = |name: &str| -> Result<Tensor> {
-            base.weights
-                .get(name)
-                .cloned()
+        let frozen = |name: &str| -> Result<Frozen> {
+            base.frozen(name)
                 .ok_or_else(|| Error::model(&base.source, format!("missing tensor {name}")))
+        };
+        let get = |name: &str| -> Result<Tensor> {
+            match frozen(name)? {
+                Frozen::Dense(t) => Ok(t),
+                Frozen::Quant(_) => Err(Error::model(
+                    &base.source,
+                    format!("{name} is quantized; only matrices may be"),
+                )),
+            }
         };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
@@ -135,7 +143,7 @@ impl Llama {
                     None
                 };
                 Ok(Proj {
-                    w: get(&format!("{name}.weight"))?,
+                    w: frozen(&format!("{name}.weight"))?,
                     b,
                 })
             };
@@ -154,27 +162,35 @@ impl Llama {
                 ],
             });
         }
-        let embed = get("model.embed_tokens.weight")?;
+        let embed = frozen("model.embed_tokens.weight")?;
         let lm_head = if cfg.tie_word_embeddings {
             embed.clone()
         } else {
-            get("lm_head.weight")?
+            frozen("lm_head.weight")?
         };
-        let head_row_mean = lm_head.to_dtype(DType::F32)?.mean(0)?;
+        let head_row_mean = lm_head.row_mean()?;
+        // The norms are always dense, in the job's dtype.
+        let norm = get("model.norm.weight")?;
         Ok(Llama {
-            dtype: embed.dtype(),
-            device: embed.device().clone(),
+            dtype: norm.dtype(),
+            device: norm.device().clone(),
             embed,
             layers,
-            norm: get("model.norm.weight")?,
+            norm,
             lm_head,
             head_row_mean,
             cfg,
         })
     }
 
-    pub fn lm_head(&self) -> &Tensor {
+    pub fn lm_head(&self) -> &Frozen {
         &self.lm_head
+    }
+
+    /// The output head as a plain tensor in the model's dtype: a full-precision copy of a
+    /// quantized head, for one pass (the caller drops it; one weight, never the model).
+    pub fn head_weight(&self) -> Result<Tensor> {
+        Ok(self.lm_head.to_dense(self.dtype)?)
     }
 
     pub fn head_row_mean(&self) -> &Tensor {
@@ -205,8 +221,7 @@ impl Llama {
             cfg: Arc::new(self.cfg.clone()),
             attention: Arc::new(ops::Attention::new(&mask, &cos, &sin, heads)?),
         };
-        let mut h =
-            candle_nn::Embedding::new(self.embed.clone(), self.cfg.hidden_size).forward(ids)?;
+        let mut h = self.embed.embedding(ids, self.dtype)?;
         let (mut lora, training) = match lora {
             Some(mut mode) => {
                 let dropout = match (mode.dropout_rng.as_deref_mut(), mode.adapter.dropout > 0.0) {
@@ -324,7 +339,7 @@ fn module_dropout(layer: &Layer, m: usize, x: &Tensor, lora: &LayerLora) -> Resu
         return Ok(None);
     };
     let seed = seed ^ ((layer.index * 7 + m) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let in_f = layer.proj[m].w.dim(1)?;
+    let in_f = layer.proj[m].w.dims2()?.1;
     let rows = x.elem_count() / in_f;
     Ok(Some(dropout_mask(rows, in_f, p, seed, x.device())?))
 }
@@ -481,7 +496,7 @@ fn lin_fwd(layer: &Layer, m: usize, x: &Tensor, lora: Option<&LayerLora>) -> Res
             &l.weights(),
         )?),
         None => {
-            let y = x.matmul(&proj.w.t()?)?;
+            let y = proj.w.matmul_t(x)?;
             Ok(match &proj.b {
                 Some(bias) => y.broadcast_add(bias)?,
                 None => y,
@@ -502,7 +517,11 @@ fn lin_bwd(
 ) -> Result<Option<Tensor>> {
     let w = &layer.proj[m].w;
     let Some((l, [a_id, b_id])) = module_lora(layer, m, x, lora)? else {
-        return Ok(if need_dx { Some(g.matmul(w)?) } else { None });
+        return Ok(if need_dx {
+            Some(w.grad_input(g)?)
+        } else {
+            None
+        });
     };
     let (dx, da, db) = ops::lora_linear_bwd(x, g, w, &l.weights(), [need_dx, true, true])?;
     grads.extend(da.map(|d| (a_id, d)));

@@ -1,8 +1,12 @@
 //! Base models: loading (Hugging Face folder or GGUF) and the training forward pass.
 //!
 //! Weights are kept under their Hugging Face names (`model.layers.0.self_attn.q_proj.weight`,
-//! ...), whatever the source: a GGUF file is dequantized and its Q/K rows un-permuted at load,
-//! so the rest of the trainer and the PEFT adapters it writes see one layout.
+//! ...), whatever the source: a GGUF file's Q/K rows are un-permuted at load, so the rest of the
+//! trainer and the PEFT adapters it writes see one layout.
+//!
+//! `model.quantize` decides how the frozen matrices are held ([`Quantize`]): a GGUF base keeps
+//! its block-quantized tensors as [`quant::QWeight`]s by default, a Hugging Face base can be
+//! quantized on load, and `none` gives every weight in the job's dtype (what exports use).
 
 pub mod config;
 pub mod export;
@@ -12,13 +16,16 @@ pub mod llama;
 pub mod quant;
 pub mod testing;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+pub use orpo_api::spec::Quantize;
 
 pub use config::{Arch, Llama3RopeScaling, ModelConfig};
 pub use export::save_hf_folder;
+use quant::{Frozen, QWeight};
 
 use crate::tokenizer::TokenizerInfo;
 use crate::{Error, Result};
@@ -26,27 +33,82 @@ use crate::{Error, Result};
 /// A loaded base model: frozen weights by Hugging Face name, its config and tokenizer.
 pub struct BaseModel {
     pub config: ModelConfig,
-    /// Frozen weights by HF name. Tied models have no `lm_head.weight`.
+    /// Frozen weights held in full precision, by HF name. Tied models have no `lm_head.weight`.
     pub weights: HashMap<String, Tensor>,
+    /// Frozen weights held block-quantized, by HF name (none of them also in `weights`).
+    pub quantized: HashMap<String, Arc<QWeight>>,
     pub tokenizer: TokenizerInfo,
     /// Where it was loaded from (folder or .gguf file), for adapter configs and messages.
     pub source: PathBuf,
 }
 
+impl BaseModel {
+    /// The frozen weight `name`, dense or quantized.
+    pub fn frozen(&self, name: &str) -> Option<Frozen> {
+        match self.weights.get(name) {
+            Some(t) => Some(Frozen::Dense(t.clone())),
+            None => self.quantized.get(name).map(|q| Frozen::Quant(q.clone())),
+        }
+    }
+
+    /// How the base is held, for logs and the job's status: `"f32"`, or the quantized types
+    /// and the dense dtype (`"q4_1 + q8_0, f32 norms"`), with the bytes of all weights.
+    pub fn precision(&self) -> Precision {
+        let dense = self.weights.values().next().map(|t| t.dtype().as_str());
+        let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
+        for q in self.quantized.values() {
+            *kinds.entry(quant::ggml_name(q.dtype())).or_default() += 1;
+        }
+        let name = match (kinds.is_empty(), dense) {
+            (true, Some(d)) => d.to_string(),
+            (true, None) => "empty".to_string(),
+            (false, d) => {
+                // The most common type first: "q4_1 + q8_0" for 210 projections and an embedding.
+                let mut kinds: Vec<(&str, usize)> = kinds.into_iter().collect();
+                kinds.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+                let names: Vec<&str> = kinds.iter().map(|(k, _)| *k).collect();
+                match d {
+                    Some(d) => format!("{}, {d} norms", names.join(" + ")),
+                    None => names.join(" + "),
+                }
+            }
+        };
+        let bytes = self
+            .weights
+            .values()
+            .map(|t| t.elem_count() * t.dtype().size_in_bytes())
+            .chain(self.quantized.values().map(|q| q.bytes()))
+            .sum::<usize>() as u64;
+        Precision { name, bytes }
+    }
+}
+
+/// How a loaded base is held: a name for people and the bytes its weights take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precision {
+    pub name: String,
+    pub bytes: u64,
+}
+
 /// Loads a base model from a Hugging Face folder (`config.json` + safetensors), a `.gguf` file,
 /// or a folder holding exactly one `.gguf` file. Weights come back as plain (non-`Var`)
-/// tensors in `dtype` on `device`.
-pub fn load_base(path: &Path, dtype: DType, device: &Device) -> Result<BaseModel> {
+/// tensors in `dtype` on `device`, or block-quantized as `quantize` says.
+pub fn load_base(
+    path: &Path,
+    dtype: DType,
+    device: &Device,
+    quantize: Quantize,
+) -> Result<BaseModel> {
     let model = if path.is_dir() {
         if path.join("config.json").is_file() {
-            hf::load(path, dtype, device)?
+            hf::load(path, dtype, device, quantize)?
         } else {
-            gguf::load(&single_gguf_in(path)?, dtype, device)?
+            gguf::load(&single_gguf_in(path)?, dtype, device, quantize)?
         }
     } else if path.is_file() {
-        gguf::load(path, dtype, device)?
+        gguf::load(path, dtype, device, quantize)?
     } else if let Some(snapshot) = hf_cache_snapshot(path) {
-        hf::load(&snapshot, dtype, device)?
+        hf::load(&snapshot, dtype, device, quantize)?
     } else {
         return Err(Error::model(
             path,
@@ -75,6 +137,82 @@ pub fn read_config(path: &Path) -> Result<ModelConfig> {
             path,
             "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
         ))
+    }
+}
+
+/// The bytes the frozen base of `cfg` at `path` takes when held as `quantize` says, read from
+/// the GGUF header or worked out from the config (no weights are loaded); `None` when every
+/// weight is dense, in `dtype_bytes` per value. What the memory estimate counts.
+pub fn held_weights(
+    path: &Path,
+    cfg: &ModelConfig,
+    quantize: Quantize,
+    dtype_bytes: u64,
+) -> Result<Option<HeldWeights>> {
+    let stored = match quantize {
+        Quantize::None => return Ok(None),
+        Quantize::Auto => match gguf_file_of(path)? {
+            Some(file) => gguf::stored_types(&file)?,
+            None => return Ok(None),
+        },
+        _ => HashMap::new(),
+    };
+    let head = match cfg.tie_word_embeddings {
+        true => "model.embed_tokens.weight",
+        false => "lm_head.weight",
+    };
+    let mut held = HeldWeights::default();
+    for (name, shape) in expected_weights(cfg) {
+        let elems = shape.iter().product::<usize>() as u64;
+        let block = match (is_quantizable(&name), quantize) {
+            (false, _) => None,
+            (true, Quantize::Auto) => stored
+                .get(&name)
+                .copied()
+                .filter(|&t| gguf::is_block_type(t)),
+            (true, q) => quantize_type(q, shape[1]),
+        };
+        match block {
+            Some(t) => {
+                held.bytes += elems / t.block_size() as u64 * t.type_size() as u64;
+                held.quantized += 1;
+                held.head_quantized |= name == head;
+                if name.ends_with("_proj.weight") {
+                    let tile = (elems * 4).min(quant::TILE_F32_BYTES as u64);
+                    held.tile_bytes = held.tile_bytes.max(tile);
+                }
+            }
+            None => held.bytes += elems * dtype_bytes,
+        }
+    }
+    Ok((held.quantized > 0).then_some(held))
+}
+
+/// What [`held_weights`] finds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldWeights {
+    /// Bytes of all frozen weights, quantized and dense.
+    pub bytes: u64,
+    /// How many matrices are block-quantized.
+    pub quantized: usize,
+    /// The output head is one of them (it is dequantized for each head pass).
+    pub head_quantized: bool,
+    /// The largest dequantized f32 tile of a projection ([`quant::TILE_F32_BYTES`] at most).
+    pub tile_bytes: u64,
+}
+
+/// The GGUF file `load_base` would read for `path`, or `None` for a Hugging Face base.
+fn gguf_file_of(path: &Path) -> Result<Option<PathBuf>> {
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            Ok(None)
+        } else {
+            single_gguf_in(path).map(Some)
+        }
+    } else if path.is_file() {
+        Ok(Some(path.to_path_buf()))
+    } else {
+        Ok(None)
     }
 }
 
@@ -180,23 +318,97 @@ pub fn expected_weights(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
-/// Checks `weights` holds exactly the expected tensors with the expected shapes, and says which
-/// are missing, misshapen or unexpected (a sign of an architecture we do not model).
+/// Whether `name` is one of the matrices `model.quantize` applies to: the projections, the
+/// embedding and the head (norms and biases stay dense).
+pub fn is_quantizable(name: &str) -> bool {
+    name.ends_with("_proj.weight")
+        || name == "model.embed_tokens.weight"
+        || name == "lm_head.weight"
+}
+
+/// What `quantize` asks for a weight of `cols` columns, `None` for dense: the type itself, its
+/// 32-block fallback where rows are not whole K-quant blocks (`quant::quantizable`), or dense
+/// when not even that fits.
+pub fn quantize_type(quantize: Quantize, cols: usize) -> Option<candle_core::quantized::GgmlDType> {
+    use candle_core::quantized::GgmlDType as G;
+    let wanted = match quantize {
+        Quantize::Auto | Quantize::None => return None,
+        Quantize::Q4_0 => G::Q4_0,
+        Quantize::Q4_1 => G::Q4_1,
+        Quantize::Q5_0 => G::Q5_0,
+        Quantize::Q5_1 => G::Q5_1,
+        Quantize::Q8_0 => G::Q8_0,
+        Quantize::Q4K => G::Q4K,
+        Quantize::Q5K => G::Q5K,
+        Quantize::Q6K => G::Q6K,
+    };
+    quant::quantizable(wanted, cols)
+}
+
+/// `t` as `quantize` asks: quantized when it is a quantizable matrix and the type fits its
+/// rows, else dense in `dtype` on `device`. The dense copy of a quantized weight is dropped here.
+fn hold(
+    name: &str,
+    t: Tensor,
+    quantize: Quantize,
+    dtype: DType,
+    device: &Device,
+) -> candle_core::Result<Frozen> {
+    if is_quantizable(name) {
+        if let Some(q) = quantize_type(quantize, t.dim(1)?) {
+            return Ok(Frozen::Quant(Arc::new(QWeight::quantize(&t, q, device)?)));
+        }
+    }
+    Ok(Frozen::Dense(t.to_dtype(dtype)?.to_device(device)?))
+}
+
+/// Dense and quantized weights by HF name, as [`BaseModel`] holds them.
+pub(crate) type Weights = (HashMap<String, Tensor>, HashMap<String, Arc<QWeight>>);
+
+/// Files a held weight in `weights` or `quantized`.
+fn file_weight(
+    name: String,
+    w: Frozen,
+    weights: &mut HashMap<String, Tensor>,
+    quantized: &mut HashMap<String, Arc<QWeight>>,
+) {
+    match w {
+        Frozen::Dense(t) => {
+            weights.insert(name, t);
+        }
+        Frozen::Quant(q) => {
+            quantized.insert(name, q);
+        }
+    }
+}
+
+/// Checks the weights (dense and quantized) are exactly the expected tensors with the
+/// expected shapes, and says which are missing, misshapen or unexpected (a sign of an
+/// architecture we do not model).
 pub fn check_weights(
     path: &Path,
     cfg: &ModelConfig,
     weights: &HashMap<String, Tensor>,
+    quantized: &HashMap<String, Arc<QWeight>>,
 ) -> Result<()> {
+    let dims = |name: &str| -> Option<Vec<usize>> {
+        match weights.get(name) {
+            Some(t) => Some(t.dims().to_vec()),
+            None => quantized.get(name).map(|q| {
+                let (r, c) = q.dims();
+                vec![r, c]
+            }),
+        }
+    };
     let expected = expected_weights(cfg);
     let mut problems = Vec::new();
     let mut missing = Vec::new();
     for (name, shape) in &expected {
-        match weights.get(name) {
+        match dims(name) {
             None => missing.push(name.as_str()),
-            Some(t) if t.dims() != shape.as_slice() => problems.push(format!(
-                "{name} has shape {:?}, expected {shape:?}",
-                t.dims()
-            )),
+            Some(d) if d != *shape => {
+                problems.push(format!("{name} has shape {d:?}, expected {shape:?}"))
+            }
             Some(_) => {}
         }
     }
@@ -213,6 +425,7 @@ pub fn check_weights(
     let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
     let mut extra: Vec<&str> = weights
         .keys()
+        .chain(quantized.keys())
         .map(String::as_str)
         .filter(|n| !known.contains(n))
         .collect();

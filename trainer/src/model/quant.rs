@@ -16,11 +16,10 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
-use candle_core::{DType, Device, Tensor};
-
-use crate::Result;
+use candle_core::{DType, Device, Result, Tensor};
 
 /// The most bytes one dequantized f32 tile takes. Below glibc's mmap threshold growth (32 MiB),
 /// freed tiles go back to the heap and the next one reuses them.
@@ -155,15 +154,28 @@ impl QWeight {
 
     /// Tile `i` dequantized, `[tile rows, cols]` in `dtype`: used and dropped by the caller.
     pub fn dequantize_tile(&self, i: usize, dtype: DType) -> Result<Tensor> {
-        Ok(self.tiles[i].dequantize(&self.device)?.to_dtype(dtype)?)
+        self.tiles[i].dequantize(&self.device)?.to_dtype(dtype)
     }
 
-    /// The whole weight dequantized (exports and tests: a full-precision copy of this weight).
+    /// The whole weight dequantized: a full-precision copy of this weight, for one pass of the
+    /// output head (and exports and tests). On the CPU the tiles are written into one buffer,
+    /// so the copy and one tile are alive, not the tiles and their concatenation.
     pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        if self.device.is_cpu() {
+            let mut all = Vec::with_capacity(self.rows * self.cols);
+            for tile in &self.tiles {
+                all.extend(
+                    tile.dequantize(&self.device)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
+            }
+            return Tensor::from_vec(all, (self.rows, self.cols), &self.device)?.to_dtype(dtype);
+        }
         let tiles = (0..self.n_tiles())
             .map(|i| self.dequantize_tile(i, dtype))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::cat(&tiles, 0)?)
+        Tensor::cat(&tiles, 0)
     }
 
     /// `x · Wᵀ`: `x [..., cols]` → `[..., rows]`, a tile of output columns at a time.
@@ -179,7 +191,7 @@ impl QWeight {
         } else {
             Tensor::cat(&parts, 1)?
         };
-        Ok(y.reshape([lead, vec![self.rows]].concat())?)
+        y.reshape([lead, vec![self.rows]].concat())
     }
 
     /// `g · W`: `g [..., rows]` → `[..., cols]` (the input's gradient of [`Self::matmul_t`]),
@@ -197,7 +209,7 @@ impl QWeight {
             });
         }
         let acc = acc.expect("a weight has rows");
-        Ok(acc.reshape([lead, vec![self.cols]].concat())?)
+        acc.reshape([lead, vec![self.cols]].concat())
     }
 
     /// Rows `ids` (any shape of integer ids) → `[ids..., cols]` in f32, dequantizing only the
@@ -213,7 +225,7 @@ impl QWeight {
         }
         if self.n_tiles() == 1 {
             let ids = Tensor::new(flat.as_slice(), &self.device)?;
-            return Ok(self.tiles[0].embedding(&ids)?.reshape(shape)?);
+            return self.tiles[0].embedding(&ids)?.reshape(shape);
         }
         // Each tile gathers its own ids; the pieces come out in tile order and are put back
         // in the ids' order with one index_select.
@@ -239,12 +251,138 @@ impl QWeight {
         }
         let gathered = Tensor::cat(&parts, 0)?;
         let inverse = Tensor::new(inverse.as_slice(), &self.device)?;
-        Ok(gathered.index_select(&inverse, 0)?.reshape(shape)?)
+        gathered.index_select(&inverse, 0)?.reshape(shape)
     }
 }
 
-fn bad(message: String) -> crate::Error {
-    candle_core::Error::Msg(message).into()
+/// A frozen weight as the model's ops use it: a plain tensor, or a [`QWeight`] dequantized a
+/// tile at a time. Cloning shares the data, so a backward closure may keep one (a quantized
+/// weight stays quantized in it).
+#[derive(Clone, Debug)]
+pub enum Frozen {
+    Dense(Tensor),
+    Quant(Arc<QWeight>),
+}
+
+impl Frozen {
+    /// `[rows, cols]` of a 2-D weight, `[n]` of a vector.
+    pub fn dims(&self) -> Vec<usize> {
+        match self {
+            Frozen::Dense(t) => t.dims().to_vec(),
+            Frozen::Quant(q) => vec![q.rows, q.cols],
+        }
+    }
+
+    pub fn dims2(&self) -> Result<(usize, usize)> {
+        match self {
+            Frozen::Dense(t) => t.dims2(),
+            Frozen::Quant(q) => Ok(q.dims()),
+        }
+    }
+
+    /// The plain tensor, when the weight is one.
+    pub fn dense(&self) -> Option<&Tensor> {
+        match self {
+            Frozen::Dense(t) => Some(t),
+            Frozen::Quant(_) => None,
+        }
+    }
+
+    /// `x · Wᵀ` for `x [..., cols]`, in `x`'s dtype.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(w) => x.broadcast_matmul(&w.t()?),
+            Frozen::Quant(q) => q.matmul_t(x),
+        }
+    }
+
+    /// `g · W` for `g [..., rows]`: the input gradient of [`Self::matmul_t`].
+    pub fn grad_input(&self, g: &Tensor) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(w) => g.broadcast_matmul(w),
+            Frozen::Quant(q) => q.grad_input(g),
+        }
+    }
+
+    /// Rows `ids` of an embedding table, `[ids..., cols]` in `dtype`.
+    pub fn embedding(&self, ids: &Tensor, dtype: DType) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(t) => {
+                let flat = ids.flatten_all()?;
+                let shape = [ids.dims().to_vec(), vec![t.dim(1)?]].concat();
+                t.index_select(&flat, 0)?.reshape(shape)?.to_dtype(dtype)
+            }
+            Frozen::Quant(q) => q.embedding(ids)?.to_dtype(dtype),
+        }
+    }
+
+    /// The whole weight in `dtype`: a full-precision copy of a quantized one (used and dropped
+    /// by the caller, one weight at a time).
+    pub fn to_dense(&self, dtype: DType) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(t) => t.to_dtype(dtype),
+            Frozen::Quant(q) => q.dequantize(dtype),
+        }
+    }
+
+    /// The mean of the rows, `[cols]` in f32, a tile at a time.
+    pub fn row_mean(&self) -> Result<Tensor> {
+        match self {
+            Frozen::Dense(t) => t.to_dtype(DType::F32)?.mean(0),
+            Frozen::Quant(q) => {
+                let mut sum: Option<Tensor> = None;
+                for i in 0..q.n_tiles() {
+                    let part = q.dequantize_tile(i, DType::F32)?.sum(0)?;
+                    sum = Some(match sum {
+                        None => part,
+                        Some(s) => (s + part)?,
+                    });
+                }
+                sum.expect("a weight has rows") / q.rows as f64
+            }
+        }
+    }
+
+    /// Bytes the weight takes in memory.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Frozen::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Frozen::Quant(q) => q.bytes(),
+        }
+    }
+
+    /// `"q4_1"`, `"f32"`, ...: how the weight is held.
+    pub fn precision(&self) -> String {
+        match self {
+            Frozen::Dense(t) => t.dtype().as_str().to_string(),
+            Frozen::Quant(q) => ggml_name(q.dtype()).to_string(),
+        }
+    }
+}
+
+/// The GGUF name of a block type, as `model.quantize` spells it.
+pub fn ggml_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::Q4_0 => "q4_0",
+        GgmlDType::Q4_1 => "q4_1",
+        GgmlDType::Q5_0 => "q5_0",
+        GgmlDType::Q5_1 => "q5_1",
+        GgmlDType::Q8_0 => "q8_0",
+        GgmlDType::Q8_1 => "q8_1",
+        GgmlDType::Q2K => "q2_k",
+        GgmlDType::Q3K => "q3_k",
+        GgmlDType::Q4K => "q4_k",
+        GgmlDType::Q5K => "q5_k",
+        GgmlDType::Q6K => "q6_k",
+        GgmlDType::Q8K => "q8_k",
+        GgmlDType::F32 => "f32",
+        GgmlDType::F16 => "f16",
+        GgmlDType::BF16 => "bf16",
+    }
+}
+
+fn bad(message: String) -> candle_core::Error {
+    candle_core::Error::Msg(message)
 }
 
 /// Rows per tile for a weight of `cols` columns: as many as fit [`TILE_F32_BYTES`] in f32.

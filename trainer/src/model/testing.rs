@@ -91,6 +91,7 @@ pub fn tiny_base(arch: Arch, seed: u64, dtype: DType, device: &Device) -> Result
     Ok(BaseModel {
         config,
         weights,
+        quantized: Default::default(),
         tokenizer,
         source: PathBuf::from("<tiny random model>"),
     })
@@ -172,6 +173,17 @@ fn tiny_bpe() -> Tokenizer {
 /// tensors, Q/K rows permuted for llama, tokenizer and config in the metadata (`gpt2` BPE,
 /// pre-tokenizer "default"), `output.weight` only when untied. For tests of GGUF loading.
 pub fn write_tiny_gguf(path: &std::path::Path, arch: Arch, seed: u64) -> Result<()> {
+    write_tiny_gguf_as(path, arch, seed, candle_core::quantized::GgmlDType::F32)
+}
+
+/// [`write_tiny_gguf`] with the matrices (projections, embedding, head) stored as `matrices`,
+/// e.g. Q8_0 or Q4_1, as a quantized llama.cpp file has them; norms and biases stay f32.
+pub fn write_tiny_gguf_as(
+    path: &std::path::Path,
+    arch: Arch,
+    seed: u64,
+    matrices: candle_core::quantized::GgmlDType,
+) -> Result<()> {
     use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
     let base = tiny_base(arch, seed, DType::F32, &Device::Cpu)?;
     let metadata = tiny_gguf_metadata(&base);
@@ -192,7 +204,13 @@ pub fn write_tiny_gguf(path: &std::path::Path, arch: Arch, seed: u64) -> Result<
         };
         tensors.push((
             gguf::gguf_name(hf_name).expect("every tiny tensor has a llama.cpp name"),
-            QTensor::quantize(&tensor, GgmlDType::F32)?,
+            QTensor::quantize(
+                &tensor,
+                match super::is_quantizable(hf_name) {
+                    true => matrices,
+                    false => GgmlDType::F32,
+                },
+            )?,
         ));
     }
     let mut file = std::fs::File::create(path).map_err(|e| crate::Error::io(path, e))?;

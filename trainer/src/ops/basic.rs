@@ -4,18 +4,20 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::with_backward1;
+use crate::model::quant::Frozen;
 
-/// `x @ w^T (+ bias)` for a frozen weight `w: [out, in]`: only `x` gets a gradient.
-pub fn frozen_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// `x @ w^T (+ bias)` for a frozen weight `w: [out, in]`: only `x` gets a gradient. A quantized
+/// `w` is dequantized a tile at a time in each pass (its backward keeps the quantized weight).
+pub fn frozen_linear(x: &Tensor, w: &Frozen, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let (out_f, in_f) = w.dims2()?;
     let x2 = x.reshape(((), in_f))?;
-    let mut y = x2.detach().matmul(&w.t()?)?;
+    let mut y = w.matmul_t(&x2.detach())?;
     if let Some(b) = bias {
         y = y.broadcast_add(b)?;
     }
     let w = w.clone();
-    let y = with_backward1("frozen-linear", &x2, y, move |_, _, g| g.matmul(&w))?;
+    let y = with_backward1("frozen-linear", &x2, y, move |_, _, g| w.grad_input(g))?;
     let mut out_dims = dims;
     *out_dims.last_mut().expect("x has at least one dim") = out_f;
     y.reshape(out_dims)

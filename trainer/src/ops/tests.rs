@@ -3,6 +3,8 @@
 use super::*;
 use candle_core::{DType, Device, Var, D};
 
+use crate::model::quant::Frozen;
+
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -67,7 +69,7 @@ fn frozen_linear_matches_matmul_and_leaves_no_weight_grad() {
     let b = randn(&[5], 4);
     check(
         &[2, 3, 8],
-        |x| frozen_linear(x, &w, Some(&b)).unwrap(),
+        |x| frozen_linear(x, &Frozen::Dense(w.clone()), Some(&b)).unwrap(),
         |x| {
             x.broadcast_matmul(&w.t().unwrap())
                 .unwrap()
@@ -76,7 +78,7 @@ fn frozen_linear_matches_matmul_and_leaves_no_weight_grad() {
         },
     );
     let x = Var::from_tensor(&randn(&[3, 8], 1)).unwrap();
-    let grads = frozen_linear(x.as_tensor(), &w, None)
+    let grads = frozen_linear(x.as_tensor(), &Frozen::Dense(w.clone()), None)
         .unwrap()
         .sum_all()
         .unwrap()
@@ -260,7 +262,7 @@ fn lora_linear_matches_the_composite_path() {
         };
         check_many(
             &[&x, &a, &b],
-            || lora_linear(x.as_tensor(), &w, Some(&bias), &lw).unwrap(),
+            || lora_linear(x.as_tensor(), &Frozen::Dense(w.clone()), Some(&bias), &lw).unwrap(),
             || {
                 let x2 = x.as_tensor().reshape((6, 8)).unwrap();
                 let xl = match m {

@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use orpo_api::spec::{JobSpec, LrScheduler};
+use orpo_trainer::loss::{orpo_loss, OrpoBatch};
 use orpo_trainer::train::{self, LogRecord, RunOptions, Session};
 
 pub fn fixtures() -> PathBuf {
@@ -116,4 +117,22 @@ pub fn smollm2_gguf() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Chosen and rejected log-probs of every train and eval pair of `s` (one pair per batch, no
+/// adapter), in order: what two ways of holding the same base must agree on.
+pub fn pair_logps(s: &Session) -> Vec<f64> {
+    let mut out = Vec::new();
+    for pair in s.train.iter().chain(&s.eval) {
+        let batch = OrpoBatch::new(
+            &[pair],
+            s.base.tokenizer.pad_id,
+            s.spec.orpo.nll_scope,
+            s.model.device(),
+        )
+        .unwrap();
+        let (_, m) = orpo_loss(&s.model, &batch, None, s.spec.orpo.beta).unwrap();
+        out.extend([m.logps_chosen, m.logps_rejected]);
+    }
+    out
 }

@@ -22,6 +22,7 @@ fn job(id: u64, state: JobState) -> JobView {
         state,
         pending_reason: None,
         device: None,
+        base_precision: None,
         progress: Progress::default(),
         metrics: None,
         eval_metrics: None,
@@ -58,6 +59,7 @@ fn record(step: usize, loss: f64) -> MetricRecord {
 fn running() -> JobView {
     let mut j = job(7, JobState::Running);
     j.device = Some("cuda:0".into());
+    j.base_precision = Some("q4_1 + q8_0, f32 norms".into());
     j.progress = Progress {
         step: 3,
         total_steps: 12,
@@ -123,6 +125,7 @@ job         7 (smollm2-polite)
 owner       alice
 state       running
 device      cuda:0
+base        q4_1 + q8_0, f32 norms
 progress    3/12 (25%), epoch 0.75, 1200 tokens, 1m05s elapsed, ETA 3m15s
 memory      estimate 3.0 GiB, peak 2.5 GiB
 model       /srv/models/SmolLM2-135M-Instruct
@@ -211,6 +214,7 @@ job         7 (smollm2-polite)
 owner       bob
 state       running
 device      cuda:0
+base        q4_1 + q8_0, f32 norms
 progress    3/12 (25%), epoch 0.75, 1200 tokens, 1m05s elapsed, ETA 3m15s
 memory      estimate 3.0 GiB, peak 2.5 GiB
 spec        visible only to its owner and admins (with its metrics, logs and checkpoints)

@@ -67,6 +67,21 @@ pub fn unpermute(t: &Tensor, n_head: usize, head_dim: usize) -> candle_core::Res
         .reshape(dims)
 }
 
+/// [`unpermute`] as a row order: row `i` of the Hugging Face layout is stored row
+/// `order[i]`. Rows are whole quantized blocks, so this is exact on a quantized tensor's bytes.
+pub fn unpermute_rows(n_head: usize, head_dim: usize) -> Vec<usize> {
+    let half = head_dim / 2;
+    let mut order = Vec::with_capacity(n_head * head_dim);
+    for h in 0..n_head {
+        for a in 0..2 {
+            for j in 0..half {
+                order.push(h * head_dim + 2 * j + a);
+            }
+        }
+    }
+    order
+}
+
 /// llama.cpp's `LlamaModel.permute` (`w.reshape(n_head, 2, hd/2, in).swapaxes(1, 2)`), for
 /// writing llama-arch GGUF files; the inverse of [`unpermute`].
 pub fn permute(t: &Tensor, n_head: usize, head_dim: usize) -> candle_core::Result<Tensor> {
@@ -82,6 +97,27 @@ mod tests {
     use candle_core::Device;
 
     use super::*;
+
+    #[test]
+    fn unpermute_rows_is_unpermute() {
+        let (heads, hd, cols) = (3, 8, 2);
+        let t = Tensor::arange(0f32, (heads * hd * cols) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((heads * hd, cols))
+            .unwrap();
+        let idx: Vec<u32> = unpermute_rows(heads, hd)
+            .iter()
+            .map(|&r| r as u32)
+            .collect();
+        let by_rows = t
+            .index_select(&Tensor::new(idx.as_slice(), &Device::Cpu).unwrap(), 0)
+            .unwrap();
+        let want = unpermute(&t, heads, hd).unwrap();
+        assert_eq!(
+            by_rows.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap()
+        );
+    }
 
     #[test]
     fn names_map_both_ways() {
