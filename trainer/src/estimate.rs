@@ -7,8 +7,8 @@
 //!
 //! - base weights in their dtype (every tensor of [`expected_weights`]), or as held
 //!   (`model.quantize`: [`held_weights`]) with the dequantized working tile of the projection
-//!   that runs (at most `quant::TILE_F32_BYTES`) and, when the head is quantized, its dense copy for the head
-//!   pass (on CUDA two copies for a moment while its tiles are joined);
+//!   that runs (at most `quant::TILE_F32_BYTES`) and, when the head is quantized, what its
+//!   pass holds beside the logits: one f32 tile on the CPU in f32, a dense copy elsewhere;
 //! - LoRA parameters (f32), their gradient, the accumulated gradient and AdamW's two moments;
 //! - activations the graph keeps for the backward pass, per token of the largest micro-batch:
 //!   `batch_size × 2` rows (chosen and rejected) padded to the longest row the job's data
@@ -329,20 +329,22 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
         None => (mul("the weights", &[params, e])?, 0, 0),
         Some(held) => {
             let tile = held.tile_bytes * (4 + if e == f32b { 0 } else { e }) / 4;
+            // Beside the logits, a quantized head takes one f32 tile on the CPU in f32 (the
+            // kernel reads it a tile at a time); elsewhere a dense copy: joined from bf16
+            // tiles on CUDA (two copies for a moment), or an f32 buffer and its cast.
+            let per_value = match (job.cuda, e == f32b) {
+                (true, _) => 2 * e,
+                (false, true) => 0,
+                (false, false) => f32b + e,
+            };
             let copy = match held.head_quantized {
-                true => mul("the head", &[vocab, h, e])?,
+                true => mul("the head", &[vocab, h, per_value])?.max(held.head_tile_bytes),
                 false => 0,
             };
             (held.bytes, tile, copy)
         }
     };
-    // The head pass: the logits slice beside the head's dense copy; on CUDA the copy is joined
-    // from its tiles, two copies for a moment before the logits exist (on the CPU the tiles are
-    // written into one buffer).
-    let joined = if job.cuda { 2 } else { 1 };
-    let head_pass = |logits: u64| -> Result<u64> {
-        Ok(add("the logits", &[logits, head_copy])?.max(mul("the head", &[joined, head_copy])?))
-    };
+    let head_pass = |logits: u64| -> Result<u64> { add("the logits", &[logits, head_copy]) };
     let lora = mul("the LoRA parameters", &[lora_params, f32b])?;
     let optimizer = mul("the optimizer state", &[4, lora_params, f32b])?;
     let overhead = if job.cuda {

@@ -176,8 +176,7 @@ pub fn orpo_loss(
     let (rows, len, dim) = hidden.dims3()?;
     let flat = hidden.reshape((rows * len, dim))?;
     let h = flat.index_select(&batch.positions, 0)?;
-    // A quantized head is dequantized for this call only (its Jacobian is made in the forward).
-    let lp = ops::target_logprobs(&h, &model.head_weight()?, &batch.targets)?;
+    let lp = ops::target_logprobs(&h, model.lm_head(), &batch.targets)?;
     let nll = (lp.mul(&batch.nll_weights)?.sum_all()?.neg())?;
     let logps = batch
         .completion_weights

@@ -187,12 +187,6 @@ impl Llama {
         &self.lm_head
     }
 
-    /// The output head as a plain tensor in the model's dtype: a full-precision copy of a
-    /// quantized head, for one pass (the caller drops it; one weight, never the model).
-    pub fn head_weight(&self) -> Result<Tensor> {
-        Ok(self.lm_head.to_dense(self.dtype)?)
-    }
-
     pub fn head_row_mean(&self) -> &Tensor {
         &self.head_row_mean
     }

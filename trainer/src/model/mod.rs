@@ -176,7 +176,10 @@ pub fn held_weights(
             Some(t) => {
                 held.bytes += elems / t.block_size() as u64 * t.type_size() as u64;
                 held.quantized += 1;
-                held.head_quantized |= name == head;
+                if name == head {
+                    held.head_quantized = true;
+                    held.head_tile_bytes = (elems * 4).min(quant::TILE_F32_BYTES as u64);
+                }
                 if name.ends_with("_proj.weight") {
                     let tile = (elems * 4).min(quant::TILE_F32_BYTES as u64);
                     held.tile_bytes = held.tile_bytes.max(tile);
@@ -199,6 +202,8 @@ pub struct HeldWeights {
     pub head_quantized: bool,
     /// The largest dequantized f32 tile of a projection ([`quant::TILE_F32_BYTES`] at most).
     pub tile_bytes: u64,
+    /// A quantized head's f32 tile (0 when the head is dense).
+    pub head_tile_bytes: u64,
 }
 
 /// The GGUF file `load_base` would read for `path`, or `None` for a Hugging Face base.

@@ -65,7 +65,8 @@ impl QWeight {
         Self::from_bytes(&q.data()?, dtype, (rows, cols), None, device)
     }
 
-    fn tiled(
+    /// [`Self::from_bytes`] with tiles of `tile_rows` rows (tests use small tiles).
+    pub(crate) fn tiled(
         bytes: &[u8],
         dtype: GgmlDType,
         (rows, cols): (usize, usize),

@@ -97,6 +97,19 @@ pub(super) fn matmul_par(
     gemm_f32(mnk, dst, dst_rs, false, lhs, rhs, 1.0, par)
 }
 
+/// [`matmul_par`] adding the product to `dst` (`acc`) or writing it.
+pub(super) fn matmul_par_acc(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+) {
+    let par = Parallelism::Rayon(rayon::current_num_threads());
+    gemm_f32(mnk, dst, dst_rs, acc, lhs, rhs, 1.0, par)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gemm_f32(
     (m, n, k): (usize, usize, usize),

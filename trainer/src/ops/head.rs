@@ -4,8 +4,9 @@
 use candle_core::{DType, Result, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu::{self, matmul_par, Mat};
+use super::cpu::{self, matmul_par, matmul_par_acc, Mat};
 use super::{with_backward1, with_backward2};
+use crate::model::quant::{Frozen, QWeight};
 
 /// Bytes of f32 logits per chunk in [`target_logprobs`]: 512 rows for SmolLM2's 49k
 /// vocabulary, 196 for Llama 3's 128k. On the CPU one buffer of this size serves every chunk
@@ -28,21 +29,35 @@ pub fn head_chunk_rows(vocab: usize) -> usize {
 /// pass only scales it: the head costs two vocabulary-sized matmuls, as in PyTorch, with no
 /// `[m, vocab]` tensor alive between the passes. On the CPU in f32 (`cpu_head`) one kernel
 /// turns each chunk of logits into `onehot - softmax` in place.
-pub fn target_logprobs(h: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    target_logprobs_chunked(h, w, targets, head_chunk_rows(w.dim(0)?))
+///
+/// A quantized head is dequantized a vocabulary tile at a time on the CPU (each tile twice per
+/// chunk of rows: once for the logits, once for the Jacobian); elsewhere it is dequantized
+/// whole for this call and dropped at its end (one weight, never the model).
+pub fn target_logprobs(h: &Tensor, w: &Frozen, targets: &Tensor) -> Result<Tensor> {
+    target_logprobs_chunked(h, w, targets, head_chunk_rows(w.dims2()?.0))
 }
 
 pub(super) fn target_logprobs_chunked(
     h: &Tensor,
-    w: &Tensor,
+    w: &Frozen,
     targets: &Tensor,
     rows: usize,
 ) -> Result<Tensor> {
     let hd = h.detach();
     let need_grad = h.track_op();
-    let (out, jac) = match cpu_head(&hd, w, targets, rows, need_grad)? {
+    let source = match w {
+        Frozen::Dense(w) => HeadWeight::Dense(w),
+        Frozen::Quant(q) => HeadWeight::Tiles(q),
+    };
+    let (out, jac) = match cpu_head(&hd, &source, targets, rows, need_grad)? {
         Some(done) => done,
-        None => composite_head(&hd, w, targets, rows, need_grad)?,
+        None => match w {
+            Frozen::Dense(w) => composite_head(&hd, w, targets, rows, need_grad)?,
+            Frozen::Quant(q) => {
+                let dense = q.dequantize(hd.dtype())?;
+                composite_head(&hd, &dense, targets, rows, need_grad)?
+            }
+        },
     };
     let Some(jac) = jac else { return Ok(out) };
     with_backward1("target-logprobs", h, out, move |_, _, g| {
@@ -53,65 +68,108 @@ pub(super) fn target_logprobs_chunked(
 /// Log-probs `[m]` and, with `grad`, the Jacobian `[m, hidden]`.
 type HeadOut = (Tensor, Option<Tensor>);
 
-/// The CPU f32 path: each chunk's logits go into one reused buffer, the rows become
-/// `onehot - softmax` in place in parallel ([`softmax_row`]), and the Jacobian rows are written
-/// straight into the result. `None` when not f32 on the CPU.
+/// The head's weight as the CPU kernel reads it.
+enum HeadWeight<'a> {
+    Dense(&'a Tensor),
+    /// Vocabulary tiles, each dequantized to f32 when a product needs it.
+    Tiles(&'a QWeight),
+}
+
+impl HeadWeight<'_> {
+    fn dims(&self) -> Result<(usize, usize)> {
+        match self {
+            HeadWeight::Dense(w) => w.dims2(),
+            HeadWeight::Tiles(q) => Ok(q.dims()),
+        }
+    }
+
+    /// Calls `f(vocab rows, rows' f32 data)` for the whole weight or each tile in turn.
+    fn each_tile(&self, mut f: impl FnMut(std::ops::Range<usize>, &[f32])) -> Result<()> {
+        let not_f32 = || candle_core::Error::Msg("target-logprobs: head is not f32".into());
+        match self {
+            HeadWeight::Dense(w) => {
+                let vocab = w.dim(0)?;
+                cpu::with_data([*w], |[w]| f(0..vocab, w)).ok_or_else(not_f32)
+            }
+            HeadWeight::Tiles(q) => {
+                for i in 0..q.n_tiles() {
+                    let tile = q.dequantize_tile(i, DType::F32)?;
+                    cpu::with_data([&tile], |[t]| f(q.tile_rows(i), t)).ok_or_else(not_f32)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The CPU f32 path: each chunk's logits go into one reused buffer (a quantized head's tiles
+/// each fill their columns), the rows become `onehot - softmax` in place in parallel
+/// ([`softmax_row`]), and the Jacobian rows are written straight into the result (summed over
+/// the tiles). `None` when not f32 on the CPU.
 fn cpu_head(
     h: &Tensor,
-    w: &Tensor,
+    w: &HeadWeight<'_>,
     targets: &Tensor,
     rows: usize,
     grad: bool,
 ) -> Result<Option<HeadOut>> {
-    if h.dtype() != DType::F32 || w.dtype() != DType::F32 || !h.device().is_cpu() {
+    let dense_f32 = match w {
+        HeadWeight::Dense(w) => w.dtype() == DType::F32,
+        HeadWeight::Tiles(_) => true,
+    };
+    if h.dtype() != DType::F32 || !dense_f32 || !h.device().is_cpu() {
         return Ok(None);
     }
-    let ((vocab, hidden), m) = (w.dims2()?, h.dim(0)?);
+    let ((vocab, hidden), m) = (w.dims()?, h.dim(0)?);
     let targets = targets.to_vec1::<u32>()?;
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("target-logprobs: target {t} outside the vocabulary of {vocab}");
     }
     let h = h.contiguous()?;
-    let done = cpu::with_data([&h, w], |[h, w]| {
-        // Equal chunks (768 rows: 2 x 384, not 512 + 256): gemm is slower on a short tail.
-        let chunks = m.div_ceil(rows).max(1);
-        let rows = m.div_ceil(chunks).max(1);
-        let mut logits = vec![0f32; rows * vocab];
-        let mut lp = Vec::with_capacity(m);
-        let mut jac = vec![0f32; if grad { m * hidden } else { 0 }];
-        for start in (0..m).step_by(rows) {
-            let len = rows.min(m - start);
-            let buf = &mut logits[..len * vocab];
-            let h_rows = Mat::rows(&h[start * hidden..(start + len) * hidden], hidden);
-            matmul_par(
-                (len, vocab, hidden),
-                buf,
-                vocab,
-                h_rows,
-                Mat::transposed(w, hidden),
-            );
-            let mut part = Vec::with_capacity(len);
-            buf.par_chunks_mut(vocab)
-                .zip(targets[start..start + len].par_iter())
-                .map(|(row, &t)| softmax_row(row, t as usize, grad))
-                .collect_into_vec(&mut part);
-            lp.extend(part);
-            if grad {
-                let dst = &mut jac[start * hidden..(start + len) * hidden];
-                matmul_par(
-                    (len, hidden, vocab),
-                    dst,
-                    hidden,
-                    Mat::rows(buf, vocab),
-                    Mat::rows(w, hidden),
-                );
-            }
-        }
-        (lp, jac)
-    });
-    let Some((lp, jac)) = done else {
+    let Some(hv) = cpu::with_data([&h], |[h]| h.to_vec()) else {
         return Ok(None);
     };
+    // Equal chunks (768 rows: 2 x 384, not 512 + 256): gemm is slower on a short tail.
+    let chunks = m.div_ceil(rows).max(1);
+    let rows = m.div_ceil(chunks).max(1);
+    let mut logits = vec![0f32; rows * vocab];
+    let mut lp = Vec::with_capacity(m);
+    let mut jac = vec![0f32; if grad { m * hidden } else { 0 }];
+    for start in (0..m).step_by(rows) {
+        let len = rows.min(m - start);
+        let buf = &mut logits[..len * vocab];
+        let h_rows = &hv[start * hidden..(start + len) * hidden];
+        w.each_tile(|r, w| {
+            matmul_par(
+                (len, r.len(), hidden),
+                &mut buf[r.start..],
+                vocab,
+                Mat::rows(h_rows, hidden),
+                Mat::transposed(w, hidden),
+            );
+        })?;
+        let mut part = Vec::with_capacity(len);
+        buf.par_chunks_mut(vocab)
+            .zip(targets[start..start + len].par_iter())
+            .map(|(row, &t)| softmax_row(row, t as usize, grad))
+            .collect_into_vec(&mut part);
+        lp.extend(part);
+        if grad {
+            let dst = &mut jac[start * hidden..(start + len) * hidden];
+            let mut first = true;
+            w.each_tile(|r, w| {
+                matmul_par_acc(
+                    (len, hidden, r.len()),
+                    dst,
+                    hidden,
+                    !first,
+                    Mat::rows(&buf[r.start..], vocab),
+                    Mat::rows(w, hidden),
+                );
+                first = false;
+            })?;
+        }
+    }
     let lp = Tensor::from_vec(lp, m, h.device())?;
     let jac = if grad {
         Some(Tensor::from_vec(jac, (m, hidden), h.device())?)

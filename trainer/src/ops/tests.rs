@@ -136,7 +136,7 @@ fn target_logprobs_match_log_softmax_and_gather() {
     let t = Tensor::new(&[3u32, 0, 10, 7], &Device::Cpu).unwrap();
     check(
         &[4, 6],
-        |h| target_logprobs(h, &w, &t).unwrap(),
+        |h| target_logprobs(h, &Frozen::Dense(w.clone()), &t).unwrap(),
         |h| {
             let lsm = candle_nn::ops::log_softmax(&h.matmul(&w.t().unwrap()).unwrap(), D::Minus1)
                 .unwrap();
@@ -156,10 +156,46 @@ fn target_logprobs_in_chunks_match_log_softmax_and_gather() {
     let t = Tensor::new(&[3u32, 0, 36, 7, 20, 35, 1], &Device::Cpu).unwrap();
     check(
         &[7, 6],
-        |h| head::target_logprobs_chunked(h, &w, &t, 3).unwrap(),
+        |h| head::target_logprobs_chunked(h, &Frozen::Dense(w.clone()), &t, 3).unwrap(),
         |h| {
             let lsm = candle_nn::ops::log_softmax(&h.matmul(&w.t().unwrap()).unwrap(), D::Minus1)
                 .unwrap();
+            lsm.gather(&t.unsqueeze(1).unwrap(), 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+        },
+    );
+}
+
+/// A quantized head read a vocabulary tile at a time (tiles of 7 rows over 37, the last
+/// short; chunks of 3 rows) against the composite log-softmax of the same weight dequantized.
+#[test]
+fn target_logprobs_over_a_tiled_quantized_head_match_the_dequantized_one() {
+    use crate::model::quant::QWeight;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let w = randn(&[37, 32], 9);
+    let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+    let qw = QWeight::tiled(
+        &q.data().unwrap(),
+        GgmlDType::Q8_0,
+        (37, 32),
+        None,
+        &Device::Cpu,
+        7,
+    )
+    .unwrap();
+    assert_eq!(qw.n_tiles(), 6);
+    let dense = qw.dequantize(DType::F32).unwrap();
+    let head = Frozen::Quant(std::sync::Arc::new(qw));
+    let t = Tensor::new(&[3u32, 0, 36, 7, 20, 35, 1], &Device::Cpu).unwrap();
+    check(
+        &[7, 32],
+        |h| head::target_logprobs_chunked(h, &head, &t, 3).unwrap(),
+        |h| {
+            let lsm =
+                candle_nn::ops::log_softmax(&h.matmul(&dense.t().unwrap()).unwrap(), D::Minus1)
+                    .unwrap();
             lsm.gather(&t.unsqueeze(1).unwrap(), 1)
                 .unwrap()
                 .squeeze(1)
@@ -173,7 +209,9 @@ fn target_logprobs_reject_targets_outside_the_vocabulary() {
     let w = randn(&[5, 4], 3);
     let h = randn(&[2, 4], 4);
     let t = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
-    let err = target_logprobs(&h, &w, &t).unwrap_err().to_string();
+    let err = target_logprobs(&h, &Frozen::Dense(w.clone()), &t)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("target 5 outside the vocabulary of 5"),
         "{err}"
