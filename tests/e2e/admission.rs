@@ -311,3 +311,94 @@ fn calibrate_measures_smollm2_within_the_band() {
         .unwrap();
     assert!(longest < 128, "{row}");
 }
+
+/// The issue's target for quantized bases: a Llama-3-8B-shaped job at Q4_K (bf16 on the GPU,
+/// one pair of 2 x 2048 tokens, LoRA r16 on all seven projections, checkpointing) plans under
+/// 12 GiB on a 24 GiB card; the same job in bf16 needs more than 20 GiB. The model folder has
+/// Llama 3 8B's config.json and the tiny tokenizer: a plan reads the config and the data's
+/// token lengths, never the weights.
+#[tokio::test]
+async fn an_8b_q4_k_job_plans_under_12_gib_on_a_24_gib_card() {
+    use orpo_trainer::model::{save_hf_folder, testing::tiny_base, Arch};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("llama-3-8b-shape");
+    let tiny = tiny_base(
+        Arch::Llama,
+        1,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    save_hf_folder(&tiny, &tiny.weights, &model).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 128, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+        "max_position_embeddings": 8192, "tie_word_embeddings": false,
+        "bos_token_id": 1, "eos_token_id": 2
+    });
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let d = TestDaemon::start(
+        exe(),
+        &tmp.path().join("state"),
+        "[[fake_gpus]]\nname = \"RTX 4090\"\ntotal_mib = 24576\nused_mib = 300\n",
+    )
+    .await;
+    // Rows far longer than 2048 tokens (the tiny tokenizer spells most bytes alone): every row
+    // is cut to exactly max_length.
+    let long = |c: &str| c.repeat(3000);
+    let mut rows = String::new();
+    for i in 0..2 {
+        let row = serde_json::json!({
+            "prompt": format!("{i} {}", long("question ")),
+            "chosen": long(" yes"),
+            "rejected": long(" no"),
+        });
+        rows.push_str(&format!("{row}\n"));
+    }
+    let ds = d.client.upload_dataset(rows.into_bytes()).await.unwrap();
+    let plan_for = |quantize: &str| {
+        format!(
+            "name = \"8b\"\n[model]\nbase = {:?}\nquantize = {quantize:?}\n[data]\ntrain = {:?}\n\
+             max_length = 2048\nmax_prompt_length = 1024\n[lora]\nr = 16\nalpha = 32\n\
+             target_modules = [\"q_proj\", \"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]\n\
+             [train]\nbatch_size = 1\nmax_steps = 1\ngradient_checkpointing = true\n\
+             [resources]\ndevice = \"cuda:0\"\n",
+            model.to_string_lossy(),
+            ds.reference
+        )
+    };
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mut estimates = Vec::new();
+    for quantize in ["q4_k", "none"] {
+        let plan = d
+            .client
+            .plan(&SubmitJobRequest {
+                job_toml: Some(plan_for(quantize)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let est = plan.estimate.as_ref().expect("breakdown");
+        assert_eq!(plan.device, "cuda:0", "{plan:?}");
+        assert_eq!(est.tokens, 2 * 2048, "{quantize}: 2 rows of 2048 tokens");
+        eprintln!(
+            "8b {quantize}: estimate {:.2} GiB (weights {:.2} GiB), {}",
+            gib(est.total_bytes),
+            gib(est.weights_bytes),
+            plan.reason
+        );
+        estimates.push(est.total_bytes);
+    }
+    assert!(
+        gib(estimates[0]) < 12.0,
+        "q4_k: {:.2} GiB",
+        gib(estimates[0])
+    );
+    assert!(
+        gib(estimates[1]) > 20.0,
+        "bf16: {:.2} GiB",
+        gib(estimates[1])
+    );
+}
