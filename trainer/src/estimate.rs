@@ -1,6 +1,6 @@
 //! The peak memory of a training job, estimated before it runs, from the model's config.json or
 //! GGUF header (no weights are loaded) and the job file. The daemon admits jobs with it and
-//! `orpod plan` / `POST /v1/plan` show it.
+//! `orpoctl plan` / `POST /v1/plan` show it.
 //!
 //! The terms follow what the trainer really holds at its peak, the start of the backward pass
 //! of a micro-batch (or, for a big `eval_batch_size`, an evaluation forward):

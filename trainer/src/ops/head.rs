@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::cpu::{self, matmul_par, matmul_par_acc, Mat};
 use super::{with_backward1, with_backward2};
-use crate::model::quant::{Frozen, QWeight};
+use crate::model::quant::Frozen;
 
 /// Bytes of f32 logits per chunk in [`target_logprobs`]: 512 rows for SmolLM2's 49k
 /// vocabulary, 196 for Llama 3's 128k. On the CPU one buffer of this size serves every chunk
@@ -45,11 +45,7 @@ pub(super) fn target_logprobs_chunked(
 ) -> Result<Tensor> {
     let hd = h.detach();
     let need_grad = h.track_op();
-    let source = match w {
-        Frozen::Dense(w) => HeadWeight::Dense(w),
-        Frozen::Quant(q) => HeadWeight::Tiles(q),
-    };
-    let (out, jac) = match cpu_head(&hd, &source, targets, rows, need_grad)? {
+    let (out, jac) = match cpu_head(&hd, w, targets, rows, need_grad)? {
         Some(done) => done,
         None => match w {
             Frozen::Dense(w) => composite_head(&hd, w, targets, rows, need_grad)?,
@@ -68,36 +64,21 @@ pub(super) fn target_logprobs_chunked(
 /// Log-probs `[m]` and, with `grad`, the Jacobian `[m, hidden]`.
 type HeadOut = (Tensor, Option<Tensor>);
 
-/// The head's weight as the CPU kernel reads it.
-enum HeadWeight<'a> {
-    Dense(&'a Tensor),
-    /// Vocabulary tiles, each dequantized to f32 when a product needs it.
-    Tiles(&'a QWeight),
-}
-
-impl HeadWeight<'_> {
-    fn dims(&self) -> Result<(usize, usize)> {
-        match self {
-            HeadWeight::Dense(w) => w.dims2(),
-            HeadWeight::Tiles(q) => Ok(q.dims()),
+/// Calls `f(vocab rows, their f32 data)` for the whole of a dense head, or for each tile of a
+/// quantized one in turn (dequantized for the call, then dropped).
+fn each_tile(w: &Frozen, mut f: impl FnMut(std::ops::Range<usize>, &[f32])) -> Result<()> {
+    let not_f32 = || candle_core::Error::Msg("target-logprobs: head is not f32".into());
+    match w {
+        Frozen::Dense(w) => {
+            let vocab = w.dim(0)?;
+            cpu::with_data([w], |[w]| f(0..vocab, w)).ok_or_else(not_f32)
         }
-    }
-
-    /// Calls `f(vocab rows, rows' f32 data)` for the whole weight or each tile in turn.
-    fn each_tile(&self, mut f: impl FnMut(std::ops::Range<usize>, &[f32])) -> Result<()> {
-        let not_f32 = || candle_core::Error::Msg("target-logprobs: head is not f32".into());
-        match self {
-            HeadWeight::Dense(w) => {
-                let vocab = w.dim(0)?;
-                cpu::with_data([*w], |[w]| f(0..vocab, w)).ok_or_else(not_f32)
+        Frozen::Quant(q) => {
+            for i in 0..q.n_tiles() {
+                let tile = q.dequantize_tile(i, DType::F32)?;
+                cpu::with_data([&tile], |[t]| f(q.tile_rows(i), t)).ok_or_else(not_f32)?;
             }
-            HeadWeight::Tiles(q) => {
-                for i in 0..q.n_tiles() {
-                    let tile = q.dequantize_tile(i, DType::F32)?;
-                    cpu::with_data([&tile], |[t]| f(q.tile_rows(i), t)).ok_or_else(not_f32)?;
-                }
-                Ok(())
-            }
+            Ok(())
         }
     }
 }
@@ -108,19 +89,16 @@ impl HeadWeight<'_> {
 /// the tiles). `None` when not f32 on the CPU.
 fn cpu_head(
     h: &Tensor,
-    w: &HeadWeight<'_>,
+    w: &Frozen,
     targets: &Tensor,
     rows: usize,
     grad: bool,
 ) -> Result<Option<HeadOut>> {
-    let dense_f32 = match w {
-        HeadWeight::Dense(w) => w.dtype() == DType::F32,
-        HeadWeight::Tiles(_) => true,
-    };
+    let dense_f32 = w.dense().is_none_or(|w| w.dtype() == DType::F32);
     if h.dtype() != DType::F32 || !dense_f32 || !h.device().is_cpu() {
         return Ok(None);
     }
-    let ((vocab, hidden), m) = (w.dims()?, h.dim(0)?);
+    let ((vocab, hidden), m) = (w.dims2()?, h.dim(0)?);
     let targets = targets.to_vec1::<u32>()?;
     if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
         candle_core::bail!("target-logprobs: target {t} outside the vocabulary of {vocab}");
@@ -139,7 +117,7 @@ fn cpu_head(
         let len = rows.min(m - start);
         let buf = &mut logits[..len * vocab];
         let h_rows = &hv[start * hidden..(start + len) * hidden];
-        w.each_tile(|r, w| {
+        each_tile(w, |r, w| {
             matmul_par(
                 (len, r.len(), hidden),
                 &mut buf[r.start..],
@@ -157,7 +135,7 @@ fn cpu_head(
         if grad {
             let dst = &mut jac[start * hidden..(start + len) * hidden];
             let mut first = true;
-            w.each_tile(|r, w| {
+            each_tile(w, |r, w| {
                 matmul_par_acc(
                     (len, hidden, r.len()),
                     dst,
