@@ -203,3 +203,39 @@ fn quantize_names_parse_as_job_files_write_them() {
     .to_string();
     assert!(err.contains("quantize") && err.contains("q4_k"), "{err}");
 }
+
+/// Finding (the interop run): the exports at the end of training merged the job's own base,
+/// kept quantized, and panicked looking for its weights among the dense ones. A kept base now
+/// merges in full precision: the same merged weights as the dequantized base, and the final
+/// folder (adapter, GGUF adapter, merged folder, f16 GGUF) is written.
+#[test]
+fn a_kept_base_merges_and_exports_like_its_dequantized_copy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("tiny.gguf");
+    write_tiny_gguf_as(&path, Arch::Llama, 5, GgmlDType::Q8_0).unwrap();
+    let mut spec = job_on(&path, Quantize::Auto);
+    spec.export.merged = true;
+    spec.export.gguf_adapter = true;
+    spec.export.gguf = orpo_api::spec::GgufExport::F16;
+    let (k, d) = (
+        session(&spec, 0.0),
+        session(&job_on(&path, Quantize::None), 0.0),
+    );
+    let (mk, md) = (
+        orpo_trainer::export::merged_weights(&k.base, &k.adapter).unwrap(),
+        orpo_trainer::export::merged_weights(&d.base, &d.adapter).unwrap(),
+    );
+    assert_eq!(mk.len(), md.len());
+    for (name, w) in &md {
+        assert_eq!(max_abs(&(w - &mk[name]).unwrap()), 0.0, "{name}");
+    }
+    let out = tmp.path().join("final");
+    orpo_trainer::export::write_final(&k, &out).unwrap();
+    for file in [
+        "adapter_model.safetensors",
+        "merged/model.safetensors",
+        "model-f16.gguf",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+}

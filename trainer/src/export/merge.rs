@@ -10,10 +10,20 @@ use crate::lora::{peft_prefix, LoraAdapter};
 use crate::model::BaseModel;
 use crate::Result;
 
-/// The base's weights by Hugging Face name with the adapter merged in. Tensors the adapter
-/// does not touch are shared with `base`, not copied.
+/// The base's weights by Hugging Face name with the adapter merged in. Dense tensors the
+/// adapter does not touch are shared with `base`, not copied; a base kept quantized (a job's
+/// own base at the end of training) is merged in full precision, its weights dequantized to
+/// the dense weights' dtype: what llama.cpp computes from the base GGUF and the adapter.
 pub fn merged_weights(base: &BaseModel, adapter: &LoraAdapter) -> Result<HashMap<String, Tensor>> {
     let mut out = base.weights.clone();
+    let dtype = base
+        .weights
+        .values()
+        .next()
+        .map_or(DType::F32, |t| t.dtype());
+    for (name, q) in &base.quantized {
+        out.insert(name.clone(), q.dequantize(dtype)?);
+    }
     for l in 0..base.config.num_hidden_layers {
         for m in 0..LORA_MODULES.len() {
             let Some(pair) = adapter.get(l, m) else {
@@ -24,7 +34,7 @@ pub fn merged_weights(base: &BaseModel, adapter: &LoraAdapter) -> Result<HashMap
                 .strip_prefix("base_model.model.")
                 .expect("PEFT prefixes start with base_model.model.");
             let name = format!("{module}.weight");
-            let w = &base.weights[&name];
+            let w = out[&name].clone();
             let delta = (pair
                 .b
                 .as_detached_tensor()
