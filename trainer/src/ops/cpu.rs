@@ -85,20 +85,8 @@ pub(super) fn matmul(
     gemm_f32(mnk, dst, dst_rs, acc, lhs, rhs, beta, Parallelism::None)
 }
 
-/// [`matmul`] on all of rayon's threads, for one large product.
+/// [`matmul`] on all of rayon's threads, for one large product (`beta` 1).
 pub(super) fn matmul_par(
-    mnk: (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    lhs: Mat<'_>,
-    rhs: Mat<'_>,
-) {
-    let par = Parallelism::Rayon(rayon::current_num_threads());
-    gemm_f32(mnk, dst, dst_rs, false, lhs, rhs, 1.0, par)
-}
-
-/// [`matmul_par`] adding the product to `dst` (`acc`) or writing it.
-pub(super) fn matmul_par_acc(
     mnk: (usize, usize, usize),
     dst: &mut [f32],
     dst_rs: usize,

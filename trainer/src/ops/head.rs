@@ -4,7 +4,7 @@
 use candle_core::{DType, Result, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu::{self, matmul_par, matmul_par_acc, Mat};
+use super::cpu::{self, matmul_par, Mat};
 use super::{with_backward1, with_backward2};
 use crate::model::quant::Frozen;
 
@@ -122,6 +122,7 @@ fn cpu_head(
                 (len, r.len(), hidden),
                 &mut buf[r.start..],
                 vocab,
+                false,
                 Mat::rows(h_rows, hidden),
                 Mat::transposed(w, hidden),
             );
@@ -136,7 +137,7 @@ fn cpu_head(
             let dst = &mut jac[start * hidden..(start + len) * hidden];
             let mut first = true;
             each_tile(w, |r, w| {
-                matmul_par_acc(
+                matmul_par(
                     (len, hidden, r.len()),
                     dst,
                     hidden,
