@@ -69,11 +69,11 @@ fn load_weights(
     let st = unsafe { MmapedSafetensors::multi(files) }
         .map_err(|e| Error::model(dir, format!("cannot read safetensors: {e}")))?;
     let (mut weights, mut quantized) = (HashMap::new(), HashMap::new());
+    // A matrix to be quantized is loaded on the CPU (the quantizer runs there).
+    let to_quantize = !matches!(quantize, Quantize::Auto | Quantize::None);
     for (name, _) in expected_weights(config) {
         // Absent names are reported all together by `check_weights`.
         let Ok(view) = st.get(&name) else { continue };
-        // Loaded on the CPU when it is to be quantized (the quantizer runs there).
-        let to_quantize = !matches!(quantize, Quantize::Auto | Quantize::None);
         let load_on = match to_quantize && super::is_quantizable(&name) {
             true => &Device::Cpu,
             false => device,

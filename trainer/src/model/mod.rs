@@ -99,44 +99,50 @@ pub fn load_base(
     device: &Device,
     quantize: Quantize,
 ) -> Result<BaseModel> {
-    let model = if path.is_dir() {
-        if path.join("config.json").is_file() {
-            hf::load(path, dtype, device, quantize)?
-        } else {
-            gguf::load(&single_gguf_in(path)?, dtype, device, quantize)?
-        }
-    } else if path.is_file() {
-        gguf::load(path, dtype, device, quantize)?
-    } else if let Some(snapshot) = hf_cache_snapshot(path) {
-        hf::load(&snapshot, dtype, device, quantize)?
-    } else {
-        return Err(Error::model(
-            path,
-            "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
-        ));
+    let model = match source_of(path)? {
+        Source::Hf(dir) => hf::load(&dir, dtype, device, quantize)?,
+        Source::Gguf(file) => gguf::load(&file, dtype, device, quantize)?,
     };
     check_vocab(&model)?;
     Ok(model)
 }
 
-/// The config of the model `load_base` would load from `path`, read without loading any
-/// weights (config.json, or the GGUF header).
-pub fn read_config(path: &Path) -> Result<ModelConfig> {
+/// Where a base model's files are.
+enum Source {
+    /// A Hugging Face folder (`config.json`, safetensors, tokenizer files).
+    Hf(PathBuf),
+    /// A GGUF file.
+    Gguf(PathBuf),
+}
+
+/// What `path` names, as every reader of a base takes it: a Hugging Face folder, a `.gguf`
+/// file, a folder holding exactly one `.gguf` file, or an `org/name` id in the Hugging Face
+/// cache.
+fn source_of(path: &Path) -> Result<Source> {
     if path.is_dir() {
         if path.join("config.json").is_file() {
-            ModelConfig::from_hf_file(&path.join("config.json"))
+            Ok(Source::Hf(path.to_path_buf()))
         } else {
-            gguf::read_config(&single_gguf_in(path)?)
+            single_gguf_in(path).map(Source::Gguf)
         }
     } else if path.is_file() {
-        gguf::read_config(path)
+        Ok(Source::Gguf(path.to_path_buf()))
     } else if let Some(snapshot) = hf_cache_snapshot(path) {
-        ModelConfig::from_hf_file(&snapshot.join("config.json"))
+        Ok(Source::Hf(snapshot))
     } else {
         Err(Error::model(
             path,
             "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
         ))
+    }
+}
+
+/// The config of the model `load_base` would load from `path`, read without loading any
+/// weights (config.json, or the GGUF header).
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    match source_of(path)? {
+        Source::Hf(dir) => ModelConfig::from_hf_file(&dir.join("config.json")),
+        Source::Gguf(file) => gguf::read_config(&file),
     }
 }
 
@@ -151,9 +157,9 @@ pub fn held_weights(
 ) -> Result<Option<HeldWeights>> {
     let stored = match quantize {
         Quantize::None => return Ok(None),
-        Quantize::Auto => match gguf_file_of(path)? {
-            Some(file) => gguf::stored_types(&file)?,
-            None => return Ok(None),
+        Quantize::Auto => match source_of(path)? {
+            Source::Gguf(file) => gguf::stored_types(&file)?,
+            Source::Hf(_) => return Ok(None),
         },
         _ => HashMap::new(),
     };
@@ -206,39 +212,12 @@ pub struct HeldWeights {
     pub head_tile_bytes: u64,
 }
 
-/// The GGUF file `load_base` would read for `path`, or `None` for a Hugging Face base.
-fn gguf_file_of(path: &Path) -> Result<Option<PathBuf>> {
-    if path.is_dir() {
-        if path.join("config.json").is_file() {
-            Ok(None)
-        } else {
-            single_gguf_in(path).map(Some)
-        }
-    } else if path.is_file() {
-        Ok(Some(path.to_path_buf()))
-    } else {
-        Ok(None)
-    }
-}
-
 /// The tokenizer of the model `load_base` would load from `path`, read without any weights:
 /// what measuring a data set's token lengths needs before a job is admitted.
 pub fn read_tokenizer(path: &Path) -> Result<TokenizerInfo> {
-    if path.is_dir() {
-        if path.join("config.json").is_file() {
-            TokenizerInfo::from_hf_dir(path)
-        } else {
-            gguf::read_tokenizer(&single_gguf_in(path)?)
-        }
-    } else if path.is_file() {
-        gguf::read_tokenizer(path)
-    } else if let Some(snapshot) = hf_cache_snapshot(path) {
-        TokenizerInfo::from_hf_dir(&snapshot)
-    } else {
-        Err(Error::model(
-            path,
-            "no such file or folder (nor an \"org/name\" model in the Hugging Face cache)",
-        ))
+    match source_of(path)? {
+        Source::Hf(dir) => TokenizerInfo::from_hf_dir(&dir),
+        Source::Gguf(file) => gguf::read_tokenizer(&file),
     }
 }
 

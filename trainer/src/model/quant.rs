@@ -266,14 +266,7 @@ pub enum Frozen {
 }
 
 impl Frozen {
-    /// `[rows, cols]` of a 2-D weight, `[n]` of a vector.
-    pub fn dims(&self) -> Vec<usize> {
-        match self {
-            Frozen::Dense(t) => t.dims().to_vec(),
-            Frozen::Quant(q) => vec![q.rows, q.cols],
-        }
-    }
-
+    /// `[rows, cols]` (PyTorch's `[out, in]`).
     pub fn dims2(&self) -> Result<(usize, usize)> {
         match self {
             Frozen::Dense(t) => t.dims2(),
@@ -341,22 +334,6 @@ impl Frozen {
                 }
                 sum.expect("a weight has rows") / q.rows as f64
             }
-        }
-    }
-
-    /// Bytes the weight takes in memory.
-    pub fn bytes(&self) -> usize {
-        match self {
-            Frozen::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
-            Frozen::Quant(q) => q.bytes(),
-        }
-    }
-
-    /// `"q4_1"`, `"f32"`, ...: how the weight is held.
-    pub fn precision(&self) -> String {
-        match self {
-            Frozen::Dense(t) => t.dtype().as_str().to_string(),
-            Frozen::Quant(q) => ggml_name(q.dtype()).to_string(),
         }
     }
 }

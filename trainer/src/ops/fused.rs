@@ -403,14 +403,10 @@ impl Attention {
 
     /// Roped q grouped by kv head `[b, kv, rep * t, dim]`, roped k and v `[b, kv, t, dim]`.
     fn grouped(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
-        let Heads {
-            q: nh,
-            kv: nkv,
-            dim,
-        } = self.heads;
         let (b, t, _) = q.dims3()?;
         let (qr, kr, vh) = self.heads_of(q, k, v)?;
-        Ok((qr.reshape((b, nkv, nh / nkv * t, dim))?, kr, vh))
+        let Heads { q: nh, kv, dim } = self.heads;
+        Ok((qr.reshape((b, kv, nh / kv * t, dim))?, kr, vh))
     }
 
     /// Kv group `g` of a grouped tensor, contiguous `[b, 1, rows, dim]`.
