@@ -30,7 +30,6 @@ pub fn greedy(
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
     let mut done: Vec<bool> = prompts.iter().map(|p| p.is_empty()).collect();
-    let head = model.lm_head().to_dense(DType::F32)?;
     for _ in 0..max_new {
         let active: Vec<usize> = (0..seqs.len()).filter(|&i| !done[i]).collect();
         if active.is_empty() {
@@ -57,8 +56,10 @@ pub fn greedy(
             .enumerate()
             .map(|(row, &len)| hidden.i((row, len - 1)))
             .collect::<candle_core::Result<_>>()?;
-        let last = Tensor::stack(&last, 0)?.to_dtype(DType::F32)?;
-        let next: Vec<u32> = last.matmul(&head.t()?)?.argmax(1)?.to_vec1()?;
+        // The head as it is held: a quantized head a tile at a time, never a dense copy (on a
+        // kept base that copy would be the job's peak, which the estimate does not count).
+        let logits = model.lm_head().matmul_t(&Tensor::stack(&last, 0)?)?;
+        let next: Vec<u32> = logits.to_dtype(DType::F32)?.argmax(1)?.to_vec1()?;
         for (&i, tok) in active.iter().zip(next) {
             if tok == tokenizer.eos.id {
                 done[i] = true;
