@@ -182,12 +182,12 @@ pub fn held_weights(
             Some(t) => {
                 held.bytes += elems / t.block_size() as u64 * t.type_size() as u64;
                 held.quantized += 1;
+                let tile = (elems * 4).min(quant::tile_f32_bytes(&name) as u64);
                 if name == head {
                     held.head_quantized = true;
-                    held.head_tile_bytes = (elems * 4).min(quant::TILE_F32_BYTES as u64);
+                    held.head_tile_bytes = tile;
                 }
                 if name.ends_with("_proj.weight") {
-                    let tile = (elems * 4).min(quant::TILE_F32_BYTES as u64);
                     held.tile_bytes = held.tile_bytes.max(tile);
                 }
             }
@@ -340,7 +340,12 @@ fn hold(
 ) -> candle_core::Result<Frozen> {
     if is_quantizable(name) {
         if let Some(q) = quantize_type(quantize, t.dim(1)?) {
-            return Ok(Frozen::Quant(Arc::new(QWeight::quantize(&t, q, device)?)));
+            return Ok(Frozen::Quant(Arc::new(QWeight::quantize(
+                &t,
+                q,
+                device,
+                quant::tile_f32_bytes(name),
+            )?)));
         }
     }
     Ok(Frozen::Dense(t.to_dtype(dtype)?.to_device(device)?))

@@ -21,9 +21,25 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QStorage, QTensor};
 use candle_core::{DType, Device, Result, Tensor};
 
-/// The most bytes one dequantized f32 tile takes. Below glibc's mmap threshold growth (32 MiB),
-/// freed tiles go back to the heap and the next one reuses them.
+/// The most bytes one dequantized f32 tile of a projection takes: big enough that a tile's
+/// matmul is one efficient kernel (Llama 3 8B's 14336 x 4096 projections are 8 tiles).
 pub const TILE_F32_BYTES: usize = 32 << 20;
+
+/// The most bytes one dequantized f32 tile of the embedding and the output head takes. The CPU
+/// head kernel holds one beside the logits of a chunk, at the end of the forward pass when
+/// every activation is alive; smaller tiles keep that peak low, and as they are under glibc's
+/// mmap threshold (32 MiB, `runtime`), each one reuses the heap block its predecessor freed.
+/// Measured on SmolLM2 (vocabulary 49152): 32 MiB tiles put the head pass 24 MiB above the
+/// estimate's other terms on small jobs; the matmuls of 8 MiB tiles are still large.
+pub const HEAD_TILE_F32_BYTES: usize = 8 << 20;
+
+/// The tile size for the frozen weight `name` (a Hugging Face tensor name).
+pub fn tile_f32_bytes(name: &str) -> usize {
+    match name {
+        "model.embed_tokens.weight" | "lm_head.weight" => HEAD_TILE_F32_BYTES,
+        _ => TILE_F32_BYTES,
+    }
+}
 
 /// A frozen 2-D weight `[rows, cols]` (PyTorch's `[out, in]`), block-quantized, in row tiles.
 #[derive(Debug)]
@@ -40,29 +56,37 @@ impl QWeight {
     /// A weight from its quantized bytes as GGUF stores them (row-major, `rows` runs of
     /// `cols / block_size` blocks). `row_order[i]`, when given, is the stored row that becomes
     /// row `i` (the Q/K un-permutation of llama.cpp's layout).
+    /// Tiles take at most `tile_f32_bytes` dequantized to f32 ([`tile_f32_bytes`]).
     pub fn from_bytes(
         bytes: &[u8],
         dtype: GgmlDType,
         (rows, cols): (usize, usize),
         row_order: Option<&[usize]>,
         device: &Device,
+        tile_f32_bytes: usize,
     ) -> Result<QWeight> {
-        Self::tiled(
-            bytes,
-            dtype,
-            (rows, cols),
-            row_order,
-            device,
-            default_tile_rows(cols),
-        )
+        let tile_rows = (tile_f32_bytes / (cols.max(1) * 4)).max(1);
+        Self::tiled(bytes, dtype, (rows, cols), row_order, device, tile_rows)
     }
 
     /// Quantizes a dense `[rows, cols]` tensor (any float dtype, any device) to `dtype`.
     /// `cols` must be a multiple of the type's block size (see [`quantizable`]).
-    pub fn quantize(t: &Tensor, dtype: GgmlDType, device: &Device) -> Result<QWeight> {
+    pub fn quantize(
+        t: &Tensor,
+        dtype: GgmlDType,
+        device: &Device,
+        tile_f32_bytes: usize,
+    ) -> Result<QWeight> {
         let (rows, cols) = t.dims2()?;
         let q = QTensor::quantize(&t.to_device(&Device::Cpu)?.to_dtype(DType::F32)?, dtype)?;
-        Self::from_bytes(&q.data()?, dtype, (rows, cols), None, device)
+        Self::from_bytes(
+            &q.data()?,
+            dtype,
+            (rows, cols),
+            None,
+            device,
+            tile_f32_bytes,
+        )
     }
 
     /// [`Self::from_bytes`] with tiles of `tile_rows` rows (tests use small tiles).
@@ -363,11 +387,6 @@ fn bad(message: String) -> candle_core::Error {
     candle_core::Error::Msg(message)
 }
 
-/// Rows per tile for a weight of `cols` columns: as many as fit [`TILE_F32_BYTES`] in f32.
-fn default_tile_rows(cols: usize) -> usize {
-    (TILE_F32_BYTES / (cols.max(1) * 4)).max(1)
-}
-
 /// `x [..., n]` as `[m, n]` with its leading dims.
 fn flatten(x: &Tensor, n: usize) -> Result<(Vec<usize>, Tensor)> {
     let dims = x.dims();
@@ -528,12 +547,24 @@ mod tests {
         assert_eq!(quantizable(GgmlDType::Q6K, 576), Some(GgmlDType::Q8_0));
         assert_eq!(quantizable(GgmlDType::Q8_0, 48), None);
         let w = weight(4, 576);
-        let q =
-            QWeight::quantize(&w, quantizable(GgmlDType::Q4K, 576).unwrap(), &Device::Cpu).unwrap();
+        let q = QWeight::quantize(
+            &w,
+            quantizable(GgmlDType::Q4K, 576).unwrap(),
+            &Device::Cpu,
+            TILE_F32_BYTES,
+        )
+        .unwrap();
         assert_eq!(q.dtype(), GgmlDType::Q5_0);
         // Q5_0 keeps about 5 bits: within a few percent of the value range (±0.5).
         assert!(max_diff(&q.dequantize(DType::F32).unwrap(), &w) < 0.05);
-        let bad = QWeight::from_bytes(&[0; 10], GgmlDType::Q8_0, (1, 32), None, &Device::Cpu);
+        let bad = QWeight::from_bytes(
+            &[0; 10],
+            GgmlDType::Q8_0,
+            (1, 32),
+            None,
+            &Device::Cpu,
+            TILE_F32_BYTES,
+        );
         assert!(bad
             .unwrap_err()
             .to_string()

@@ -29,7 +29,7 @@ use candle_core::quantized::gguf_file::Content;
 use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
-use super::quant::{Frozen, QWeight};
+use super::quant::{self, Frozen, QWeight};
 use super::{check_weights, file_weight, hold, Arch, BaseModel, ModelConfig, Quantize};
 use crate::{Error, Result};
 use config::config_from_metadata;
@@ -193,6 +193,7 @@ fn keep_quantized(
             (rows, cols),
             order.as_deref(),
             device,
+            quant::tile_f32_bytes(hf_name),
         )
     };
     read().map_err(|e| Error::model(path, format!("{gguf_name}: {e}")))
