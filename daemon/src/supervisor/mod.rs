@@ -154,6 +154,11 @@ impl Supervisor {
         out
     }
 
+    /// The daemon is shutting down: no new work, and nothing waits on the store any more.
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// The pid of a job's worker, if it has one.
     pub fn worker_pid(&self, id: u64) -> Option<u32> {
         self.slots().get(&id).and_then(|s| s.pid)
@@ -260,7 +265,7 @@ impl Supervisor {
         use futures_util::FutureExt;
         let hang_while = std::env::var_os(HANG_HOOK_ENV).map(std::path::PathBuf::from);
         loop {
-            if self.stopping.load(Ordering::SeqCst) {
+            if self.is_stopping() {
                 break;
             }
             if hang_while.as_ref().is_some_and(|p| p.exists()) {

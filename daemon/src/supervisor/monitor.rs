@@ -8,6 +8,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::protocol::{Outcome, WorkerEvent};
 use super::{Intent, Supervisor, PAUSED};
+use crate::store::StoreError;
+
+/// How often a job whose worker exited tries again to record its final state while the store
+/// cannot write.
+const SETTLE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Runs until the worker exits, then settles the job's state and frees its slot.
 pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::process::Child) {
@@ -43,7 +48,19 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
         use std::os::unix::process::ExitStatusExt;
         status.as_ref().ok().and_then(|s| s.signal())
     };
-    if let Err(e) = settle(&sup, id, intent, outcome, &status_text, signal).await {
+    // The process is gone: nothing may signal its pid (the kernel may give it to another).
+    if let Some(slot) = sup.slots().get_mut(&id) {
+        slot.pid = None;
+    }
+    // A full disk leaves the store refusing writes until it has room again. The job's final
+    // state waits for it, with the slot held (nothing starts meanwhile: starting is a write),
+    // rather than being lost: the job would show as running, with no worker, until a restart.
+    let mut settled = settle(&sup, id, intent, outcome.clone(), &status_text, signal).await;
+    while matches!(settled, Err(StoreError::Unavailable(_))) && !sup.is_stopping() {
+        tokio::time::sleep(SETTLE_RETRY).await;
+        settled = settle(&sup, id, intent, outcome.clone(), &status_text, signal).await;
+    }
+    if let Err(e) = settled {
         tracing::error!(job = id, "settling the job after its worker exited: {e}");
     }
     sup.slots().remove(&id);
