@@ -73,18 +73,20 @@ pub struct GpusView {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct EstimateView {
     pub total_bytes: u64,
-    /// The frozen base model in its dtype.
+    /// The frozen base model as held: in its dtype, or block-quantized with the dequantized
+    /// working tile.
     pub weights_bytes: u64,
     /// LoRA parameters (f32).
     pub lora_bytes: u64,
-    /// LoRA gradients, accumulated gradients and AdamW's two moments.
+    /// AdamW's two moments, and the accumulated gradient when `grad_accum` is above 1.
     pub optimizer_bytes: u64,
     /// Activations kept for the backward pass over the largest micro-batch's tokens.
     pub activations_bytes: u64,
     /// One layer's backward working set (attention probabilities; the recomputed layer under
-    /// gradient checkpointing).
+    /// gradient checkpointing) and the LoRA gradient being made.
     pub workspace_bytes: u64,
-    /// The output head's logits slice (about 24 MiB of f32 rows × vocabulary; three such on CUDA).
+    /// The output head's logits slice (at most 96 MiB of f32 rows × vocabulary; three such on
+    /// CUDA), and a quantized head's dequantized tile or copy.
     pub logits_bytes: u64,
     /// The process (CPU) or the CUDA context, cuBLAS and kernels (GPU).
     pub overhead_bytes: u64,
