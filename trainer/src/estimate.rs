@@ -380,7 +380,7 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
         let head = mul(eval, &[head_copies, head_rows(rows, t)?, vocab, f32b])?;
         // The head runs after the last layer, whose values are freed by then, yet both are
         // counted: the same f32 job on SmolLM2 (skewed data, 16 eval rows of 256 tokens)
-        // peaked at 773 to 885 MiB over five runs, as the heap blocks the layers freed were
+        // peaked at 773 to 885 MiB over nine runs, as the heap blocks the layers freed were
         // or were not reused by the head's; the larger figure needs both terms.
         let layer_peak = add(eval, &[layer, scores.max(head)])?;
         add(eval, &[fixed, layer_peak, head_copy])?
