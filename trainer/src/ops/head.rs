@@ -104,51 +104,56 @@ fn cpu_head(
         candle_core::bail!("target-logprobs: target {t} outside the vocabulary of {vocab}");
     }
     let h = h.contiguous()?;
-    let Some(hv) = cpu::with_data([&h], |[h]| h.to_vec()) else {
-        return Ok(None);
-    };
-    // Equal chunks (768 rows: 2 x 384, not 512 + 256): gemm is slower on a short tail.
-    let chunks = m.div_ceil(rows).max(1);
-    let rows = m.div_ceil(chunks).max(1);
-    let mut logits = vec![0f32; rows * vocab];
-    let mut lp = Vec::with_capacity(m);
-    let mut jac = vec![0f32; if grad { m * hidden } else { 0 }];
-    for start in (0..m).step_by(rows) {
-        let len = rows.min(m - start);
-        let buf = &mut logits[..len * vocab];
-        let h_rows = &hv[start * hidden..(start + len) * hidden];
-        each_tile(w, |r, w| {
-            matmul_par(
-                (len, r.len(), hidden),
-                &mut buf[r.start..],
-                vocab,
-                false,
-                Mat::rows(h_rows, hidden),
-                Mat::transposed(w, hidden),
-            );
-        })?;
-        let mut part = Vec::with_capacity(len);
-        buf.par_chunks_mut(vocab)
-            .zip(targets[start..start + len].par_iter())
-            .map(|(row, &t)| softmax_row(row, t as usize, grad))
-            .collect_into_vec(&mut part);
-        lp.extend(part);
-        if grad {
-            let dst = &mut jac[start * hidden..(start + len) * hidden];
-            let mut first = true;
+    // The rows are read in place (the weight's tiles are read inside, each in turn).
+    let done = cpu::with_data([&h], |[hv]| -> Result<(Vec<f32>, Vec<f32>)> {
+        // Equal chunks (768 rows: 2 x 384, not 512 + 256): gemm is slower on a short tail.
+        let chunks = m.div_ceil(rows).max(1);
+        let rows = m.div_ceil(chunks).max(1);
+        let mut logits = vec![0f32; rows * vocab];
+        let mut lp = Vec::with_capacity(m);
+        let mut jac = vec![0f32; if grad { m * hidden } else { 0 }];
+        for start in (0..m).step_by(rows) {
+            let len = rows.min(m - start);
+            let buf = &mut logits[..len * vocab];
+            let h_rows = &hv[start * hidden..(start + len) * hidden];
             each_tile(w, |r, w| {
                 matmul_par(
-                    (len, hidden, r.len()),
-                    dst,
-                    hidden,
-                    !first,
-                    Mat::rows(&buf[r.start..], vocab),
-                    Mat::rows(w, hidden),
+                    (len, r.len(), hidden),
+                    &mut buf[r.start..],
+                    vocab,
+                    false,
+                    Mat::rows(h_rows, hidden),
+                    Mat::transposed(w, hidden),
                 );
-                first = false;
             })?;
+            let mut part = Vec::with_capacity(len);
+            buf.par_chunks_mut(vocab)
+                .zip(targets[start..start + len].par_iter())
+                .map(|(row, &t)| softmax_row(row, t as usize, grad))
+                .collect_into_vec(&mut part);
+            lp.extend(part);
+            if grad {
+                let dst = &mut jac[start * hidden..(start + len) * hidden];
+                let mut first = true;
+                each_tile(w, |r, w| {
+                    matmul_par(
+                        (len, hidden, r.len()),
+                        dst,
+                        hidden,
+                        !first,
+                        Mat::rows(&buf[r.start..], vocab),
+                        Mat::rows(w, hidden),
+                    );
+                    first = false;
+                })?;
+            }
         }
-    }
+        Ok((lp, jac))
+    });
+    let Some(done) = done else {
+        return Ok(None);
+    };
+    let (lp, jac) = done?;
     let lp = Tensor::from_vec(lp, m, h.device())?;
     let jac = if grad {
         Some(Tensor::from_vec(jac, (m, hidden), h.device())?)
