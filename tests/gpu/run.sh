@@ -268,6 +268,17 @@ model() {
     note "model: $gguf and its f32 folder $hf ($((size >> 20)) MiB of weights)"
 }
 
+# figures NAME STEPS: checks NAME's training log (its line goes to stderr, the step's log), then
+# prints "STEPS steps, T s/step, peak P MiB" for a note, with the GPU memory sampled during the
+# run. Explicit returns: it runs inside $(...), where `set -e` does not reach.
+figures() {
+    local dir="$OUT/$1" peak time
+    "${check[@]}" train-log "$dir/run/metrics.jsonl" "$2" >&2 || return
+    time="$("${check[@]}" step-time "$dir/run/metrics.jsonl" 2)" || return
+    peak="$(mem_peak "$dir")" || return
+    echo "$2 steps, $time s/step, peak $peak MiB"
+}
+
 # 4a. f32 on the CPU: the reference.
 cpu_f32() {
     job cpu-f32 "$hf" cpu f32 "$STEPS" "$repo/examples/prefs_eval.jsonl" false
@@ -280,10 +291,9 @@ cpu_f32() {
 cuda_f32() {
     job cuda-f32 "$hf" cuda f32 "$STEPS" "$repo/examples/prefs_eval.jsonl" false
     train cuda-f32 sample
-    "${check[@]}" train-log "$OUT/cuda-f32/run/metrics.jsonl" "$STEPS"
-    local peak
-    peak="$(mem_peak "$OUT/cuda-f32")"
-    note "cuda f32: $STEPS steps, $("${check[@]}" step-time "$OUT/cuda-f32/run/metrics.jsonl" 2) s/step, peak GPU memory $peak MiB above idle"
+    local line
+    line="$(figures cuda-f32 "$STEPS")"
+    note "cuda f32: $line (GPU memory above idle)"
 }
 
 # 4c. CPU and CUDA computed the same: eval metrics at the base weights within 1e-4, training
@@ -300,11 +310,10 @@ compare() {
 cuda_bf16() {
     job cuda-bf16 "$gguf" cuda bf16 "$BF16_STEPS" "$repo/examples/prefs.jsonl" true
     train cuda-bf16 sample
-    "${check[@]}" train-log "$OUT/cuda-bf16/run/metrics.jsonl" "$BF16_STEPS"
+    local line
+    line="$(figures cuda-bf16 "$BF16_STEPS")"
     "${check[@]}" eval-drops "$OUT/cuda-bf16/run/metrics.jsonl"
-    local peak
-    peak="$(mem_peak "$OUT/cuda-bf16")"
-    note "cuda bf16 (Q4_1 base): $BF16_STEPS steps, $("${check[@]}" step-time "$OUT/cuda-bf16/run/metrics.jsonl" 2) s/step, eval_loss on the training rows dropped, peak $peak MiB"
+    note "cuda bf16 (Q4_1 base): $line, eval_loss on the training rows dropped"
 }
 
 # 5. What the daemon estimates for the two CUDA jobs (`orpoctl plan` against a private
@@ -378,10 +387,9 @@ q4_bench() {
     fi
     job q4-bench "$gguf" cuda bf16 "$BF16_STEPS" "" false
     fit q4-bench sample
-    "${check[@]}" train-log "$OUT/q4-bench/run/metrics.jsonl" "$BF16_STEPS"
-    local peak
-    peak="$(mem_peak "$OUT/q4-bench")"
-    note "q4-bench (Q4_1 base, bf16, no eval): $BF16_STEPS steps, $("${check[@]}" step-time "$OUT/q4-bench/run/metrics.jsonl" 2) s/step, peak $peak MiB"
+    local line
+    line="$(figures q4-bench "$BF16_STEPS")"
+    note "q4-bench (Q4_1 base, bf16, no eval): $line"
 }
 
 # vs_q4 NAME TRL_CUDA_ARGS...: tests/gpu/trl_cuda.py with $py on q4-bench's job into $OUT/NAME, GPU
