@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     trees: std::sync::RwLock<std::result::Result<Trees, String>>,
     /// Why the open database can no longer write, until it is reopened; reads go on.
     broken: Mutex<Option<String>>,
+    /// How many times the database was reopened after a failed write ([`Store::reopened`]).
+    reopened: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -162,6 +164,7 @@ impl Store {
             dir: dir.to_path_buf(),
             trees: std::sync::RwLock::new(Ok(t)),
             broken: Mutex::new(None),
+            reopened: Default::default(),
         });
         let writer = writer::spawn(shared.clone());
         let (transitions, _) = tokio::sync::broadcast::channel(TRANSITIONS_BUFFER);
@@ -192,6 +195,23 @@ impl Store {
             ));
         }
         self.t().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// How many times the database was reopened after a failed write. A reopened database
+    /// holds what the last good flush wrote: the changes answered with an error since (which
+    /// readers saw meanwhile) may be gone, so whoever acted on them checks again.
+    pub fn reopened(&self) -> u64 {
+        self.shared
+            .reopened
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Counts a reopen without one, for tests of what reacts to it.
+    #[cfg(test)]
+    pub(crate) fn pretend_reopened(&self) {
+        self.shared
+            .reopened
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Makes everything written so far durable (one fsync for all callers waiting at once).

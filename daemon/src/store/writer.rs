@@ -9,9 +9,11 @@
 //! A flush that fails (a full disk: sled writes its buffers out there) leaves sled refusing
 //! every write for good (its "global error"), though it still reads. The writer then keeps the
 //! database for readers and answers changes with [`StoreError::Unavailable`] until the state
-//! folder has [`REOPEN_MIN_FREE`] free again; then it drops the database and opens the folder
-//! again (at most every [`REOPEN_EVERY`]), which recovers everything flushed before the
-//! failure.
+//! folder has [`REOPEN_MIN_FREE`] free again; then, on its own (it looks every
+//! [`REOPEN_EVERY`]), it drops the database and opens the folder again, which recovers
+//! everything flushed before the failure. The changes made since the last good flush were
+//! answered with an error but were visible to readers until then; the reopened database may
+//! not have them (see [`super::Store::reopened`]).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -109,11 +111,16 @@ fn run_writer(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) {
     let mut last_flush = Instant::now();
     let mut waiting: Vec<AfterFlush> = Vec::new();
     loop {
-        let wait = if dirty {
+        let mut wait = if dirty {
             FLUSH_EVERY.saturating_sub(last_flush.elapsed())
         } else {
             Duration::from_secs(3600)
         };
+        // A broken database is reopened as soon as there is room, not on the next write:
+        // until then readers see changes that may not survive it.
+        if db.is_broken() {
+            wait = wait.min(REOPEN_EVERY);
+        }
         let mut stop = false;
         match rx.recv_timeout(wait) {
             Ok(Msg::Op(op)) => {
@@ -132,7 +139,7 @@ fn run_writer(shared: Arc<Shared>, rx: mpsc::Receiver<Msg>) {
                 }
             }
             Ok(Msg::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => stop = true,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => db.reopen_if_broken(),
         }
         if !waiting.is_empty() || stop || (dirty && last_flush.elapsed() >= FLUSH_EVERY) {
             let flushed = db.flush();
@@ -195,11 +202,15 @@ impl Db {
         }
     }
 
+    /// Whether the database failed a write (or is not open yet after one).
+    fn is_broken(&self) -> bool {
+        self.shared.broken().is_some() || self.t.is_none()
+    }
+
     /// Once the disk has room, drops the broken database (readers get
     /// [`StoreError::Unavailable`] for the moment it takes) and opens the folder again.
     fn reopen_if_broken(&mut self) {
-        let broken = self.shared.broken().is_some() || self.t.is_none();
-        if !broken {
+        if !self.is_broken() {
             return;
         }
         // The free space is cheap to read and is what decides; only a failed open waits.
@@ -222,6 +233,9 @@ impl Db {
                         .unwrap_or_else(Instant::now);
                     self.shared.set(Ok(t.clone()));
                     *self.shared.broken() = None;
+                    self.shared
+                        .reopened
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     self.t = Some(t);
                     return;
                 }

@@ -149,12 +149,15 @@ impl Supervisor {
 
     /// One scheduling round.
     pub(super) async fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.reconcile().await?;
         let ids = self.store.queued();
         if ids.is_empty() {
             return Ok(());
         }
         let mut queued = Vec::with_capacity(ids.len());
-        for id in ids {
+        // A job with a worker is never started twice, whatever its record says.
+        let with_worker = self.running();
+        for id in ids.into_iter().filter(|id| !with_worker.contains(id)) {
             match self.store.job(id) {
                 Ok(v) => queued.push(v),
                 // Deleted or changed since the index was read: the next round sees it.

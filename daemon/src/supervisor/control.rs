@@ -13,13 +13,7 @@ impl Supervisor {
     /// `POST /v1/jobs/{id}/cancel`.
     pub async fn cancel(self: &Arc<Self>, id: u64) -> Result<JobView, StoreError> {
         let view = self.store.job(id)?;
-        if view.state.is_terminal() {
-            return Err(StoreError::Rejected(format!(
-                "job {id} is already {}",
-                view.state
-            )));
-        }
-        if self.stop_worker(id, Intent::Cancel) {
+        if !view.state.is_terminal() && self.stop_worker(id, Intent::Cancel) {
             let grace = Duration::from_secs(self.config.cancel_grace_s);
             let this = self.clone();
             tokio::spawn(async move {
@@ -35,7 +29,12 @@ impl Supervisor {
         let view = self
             .store
             .update_job(id, move |v| {
-                if v.state.is_terminal() || v.state.has_worker() {
+                // Decided here, in the write, not on the read above: while the store cannot
+                // write, reads may show a change it will lose (see `Store::reopened`).
+                if v.state.is_terminal() {
+                    return Err(format!("job {id} is already {}", v.state));
+                }
+                if v.state.has_worker() {
                     return Err(format!("job {id} is {}", v.state));
                 }
                 v.state = JobState::Cancelled;

@@ -61,6 +61,9 @@ pub struct Supervisor {
     health: Mutex<SchedulerHealth>,
     /// Per user, the sequence number of their job that started last (fair turns).
     last_start: Mutex<(u64, HashMap<String, u64>)>,
+    /// The store's reopen count the jobs were last checked against the workers at
+    /// ([`Supervisor::reconcile`]).
+    reconciled_at: std::sync::atomic::AtomicU64,
 }
 
 /// The scheduler loop's last signs of life.
@@ -101,6 +104,7 @@ impl Supervisor {
                 running: false,
             }),
             last_start: Mutex::new((0, HashMap::new())),
+            reconciled_at: Default::default(),
             config,
         })
     }
@@ -243,6 +247,62 @@ impl Supervisor {
         }
         self.store.flush().await?;
         Ok(stale.len())
+    }
+
+    /// Makes the jobs' records agree with the workers again after the store was reopened
+    /// following a failed write (a full disk): it then holds what its last good flush wrote,
+    /// which may predate a job's start (the job reads `queued` while its worker runs) or a
+    /// job's end. A job that runs but reads queued is marked running again (its worker
+    /// settles it as usual); one that reads as running without a worker is requeued and
+    /// resumes from its newest checkpoint (paused, if it was pausing), as at a restart. (A worker's end is recorded durably before its
+    /// slot is freed, so the second is a safety net.)
+    async fn reconcile(&self) -> Result<(), StoreError> {
+        let reopened = self.store.reopened();
+        if reopened == self.reconciled_at.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        for job in self.store.all_jobs()? {
+            let slot_device = self.slots().get(&job.id).map(|s| s.device.clone());
+            let id = job.id;
+            match (job.state, slot_device) {
+                (JobState::Queued, Some(device)) => {
+                    tracing::warn!(job = id, "the reopened store lost the job's start");
+                    self.store
+                        .update_job(id, move |v| {
+                            if v.state == JobState::Queued {
+                                v.state = JobState::Running;
+                                v.pending_reason = None;
+                                v.device = device.or(v.device.take());
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                }
+                (state, None) if state.has_worker() => {
+                    tracing::warn!(job = id, "the reopened store lost the end of the job's run");
+                    self.store
+                        .update_job(id, move |v| {
+                            if v.state == JobState::Pausing {
+                                v.state = JobState::Paused;
+                                v.pending_reason = Some(PAUSED.into());
+                            } else if v.state.has_worker() {
+                                v.state = JobState::Queued;
+                                v.pending_reason = Some(
+                                    "requeued: the store lost the end of its last run after a \
+                                     failed write; resumes from its newest checkpoint"
+                                        .into(),
+                                );
+                            }
+                            Ok(())
+                        })
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        self.store.flush().await?;
+        self.reconciled_at.store(reopened, Ordering::SeqCst);
+        Ok(())
     }
 
     /// The scheduler loop: a round of admission on every wake-up (a submit, a worker's exit)
@@ -488,5 +548,81 @@ mod tests {
         );
         assert!(!sup.scheduler_alive(SCHEDULER_STUCK_AFTER));
         assert_eq!(sup.scheduler_panics(), 0);
+    }
+
+    /// A reopened store (after a full disk) may have lost a start or an end: the records are
+    /// put back in line with the workers, and a job with a worker is never started twice.
+    #[tokio::test]
+    async fn a_reopened_store_is_reconciled_with_the_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        let config = Arc::new(ServeConfig {
+            state_dir: dir.path().to_path_buf(),
+            ..ServeConfig::default()
+        });
+        let sup = Supervisor::new(store, config);
+        let spec = orpo_api::JobSpec::parse(
+            "[model]\nbase = \"m\"\n[data]\ntrain = \"t\"\n",
+            "j".as_ref(),
+        )
+        .unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let new = crate::store::NewJob {
+                owner: "ann".into(),
+                spec: spec.clone(),
+                pending_reason: None,
+                estimate_bytes: Some(1),
+                total_steps: 0,
+                idempotency: None,
+                caps: None,
+            };
+            match sup.store.insert_job(new).await.unwrap() {
+                crate::store::Inserted::New(v) => ids.push(v.id),
+                other => panic!("{other:?}"),
+            }
+        }
+        let (runs_but_reads_queued, ran_but_reads_running, pausing) = (ids[0], ids[1], ids[2]);
+        sup.slots().insert(
+            runs_but_reads_queued,
+            Slot {
+                device: Some("cpu".into()),
+                ..Slot::default()
+            },
+        );
+        for (id, state) in [
+            (ran_but_reads_running, JobState::Running),
+            (pausing, JobState::Pausing),
+        ] {
+            sup.store
+                .update_job(id, move |v| {
+                    v.state = state;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        // Nothing happens until the store was reopened.
+        sup.reconcile().await.unwrap();
+        let state = |id| sup.store.job(id).unwrap().state;
+        assert_eq!(state(runs_but_reads_queued), JobState::Queued);
+        assert_eq!(state(ran_but_reads_running), JobState::Running);
+
+        sup.store.pretend_reopened();
+        sup.reconcile().await.unwrap();
+        let running = sup.store.job(runs_but_reads_queued).unwrap();
+        assert_eq!(running.state, JobState::Running);
+        assert_eq!(running.device.as_deref(), Some("cpu"));
+        let requeued = sup.store.job(ran_but_reads_running).unwrap();
+        assert_eq!(requeued.state, JobState::Queued);
+        assert!(
+            requeued
+                .pending_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("lost the end of its last run")),
+            "{requeued:?}"
+        );
+        assert_eq!(state(pausing), JobState::Paused);
+        assert_eq!(sup.store.queued(), vec![ran_but_reads_running]);
     }
 }

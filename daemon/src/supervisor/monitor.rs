@@ -54,19 +54,21 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
     }
     // A full disk leaves the store refusing writes until it has room again. The job's final
     // state waits for it, with the slot held (nothing starts meanwhile: starting is a write),
-    // rather than being lost: the job would show as running, with no worker, until a restart.
-    let mut settled = settle(&sup, id, intent, outcome.clone(), &status_text, signal).await;
+    // and is flushed before the slot is freed: a store reopened after a failed write holds
+    // only what was flushed, and a lost end would show the job running, with no worker.
+    let settle_durably = || async {
+        settle(&sup, id, intent, outcome.clone(), &status_text, signal).await?;
+        sup.store.flush().await
+    };
+    let mut settled = settle_durably().await;
     while matches!(settled, Err(StoreError::Unavailable(_))) && !sup.is_stopping() {
         tokio::time::sleep(SETTLE_RETRY).await;
-        settled = settle(&sup, id, intent, outcome.clone(), &status_text, signal).await;
+        settled = settle_durably().await;
     }
     if let Err(e) = settled {
         tracing::error!(job = id, "settling the job after its worker exited: {e}");
     }
     sup.slots().remove(&id);
-    if let Err(e) = sup.store.flush().await {
-        tracing::error!("flushing the store: {e}");
-    }
     sup.wake();
 }
 
