@@ -27,6 +27,10 @@ pub enum Command {
     Convert(ConvertArgs),
     /// Merge a checkpoint's adapter into its base: a Hugging Face folder and/or a GGUF file.
     Export(ExportArgs),
+    /// Answer a prompt in the foreground: a checkpoint (its adapter merged into its base), a
+    /// job file's base, or a model. Greedy unless a temperature is given; the answer alone on
+    /// stdout, streamed as it is written.
+    Generate(GenerateArgs),
     /// Run the daemon: the job queue and the HTTP API (default 127.0.0.1:8750).
     Serve(ServeArgs),
     /// Run one job for the daemon (started by `orpod serve`, not by hand).
@@ -222,6 +226,45 @@ pub struct ExportArgs {
     /// The base model (default: base_model_name_or_path of the adapter's config).
     #[arg(long)]
     pub base: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A checkpoint folder (DIR/checkpoints/step-N, DIR/final, any PEFT adapter folder), a
+    /// job file (job.toml: its model.base), or a model (Hugging Face folder or .gguf file).
+    pub model: PathBuf,
+    /// The user's message, put in the model's chat template (repeat for several prompts,
+    /// answered in turn).
+    #[arg(long, required = true)]
+    pub prompt: Vec<String>,
+    /// The most new tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sample at this temperature (0 or none: greedy).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Sample only from the smallest set of tokens whose probabilities add up to P.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Sample only from the K most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// The base model (default: the checkpoint's base_model_name_or_path).
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Re-run the whole sequence for each token instead of using the KV cache (a check).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+    /// Print one JSON object per prompt (prompt and answer token ids, text, why it stopped,
+    /// time to first token, tokens per second) instead of the streamed text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -135,6 +135,65 @@ fn quick_start_trains_smollm2_and_writes_metrics_and_a_peft_adapter() {
     let base: serde_json::Value = serde_json::from_slice(&base.stdout).unwrap();
     let tuned: serde_json::Value = serde_json::from_slice(&tuned.stdout).unwrap();
     assert_ne!(base["eval_loss"], tuned["eval_loss"]);
+
+    // The checkpoint answers, its adapter merged into the base the adapter names.
+    let o = orpod(&[
+        "generate",
+        out.join("final").to_str().unwrap(),
+        "--prompt",
+        "What is the capital of France?",
+        "--max-new-tokens",
+        "12",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(answer.contains("Paris"), "{answer:?}");
+}
+
+/// `orpod generate` on a job file's base: the streamed text is the answer alone, the same as
+/// `--json` reports, and the KV cache gives the tokens a full re-run per token gives.
+#[test]
+fn generate_answers_from_the_base_of_a_job_with_and_without_the_kv_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = example_job(dir.path(), 2);
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            job.to_str().unwrap(),
+            "--prompt",
+            "Name three colours.",
+            "--max-new-tokens",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        let o = orpod(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let text = run(&[]);
+    let json: serde_json::Value = serde_json::from_str(run(&["--json"]).trim()).unwrap();
+    assert_eq!(text.trim_end_matches('\n'), json["text"].as_str().unwrap());
+    assert!(!text.trim().is_empty());
+    let rerun: serde_json::Value =
+        serde_json::from_str(run(&["--json", "--no-kv-cache"]).trim()).unwrap();
+    assert_eq!(json["tokens"], rerun["tokens"]);
+    assert!(json["tokens"].as_array().unwrap().len() <= 16);
+    assert!(json["prompt_ids"].as_array().unwrap().len() > 5);
+
+    // Bad settings and a missing model are named.
+    for (args, named) in [
+        (vec!["--temperature", "inf"], "temperature"),
+        (vec!["--top-p", "1.5"], "top_p"),
+    ] {
+        let mut all = vec![job.to_str().unwrap(), "--prompt", "hi"];
+        all.extend(args);
+        let o = orpod(&[&["generate"], all.as_slice()].concat());
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(named), "{}", stderr(&o));
+    }
+    let o = orpod(&["generate", "/no/such/model", "--prompt", "hi"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("/no/such/model"), "{}", stderr(&o));
 }
 
 #[test]

@@ -183,6 +183,7 @@ def main():
     ap.add_argument("--skip-answer", action="store_true", help="random test models answer noise")
     ap.add_argument("--gguf-adapter", help="BASE.gguf=ADAPTER.gguf: orpod's GGUF LoRA adapter on the base GGUF")
     ap.add_argument("--orpod-base-eval", help="JSON of `orpod eval` at the base weights (no adapter)")
+    ap.add_argument("--orpod-generate", help="JSON lines of `orpod generate --json` on the adapter (greedy)")
     args = ap.parse_args()
 
     want = json.loads(Path(args.orpod_eval).read_text())
@@ -206,6 +207,24 @@ def main():
         merged = AutoModelForCausalLM.from_pretrained(args.merged, dtype=torch.float32)
         got, _ = trl_eval(merged, merged_tok, args)
         compare("AutoModelForCausalLM.from_pretrained(merged)", got, want, F32_TOL)
+        # Greedy answers: token for token what transformers' generate writes on the merged
+        # model from the same prompt ids, stopping at the same stop tokens.
+        if args.orpod_generate:
+            for line in Path(args.orpod_generate).read_text().splitlines():
+                g = json.loads(line)
+                out = merged.generate(torch.tensor([g["prompt_ids"]]), do_sample=False,
+                                      max_new_tokens=len(g["tokens"]) if g["finish"] == "length" else 64,
+                                      eos_token_id=g["stop_ids"], pad_token_id=g["stop_ids"][0],
+                                      attention_mask=torch.ones(1, len(g["prompt_ids"]), dtype=torch.long))
+                theirs = out[0, len(g["prompt_ids"]):].tolist()
+                if theirs and theirs[-1] in g["stop_ids"]:
+                    theirs = theirs[:-1]
+                same = theirs == g["tokens"]
+                print(f"{'ok  ' if same else 'FAIL'} orpod generate vs transformers generate(do_sample=False) "
+                      f"on {g['prompt']!r}: {len(g['tokens'])} tokens ({g['finish']}), {g['text']!r}", flush=True)
+                if not same:
+                    print(f"     orpod:        {g['tokens']}\n     transformers: {theirs}", flush=True)
+                    failures.append(f"generate {g['prompt']!r}")
         del merged
 
     # 3. GGUF files.

@@ -56,6 +56,9 @@ run_case() { # $1 name, $2 base HF folder for Python, $3 second GGUF type, extra
     "$orpod" export "$work/$name/checkpoints/step-3" --gguf "$work/$name/model-$other.gguf" --type "$other"
     "$orpod" eval "$work/$name.toml" --adapter "$work/$name/final" --json > "$work/$name.eval.json"
     "$orpod" eval "$work/$name.toml" --json > "$work/$name.base-eval.json"
+    "$orpod" generate "$work/$name/final" --json --max-new-tokens 32 \
+        --prompt "What is the capital of France?" --prompt "Write a haiku about the sea." \
+        --prompt "List three prime numbers." > "$work/$name.generate.jsonl"
     echo "== $name: Python checks" >&2
     "$venv/bin/python" tests/interop/check_exports.py \
         --base "$base" --adapter "$work/$name/final" --merged "$work/$name/final/merged" \
@@ -63,7 +66,7 @@ run_case() { # $1 name, $2 base HF folder for Python, $3 second GGUF type, extra
         --gguf "$other=$work/$name/model-$other.gguf" \
         --orpod-eval "$work/$name.eval.json" --eval "$fixtures/prefs_chat_eval.jsonl" \
         --eval-batch-size 4 --max-length 256 --work "$work/$name.py" \
-        --orpod-base-eval "$work/$name.base-eval.json" "$@"
+        --orpod-base-eval "$work/$name.base-eval.json" --orpod-generate "$work/$name.generate.jsonl" "$@"
 }
 
 # SmolLM2 from its Q4_1 GGUF: Python gets the same dequantized weights as a Hugging Face folder.

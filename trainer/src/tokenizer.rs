@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::{Error, Result};
 
 /// A tokenizer plus what `tokenizer_config.json` (or the GGUF metadata) says about it.
+#[derive(Clone)]
 pub struct TokenizerInfo {
     pub tokenizer: tokenizers::Tokenizer,
     /// `None` for tokenizers without a BOS token (Qwen2): TRL then adds none.

@@ -4,6 +4,7 @@ pub mod calibrate;
 pub mod convert;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod openapi;
 pub mod serve;
 pub mod train;

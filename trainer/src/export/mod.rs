@@ -117,8 +117,9 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// `base_model_name_or_path` of an adapter folder (orpod writes the base's path there).
-fn adapter_base(dir: &Path) -> Result<PathBuf> {
+/// `base_model_name_or_path` of an adapter folder (orpod writes the base's path there), if it
+/// is a model on this machine.
+pub fn adapter_base(dir: &Path) -> Result<PathBuf> {
     let path = dir.join(ADAPTER_CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Adapter {

@@ -1,10 +1,13 @@
-//! Greedy decoding, for the `samples.json` of each checkpoint: a user watching a run sees what
-//! the model answers now, not only its loss.
+//! Generation. [`engine`]: candle-transformers' models with a KV cache, for `orpod generate`.
+//! Below: greedy decoding on the training model, for the `samples.json` of each checkpoint (a
+//! user watching a run sees what the model answers now, not only its loss).
 //!
 //! There is no KV cache: every new token re-runs the full prefix through
 //! [`Llama::forward_hidden`], the training forward. Samples are a few prompts and a few dozen
 //! tokens per checkpoint, so the simple path costs seconds and shares all of its code with the
 //! path the metrics come from.
+
+pub mod engine;
 
 use candle_core::{DType, IndexOp, Tensor};
 
