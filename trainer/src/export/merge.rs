@@ -15,15 +15,7 @@ use crate::Result;
 /// own base at the end of training) is merged in full precision, its weights dequantized to
 /// the dense weights' dtype: what llama.cpp computes from the base GGUF and the adapter.
 pub fn merged_weights(base: &BaseModel, adapter: &LoraAdapter) -> Result<HashMap<String, Tensor>> {
-    let mut out = base.weights.clone();
-    let dtype = base
-        .weights
-        .values()
-        .next()
-        .map_or(DType::F32, |t| t.dtype());
-    for (name, q) in &base.quantized {
-        out.insert(name.clone(), q.dequantize(dtype)?);
-    }
+    let mut out = dense_weights(base)?;
     for l in 0..base.config.num_hidden_layers {
         for m in 0..LORA_MODULES.len() {
             let Some(pair) = adapter.get(l, m) else {
@@ -43,6 +35,21 @@ pub fn merged_weights(base: &BaseModel, adapter: &LoraAdapter) -> Result<HashMap
             let merged = (w.to_dtype(DType::F32)? + delta.to_device(w.device())?)?;
             out.insert(name, merged.to_dtype(w.dtype())?);
         }
+    }
+    Ok(out)
+}
+
+/// The base's weights by Hugging Face name, all dense: the dense ones shared, a quantized one
+/// dequantized to the dense weights' dtype.
+pub fn dense_weights(base: &BaseModel) -> Result<HashMap<String, Tensor>> {
+    let mut out = base.weights.clone();
+    let dtype = base
+        .weights
+        .values()
+        .next()
+        .map_or(DType::F32, |t| t.dtype());
+    for (name, q) in &base.quantized {
+        out.insert(name.clone(), q.dequantize(dtype)?);
     }
     Ok(out)
 }

@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::{llama, qwen2};
 
-use crate::export::merge::merged_weights;
+use crate::export::merge::{dense_weights, merged_weights};
 use crate::lora::LoraAdapter;
 use crate::model::{Arch, BaseModel, ModelConfig};
 use crate::template::{ChatTemplate, Message};
@@ -295,20 +295,6 @@ impl Engine {
             finish,
         })
     }
-}
-
-/// The base's weights, all dense: a quantized one dequantized to the dense weights' dtype.
-fn dense_weights(base: &BaseModel) -> Result<HashMap<String, Tensor>> {
-    let mut out = base.weights.clone();
-    let dtype = base
-        .weights
-        .values()
-        .next()
-        .map_or(DType::F32, |t| t.dtype());
-    for (name, q) in &base.quantized {
-        out.insert(name.clone(), q.dequantize(dtype)?);
-    }
-    Ok(out)
 }
 
 /// EOS, and the end-of-turn tokens of ChatML and Llama 3 where the vocabulary has them (what
