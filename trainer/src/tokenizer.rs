@@ -96,6 +96,16 @@ impl TokenizerInfo {
         write_json(&dir.join("tokenizer_config.json"), &config)
     }
 
+    /// Puts BOS first unless it is there already or the tokenizer has none (TRL's prompts,
+    /// and orpod's for generation).
+    pub fn prepend_bos(&self, ids: &mut Vec<u32>) {
+        if let Some(bos) = &self.bos {
+            if ids.first() != Some(&bos.id) {
+                ids.insert(0, bos.id);
+            }
+        }
+    }
+
     /// Whether encoding with special tokens puts BOS first (the tokenizer's post-processor).
     pub fn adds_bos(&self) -> bool {
         let ids = self.special_probe();

@@ -215,47 +215,61 @@ impl Supervisor {
             .filter(|v| v.state.has_worker() || v.state == JobState::Interrupted)
             .collect();
         for job in &stale {
-            if job.state == JobState::Pausing {
-                self.store
-                    .update_job(job.id, |v| {
-                        v.state = JobState::Paused;
-                        v.pending_reason = Some(PAUSED.into());
-                        Ok(())
-                    })
-                    .await?;
-                continue;
-            }
-            if job.state != JobState::Interrupted {
-                self.store
-                    .update_job(job.id, |v| {
-                        v.state = JobState::Interrupted;
-                        v.pending_reason = Some("the daemon stopped while the job ran".into());
-                        Ok(())
-                    })
-                    .await?;
-            }
+            self.requeue_orphan(
+                job.id,
+                "the daemon stopped while the job ran",
+                "requeued after a daemon restart; resumes from its newest checkpoint",
+            )
+            .await?;
+        }
+        self.store.flush().await?;
+        Ok(stale.len())
+    }
+
+    /// Puts a job whose record says it has a worker, though none runs, where a restart puts
+    /// it: paused if it was pausing; else `interrupted` (saying `why`), then queued again
+    /// (saying `requeued`) to resume from its newest checkpoint. A job already interrupted is
+    /// queued. Each step checks the record in its own write.
+    async fn requeue_orphan(
+        &self,
+        id: u64,
+        why: &'static str,
+        requeued: &'static str,
+    ) -> Result<(), StoreError> {
+        let view = self
+            .store
+            .update_job(id, move |v| {
+                if v.state == JobState::Pausing {
+                    v.state = JobState::Paused;
+                    v.pending_reason = Some(PAUSED.into());
+                } else if v.state.has_worker() {
+                    v.state = JobState::Interrupted;
+                    v.pending_reason = Some(why.into());
+                }
+                Ok(())
+            })
+            .await?;
+        if view.state == JobState::Interrupted {
             self.store
-                .update_job(job.id, |v| {
-                    v.state = JobState::Queued;
-                    v.pending_reason = Some(
-                        "requeued after a daemon restart; resumes from its newest checkpoint"
-                            .into(),
-                    );
+                .update_job(id, move |v| {
+                    if v.state == JobState::Interrupted {
+                        v.state = JobState::Queued;
+                        v.pending_reason = Some(requeued.into());
+                    }
                     Ok(())
                 })
                 .await?;
         }
-        self.store.flush().await?;
-        Ok(stale.len())
+        Ok(())
     }
 
     /// Makes the jobs' records agree with the workers again after the store was reopened
     /// following a failed write (a full disk): it then holds what its last good flush wrote,
     /// which may predate a job's start (the job reads `queued` while its worker runs) or a
     /// job's end. A job that runs but reads queued is marked running again (its worker
-    /// settles it as usual); one that reads as running without a worker is requeued and
-    /// resumes from its newest checkpoint (paused, if it was pausing), as at a restart. (A worker's end is recorded durably before its
-    /// slot is freed, so the second is a safety net.)
+    /// settles it as usual); one that reads as running without a worker is put back as at a
+    /// restart ([`Supervisor::requeue_orphan`]). (A worker's end is recorded durably before
+    /// its slot is freed, so the second is a safety net.)
     async fn reconcile(&self) -> Result<(), StoreError> {
         let reopened = self.store.reopened();
         if reopened == self.reconciled_at.load(Ordering::SeqCst) {
@@ -280,22 +294,13 @@ impl Supervisor {
                 }
                 (state, None) if state.has_worker() => {
                     tracing::warn!(job = id, "the reopened store lost the end of the job's run");
-                    self.store
-                        .update_job(id, move |v| {
-                            if v.state == JobState::Pausing {
-                                v.state = JobState::Paused;
-                                v.pending_reason = Some(PAUSED.into());
-                            } else if v.state.has_worker() {
-                                v.state = JobState::Queued;
-                                v.pending_reason = Some(
-                                    "requeued: the store lost the end of its last run after a \
-                                     failed write; resumes from its newest checkpoint"
-                                        .into(),
-                                );
-                            }
-                            Ok(())
-                        })
-                        .await?;
+                    self.requeue_orphan(
+                        id,
+                        "the store lost the end of its last run after a failed write",
+                        "requeued: the store lost the end of its last run after a failed \
+                         write; resumes from its newest checkpoint",
+                    )
+                    .await?;
                 }
                 _ => {}
             }

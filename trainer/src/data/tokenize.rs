@@ -181,12 +181,8 @@ fn untruncated(text: &TextPair, tok: &TokenizerInfo) -> std::result::Result<Untr
     check_prompts_agree(&chosen.prompt, &rejected.prompt)?;
     prompt_ids.truncate(chosen.prompt.len().min(rejected.prompt.len()));
 
-    if let Some(bos) = &tok.bos {
-        for ids in [&mut prompt_ids, &mut chosen.prompt, &mut rejected.prompt] {
-            if ids.first() != Some(&bos.id) {
-                ids.insert(0, bos.id);
-            }
-        }
+    for ids in [&mut prompt_ids, &mut chosen.prompt, &mut rejected.prompt] {
+        tok.prepend_bos(ids);
     }
     for ids in [&mut chosen.answer, &mut rejected.answer] {
         if ids.last() != Some(&tok.eos.id) {

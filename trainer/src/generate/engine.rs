@@ -203,11 +203,7 @@ impl Engine {
             None => prompt.to_string(),
         };
         let mut ids = self.tokenizer.encode(&text)?;
-        if let Some(bos) = &self.tokenizer.bos {
-            if ids.first() != Some(&bos.id) {
-                ids.insert(0, bos.id);
-            }
-        }
+        self.tokenizer.prepend_bos(&mut ids);
         Ok(ids)
     }
 
