@@ -2,7 +2,8 @@
 //! the daemon's error body. `orpoctl` and the end-to-end tests use it.
 //!
 //! Long answers are handed over as streams rather than read whole: [`Client::follow_events`]
-//! parses the server-sent events of `GET /v1/jobs/{id}/events?follow=true`, and
+//! parses the server-sent events of `GET /v1/jobs/{id}/events?follow=true` ([`Client::generate`]
+//! those of `POST /v1/jobs/{id}/generate`), and
 //! [`Client::download_from`] returns the response of a (ranged) checkpoint download, so a caller
 //! can write it to disk chunk by chunk and show progress.
 
@@ -13,9 +14,9 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    CallerView, CheckpointView, CreatedToken, DatasetView, ErrorBody, EventView, GpusView,
-    HealthView, JobList, JobState, JobView, MetricRecord, NewNotify, NewToken, NewUser,
-    NotifyTestView, NotifyView, PlanView, SubmitJobRequest, TokenView, UserView,
+    CallerView, CheckpointView, CreatedToken, DatasetView, ErrorBody, EventView, GenerateEvent,
+    GenerateRequest, GpusView, HealthView, JobList, JobState, JobView, MetricRecord, NewNotify,
+    NewToken, NewUser, NotifyTestView, NotifyView, PlanView, SubmitJobRequest, TokenView, UserView,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -290,34 +291,20 @@ impl Client {
         if let Some(s) = since {
             req = req.query(&[("since", s)]);
         }
-        let resp = check(req.send().await?).await?;
-        let bytes = resp.bytes_stream();
-        // SSE frames end with a blank line; a frame can span chunks, so bytes are buffered
-        // until one is complete. Only `data:` lines matter: each carries one EventView.
-        let events = futures_util::stream::unfold(
-            (bytes, Vec::<u8>::new(), std::collections::VecDeque::new()),
-            |(mut bytes, mut buf, mut ready)| async move {
-                loop {
-                    if let Some(item) = ready.pop_front() {
-                        return Some((item, (bytes, buf, ready)));
-                    }
-                    match bytes.next().await {
-                        Some(Ok(chunk)) => {
-                            buf.extend_from_slice(&chunk);
-                            while let Some(end) = frame_end(&buf) {
-                                let frame: Vec<u8> = buf.drain(..end).collect();
-                                if let Some(ev) = parse_frame(&frame) {
-                                    ready.push_back(ev);
-                                }
-                            }
-                        }
-                        Some(Err(e)) => return Some((Err(e.into()), (bytes, buf, ready))),
-                        None => return None,
-                    }
-                }
-            },
-        );
-        Ok(Box::pin(events))
+        Ok(sse_stream(check(req.send().await?).await?))
+    }
+
+    /// Answers from a job's checkpoint (`POST /v1/jobs/{id}/generate`): its events as they
+    /// come; the stream ends after `done` or `error`. Dropping it stops the daemon's worker.
+    pub async fn generate(
+        &self,
+        id: u64,
+        req: &GenerateRequest,
+    ) -> Result<impl Stream<Item = Result<GenerateEvent>> + Unpin> {
+        let url = self.url(&format!("/v1/jobs/{id}/generate"));
+        Ok(sse_stream(
+            check(self.http.post(url).json(req).send().await?).await?,
+        ))
     }
 
     pub async fn checkpoints(&self, id: u64) -> Result<Vec<CheckpointView>> {
@@ -490,8 +477,41 @@ fn frame_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
+/// The server-sent events of `resp`, each frame's `data` read as a `T`.
+fn sse_stream<T: DeserializeOwned + 'static>(
+    resp: reqwest::Response,
+) -> impl Stream<Item = Result<T>> + Unpin {
+    let bytes = resp.bytes_stream();
+    // SSE frames end with a blank line; a frame can span chunks, so bytes are buffered until
+    // one is complete. Only `data:` lines matter: each frame's carries one `T`.
+    let events = futures_util::stream::unfold(
+        (bytes, Vec::<u8>::new(), std::collections::VecDeque::new()),
+        |(mut bytes, mut buf, mut ready)| async move {
+            loop {
+                if let Some(item) = ready.pop_front() {
+                    return Some((item, (bytes, buf, ready)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => {
+                        buf.extend_from_slice(&chunk);
+                        while let Some(end) = frame_end(&buf) {
+                            let frame: Vec<u8> = buf.drain(..end).collect();
+                            if let Some(ev) = parse_frame(&frame) {
+                                ready.push_back(ev);
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Some((Err(e.into()), (bytes, buf, ready))),
+                    None => return None,
+                }
+            }
+        },
+    );
+    Box::pin(events)
+}
+
 /// The event in one SSE frame (its `data:` lines joined), if it has one.
-fn parse_frame(frame: &[u8]) -> Option<Result<EventView>> {
+fn parse_frame<T: DeserializeOwned>(frame: &[u8]) -> Option<Result<T>> {
     let text = String::from_utf8_lossy(frame);
     let data: Vec<&str> = text
         .lines()

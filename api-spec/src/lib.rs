@@ -7,6 +7,7 @@
 //! - [`jobs`]: `SubmitJobRequest`, `JobView` and its parts, events, metrics, checkpoints.
 //! - [`datasets`]: uploaded JSONL data, named by sha256.
 //! - [`gpus`]: devices and placement (`/v1/gpus`, `/v1/plan`).
+//! - [`generate`]: answers from a job's checkpoint (`/v1/jobs/{id}/generate`).
 //! - [`health`]: the `/healthz` answer.
 //! - [`users`]: users and API tokens (`/v1/me`, `/v1/users`, `/v1/tokens`).
 //! - [`notify`]: webhook endpoints told when a job ends (`/v1/notify`).
@@ -19,6 +20,7 @@
 
 pub mod datasets;
 pub mod error;
+pub mod generate;
 pub mod gpus;
 pub mod health;
 pub mod jobs;
@@ -35,6 +37,7 @@ pub use datasets::{
     DatasetView, PreferenceRow, TextRow, DATASET_REF_PREFIX, SERVER_DATA_PREFIX,
 };
 pub use error::{ErrorBody, ErrorDetail};
+pub use generate::{GenerateEvent, GenerateRequest};
 pub use gpus::{DeviceView, EstimateView, GpusView, PlanView, ProcessView};
 pub use health::HealthView;
 pub use jobs::{

@@ -121,6 +121,37 @@ pub enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Ask a job's checkpoint (the newest, or --checkpoint) and print its answers as they come
+    Generate {
+        id: u64,
+        /// The prompts, each answered on its own in the model's chat template
+        #[arg(required = true)]
+        prompt: Vec<String>,
+        /// `step-N` or `final`
+        #[arg(long, short)]
+        checkpoint: Option<String>,
+        /// Answer with the job's base model too and print the two side by side
+        #[arg(long)]
+        compare_base: bool,
+        /// The most new tokens per answer
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Sample at this temperature (0 or none: greedy)
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Sample only from the smallest set of tokens whose probabilities add up to P
+        #[arg(long)]
+        top_p: Option<f64>,
+        /// Sample only from the K most likely tokens
+        #[arg(long)]
+        top_k: Option<usize>,
+        /// Seed of the sampler
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print every event of the answer stream as one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// The devices jobs run on, their memory and jobs
     Gpus {
         #[arg(long)]

@@ -235,8 +235,14 @@ pub struct GenerateArgs {
     pub model: PathBuf,
     /// The user's message, put in the model's chat template (repeat for several prompts,
     /// answered in turn).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "prompts_stdin")]
     pub prompt: Vec<String>,
+    /// Read the prompts from stdin, as a JSON array of strings, instead of --prompt.
+    #[arg(long, conflicts_with = "prompt")]
+    pub prompts_stdin: bool,
+    /// Answer each prompt with the base model alone first, then with the checkpoint.
+    #[arg(long)]
+    pub compare_base: bool,
     /// The most new tokens per answer.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,
@@ -265,6 +271,10 @@ pub struct GenerateArgs {
     /// time to first token, tokens per second) instead of the streamed text.
     #[arg(long)]
     pub json: bool,
+    /// Print the token and answer events of the daemon's generate stream as JSON lines (what
+    /// the daemon's generation worker writes).
+    #[arg(long, conflicts_with = "json")]
+    pub events: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

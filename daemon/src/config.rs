@@ -104,6 +104,12 @@ pub struct ServeConfig {
     pub notify_wait_after_s: u64,
     /// Tries after the first when an endpoint fails, 1 s apart and doubling. Default 5.
     pub notify_retries: u32,
+    /// Most generation requests (`POST /v1/jobs/{id}/generate`) with a worker at once; more
+    /// wait. They need memory like a job but take no `max_running` slot. Default 2.
+    pub max_generations: usize,
+    /// Seconds a generation request may wait for memory or a slot before it is refused.
+    /// Default 600.
+    pub generate_wait_s: u64,
 }
 
 impl Default for ServeConfig {
@@ -138,6 +144,8 @@ impl Default for ServeConfig {
             max_keep_checkpoints: 10,
             min_save_every: 10,
             notify_allow: Vec::new(),
+            max_generations: 2,
+            generate_wait_s: 600,
             notify_wait_after_s: 3600,
             notify_retries: 5,
         }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use orpo_api::{JobState, JobView};
+use orpo_api::{GenerateEvent, JobState, JobView};
 
 use crate::Setup;
 
@@ -328,4 +328,73 @@ async fn pause_resume_and_cancel() {
     assert!(!dir.exists(), "the job's folder is gone");
     let out = s.run(&["status", "1"]).expect(1);
     assert!(out.stderr.contains("not found"), "{out:#?}");
+}
+
+#[tokio::test]
+async fn generate_streams_the_answer_and_puts_the_base_beside_it() {
+    let s = Setup::new().await;
+    let job = s.job_file("gen", 8, "max_steps = 2\nsave_every = 1");
+    s.run(&["submit", job.to_str().unwrap()]).expect(0);
+    s.d.wait_state(1, JobState::Succeeded, Duration::from_secs(60))
+        .await;
+    let ask = ["generate", "1", "Hi there", "--max-new-tokens", "6"];
+
+    // --json: every event of the stream, one per line.
+    let out = s
+        .run(&[&ask[..], &["--checkpoint", "step-1", "--json"]].concat())
+        .expect(0);
+    let events: Vec<GenerateEvent> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        matches!(&events[0], GenerateEvent::Started { checkpoint, .. } if checkpoint == "step-1"),
+        "{events:?}"
+    );
+    assert_eq!(events.last(), Some(&GenerateEvent::Done {}));
+    let answer = events
+        .iter()
+        .find_map(|e| match e {
+            GenerateEvent::Answer { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .unwrap();
+
+    // Plain: the answer alone on stdout, where it runs on stderr.
+    let out = s
+        .run(&[&ask[..], &["--checkpoint", "step-1"]].concat())
+        .expect(0);
+    assert_eq!(out.stdout, format!("{answer}\n"), "{out:#?}");
+    assert!(
+        out.stderr.contains("answering with job 1's step-1 on cpu"),
+        "{out:#?}"
+    );
+
+    // --compare-base: the base's answer and the newest checkpoint's, side by side (100
+    // columns when stdout is not a terminal).
+    let out = s.run(&[&ask[..], &["--compare-base"]].concat()).expect(0);
+    let mut lines = out.stdout.lines();
+    let titles = lines.next().unwrap();
+    assert!(
+        titles.starts_with("base ") && titles.ends_with(" │ final"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(titles.find('│'), Some(49), "{}", out.stdout);
+    assert!(lines.next().unwrap().starts_with("────"));
+
+    // Refusals name the problem.
+    let out = s
+        .run(&["generate", "1", "hi", "--checkpoint", "step-9"])
+        .expect(1);
+    assert!(
+        out.stderr.contains("job 1 has no checkpoint \"step-9\""),
+        "{out:#?}"
+    );
+    let out = s.run(&["generate", "1", "hi", "--top-p", "2"]).expect(1);
+    assert!(
+        out.stderr.contains("top_p must be in (0, 1], not 2"),
+        "{out:#?}"
+    );
 }

@@ -2,7 +2,8 @@
 //! processes on port 0, every verb, with the exit code, stdout and stderr a user would see.
 //!
 //! - `jobs`: submit (uploads, dedup by sha256, --watch, --json), list, status, metrics, logs,
-//!   checkpoints, download (and resuming a broken one), cancel, pause, resume.
+//!   checkpoints, download (and resuming a broken one), generate (streamed, beside the base),
+//!   cancel, pause, resume.
 //! - `errors`: bad job files (exit 2, line and column), unknown jobs, a server that is down,
 //!   where the server and token come from.
 //! - `devices`: gpus, plan, completions, and the daemon's dataset lookup route.

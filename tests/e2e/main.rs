@@ -5,6 +5,8 @@
 //!   wait, `/v1/gpus`, `/v1/plan`, the measured peak beside the estimate.
 //! - `jobs`: a job's life on the tiny model (submit, view, metrics, events, checkpoints,
 //!   download with Range, list filters and cursors), cancel.
+//! - `generate`: a checkpoint's answers beside its base's from a worker process, the same
+//!   tokens as `orpod generate`; bad requests; a request that does not fit waits, then gives up.
 //! - `pause`: pause checkpoints and frees the slot; resume continues from the checkpoint.
 //! - `recovery`: kill -9 of the daemon mid-training, SIGTERM shutdown, 10,000 stored jobs.
 //! - `diskfull`: the state folder on a full tmpfs: new work refused clearly, nothing lost.
@@ -25,6 +27,7 @@ mod admission;
 mod diskfull;
 mod edges;
 mod errors;
+mod generate;
 mod jobs;
 mod notify;
 mod openapi;

@@ -1,6 +1,7 @@
 //! One module per verb group (`users` has `whoami`, `user` and `token`); [`run`] resolves the settings and dispatches.
 
 pub mod checkpoints;
+pub mod generate;
 pub mod gpus;
 pub mod jobs;
 pub mod notify;
@@ -52,6 +53,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             checkpoint,
             output,
         } => checkpoints::download(&conn, id, checkpoint.as_deref(), &output).await,
+        Command::Generate {
+            id,
+            prompt,
+            checkpoint,
+            compare_base,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            json,
+        } => {
+            let req = orpo_api::GenerateRequest {
+                prompts: prompt,
+                checkpoint,
+                compare_base,
+                max_new_tokens: Some(max_new_tokens),
+                temperature,
+                top_k,
+                top_p,
+                seed,
+            };
+            generate::generate(&conn, id, &req, json).await
+        }
         Command::Gpus { json } => gpus::gpus(&conn, json).await,
         Command::Whoami { json } => users::whoami(&conn, json).await,
         Command::User(UserCommand::Add { name, admin }) => {

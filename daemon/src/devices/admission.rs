@@ -28,9 +28,9 @@ pub struct DeviceState {
     pub reading: DeviceReading,
     /// Whether jobs may be placed here (GPUs of a non-CUDA build do not take jobs).
     pub takes_jobs: bool,
-    /// `(job id, bytes)` still promised to this daemon's jobs running here: estimate less what
-    /// the worker holds now.
-    pub promised: Vec<(u64, u64)>,
+    /// `(what, bytes)` still promised to this daemon's workers here (`job 3`, `generation 2`):
+    /// estimate less what the worker holds now.
+    pub promised: Vec<(String, u64)>,
     /// Pids of this daemon's workers, told apart from other people's processes in reasons.
     pub our_pids: Vec<u32>,
 }
@@ -114,7 +114,7 @@ pub fn admit(
             .min_by_key(|&d| devices[d].available_bytes(policy));
         match best {
             Some(d) => {
-                devices[d].promised.push((job.id, need));
+                devices[d].promised.push((format!("job {}", job.id), need));
                 running += 1;
                 out.push(Decision::Start {
                     id: job.id,
@@ -176,9 +176,9 @@ fn shortfall(need: u64, eligible: &[usize], devices: &[DeviceState], policy: &Po
         let mut s = format!("{}: {} free", r.device, gib(r.free_bytes));
         let promised = d.promised_bytes();
         if promised > 0 {
-            let ids: Vec<String> = d.promised.iter().map(|(id, _)| id.to_string()).collect();
+            let ids: Vec<&str> = d.promised.iter().map(|(what, _)| what.as_str()).collect();
             s.push_str(&format!(
-                ", {} of it promised to job {} still loading",
+                ", {} of it promised to {} still loading",
                 gib(promised),
                 ids.join(", ")
             ));

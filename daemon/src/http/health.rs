@@ -54,6 +54,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
     let store = state.store.clone();
     let running = state.supervisor.running();
     let panics = state.supervisor.scheduler_panics();
+    let generations = state.supervisor.generations_running();
     let text = web::block(move || -> Result<String, ApiError> {
         let mut by_state: BTreeMap<&str, u64> =
             JobState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
@@ -89,6 +90,12 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         );
         let _ = writeln!(out, "# TYPE orpod_event_followers gauge");
         let _ = writeln!(out, "orpod_event_followers {}", events::follower_count());
+        let _ = writeln!(
+            out,
+            "# HELP orpod_generations_running Generation requests with a worker process."
+        );
+        let _ = writeln!(out, "# TYPE orpod_generations_running gauge");
+        let _ = writeln!(out, "orpod_generations_running {generations}");
         let mut gauges = [
             (
                 "orpod_job_step",

@@ -5,6 +5,7 @@ pub mod checkpoints;
 pub mod datasets;
 pub mod error;
 pub mod events;
+pub mod generate;
 pub mod gpus;
 pub mod health;
 pub mod jobs;
@@ -45,6 +46,7 @@ pub struct AppState {
         jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::pause, jobs::resume,
         events::metrics, events::events,
         checkpoints::list, checkpoints::download,
+        generate::generate,
         datasets::upload, datasets::get, datasets::delete,
         gpus::gpus, gpus::plan,
         users::me, users::list_users, users::add_user, users::remove_user, users::create_token, users::list_tokens,
@@ -118,6 +120,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/jobs/{id}/resume", "POST").route(web::post().to(jobs::resume)))
     .service(resource("/v1/jobs/{id}/metrics", "GET").route(web::get().to(events::metrics)))
     .service(resource("/v1/jobs/{id}/events", "GET").route(web::get().to(events::events)))
+    .service(resource("/v1/jobs/{id}/generate", "POST").route(web::post().to(generate::generate)))
     .service(resource("/v1/jobs/{id}/checkpoints", "GET").route(web::get().to(checkpoints::list)))
     .service(
         resource("/v1/jobs/{id}/checkpoints/{name}/files/{file}", "GET")

@@ -35,32 +35,34 @@ impl Supervisor {
         }
     }
 
-    /// Every device with the memory promised to this daemon's running jobs: each job's estimate
-    /// less what its worker holds now (a job still loading has not taken its memory yet).
+    /// Every device with the memory promised to this daemon's workers (running jobs and
+    /// generation requests): each one's estimate less what its process holds now (one still
+    /// loading has not taken its memory yet).
     pub fn device_states(&self) -> anyhow::Result<Vec<DeviceState>> {
         let readings = self.devices.read()?;
-        let running: Vec<(u64, Option<u32>, String, u64)> = self
+        let mut workers: Vec<(String, Option<u32>, String, u64)> = self
             .slots()
             .iter()
-            .filter_map(|(id, s)| Some((*id, s.pid, s.device.clone()?, s.estimate)))
+            .filter_map(|(id, s)| Some((format!("job {id}"), s.pid, s.device.clone()?, s.estimate)))
             .collect();
+        workers.extend(self.generation_workers());
         Ok(readings
             .into_iter()
             .map(|reading| {
-                let here = running.iter().filter(|(_, _, d, _)| *d == reading.device);
+                let here = workers.iter().filter(|(_, _, d, _)| *d == reading.device);
                 let promised = here
                     .clone()
-                    .map(|(id, pid, dev, est)| {
+                    .map(|(what, pid, dev, est)| {
                         let held = pid
                             .and_then(|p| self.devices.process_memory(dev, p))
                             .unwrap_or(0);
-                        (*id, est.saturating_sub(held))
+                        (what.clone(), est.saturating_sub(held))
                     })
                     .filter(|(_, b)| *b > 0)
                     .collect();
                 DeviceState {
                     takes_jobs: !reading.is_gpu() || self.devices.gpus_take_jobs(),
-                    our_pids: running.iter().filter_map(|(_, p, _, _)| *p).collect(),
+                    our_pids: workers.iter().filter_map(|(_, p, _, _)| *p).collect(),
                     promised,
                     reading,
                 }
@@ -181,6 +183,9 @@ impl Supervisor {
             self.config.max_running_per_user,
         );
         let candidates = candidates(&queued);
+        // Held until every start below has its slot, so a generation request admitted meanwhile
+        // sees the memory these jobs were promised.
+        let _admitting = self.admitting.lock().await;
         let devices = self.device_states()?;
         let running = self.slots().len();
         let mut decisions = admit(&candidates, &devices, running, &self.policy());

@@ -12,6 +12,7 @@
 mod admit;
 mod control;
 mod fair;
+pub mod generation;
 mod monitor;
 pub mod protocol;
 mod retention;
@@ -64,6 +65,14 @@ pub struct Supervisor {
     /// The store's reopen count the jobs were last checked against the workers at
     /// ([`Supervisor::reconcile`]).
     reconciled_at: std::sync::atomic::AtomicU64,
+    /// Taken while admission decides and records a start (a scheduling round's, or a
+    /// generation request's), so two decisions never promise the same memory.
+    admitting: tokio::sync::Mutex<()>,
+    /// Generation requests with a worker (or being started), by request number.
+    generations: Mutex<HashMap<u64, generation::GenerationSlot>>,
+    /// The last request number given, and the requests waiting or running now.
+    generation_seq: std::sync::atomic::AtomicU64,
+    generation_requests: std::sync::atomic::AtomicUsize,
 }
 
 /// The scheduler loop's last signs of life.
@@ -105,6 +114,10 @@ impl Supervisor {
             }),
             last_start: Mutex::new((0, HashMap::new())),
             reconciled_at: Default::default(),
+            admitting: tokio::sync::Mutex::new(()),
+            generations: Mutex::new(HashMap::new()),
+            generation_seq: Default::default(),
+            generation_requests: Default::default(),
             config,
         })
     }

@@ -66,12 +66,27 @@ pub fn spawn_worker(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
+    tie_to_daemon(&mut cmd, libc::SIGTERM, nice);
+    let child = tokio::process::Command::from(cmd)
+        .spawn()
+        .with_context(|| format!("starting {} worker", exe.display()))?;
+    Ok(child)
+}
+
+/// Makes `cmd`'s process get `death_signal` when the daemon dies (PR_SET_PDEATHSIG; see
+/// [`spawn_worker`] on which thread must spawn it), exit at once if the daemon died before
+/// that took effect, and run at niceness `nice`.
+pub fn tie_to_daemon(
+    cmd: &mut std::process::Command,
+    death_signal: libc::c_int,
+    nice: Option<i32>,
+) {
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe libc
     // functions (prctl, getppid, setpriority, _exit); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, death_signal) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             // The daemon may have died before prctl took effect.
@@ -84,24 +99,24 @@ pub fn spawn_worker(
             Ok(())
         });
     }
-    let child = tokio::process::Command::from(cmd)
-        .spawn()
-        .with_context(|| format!("starting {} worker", exe.display()))?;
-    Ok(child)
+}
+
+/// The daemon's environment for a child, less systemd's notify variables (a worker must not
+/// tell systemd anything, nor inherit its watchdog), with CUDA's device N as NVML's index N,
+/// the one admission placed the work on.
+pub fn worker_env(cmd: &mut std::process::Command) {
+    cmd.env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
+    for var in crate::sdnotify::ENV_VARS {
+        cmd.env_remove(var);
+    }
 }
 
 /// `<exe> worker --job-dir DIR` and its environment: the daemon's, less systemd's notify
 /// variables (a worker must not tell systemd anything, nor inherit its watchdog).
 fn worker_command(exe: &Path, dir: &Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("worker")
-        .arg("--job-dir")
-        .arg(dir)
-        // CUDA's device N is then NVML's index N, the one admission placed the job on.
-        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID");
-    for var in crate::sdnotify::ENV_VARS {
-        cmd.env_remove(var);
-    }
+    cmd.arg("worker").arg("--job-dir").arg(dir);
+    worker_env(&mut cmd);
     cmd
 }
 

@@ -293,6 +293,58 @@ impl Engine {
     }
 }
 
+/// The peak bytes of a generation process (`orpod generate`) for `cfg` in `dtype_bytes` per
+/// value, answering with up to `tokens` positions (prompt and answer): what the daemon admits a
+/// generation request on.
+///
+/// Counted: the base loaded dense and the merged copy [`Engine::new`] builds from it, both
+/// held while the engine is made (with no adapter the engine shares the base's tensors, so
+/// this is an upper bound); candle-transformers' KV cache and its rotary tables; the prompt's
+/// forward pass (one layer's MLP activations and its f32 attention scores, `heads x t x t`,
+/// with their softmax and mask); the f32 logits of one position; the process overhead.
+pub fn estimate_bytes(cfg: &ModelConfig, dtype_bytes: u64, tokens: u64, cuda: bool) -> Result<u64> {
+    cfg.check_values()
+        .map_err(|m| Error::Config(format!("model config: {m}")))?;
+    let overflow = || {
+        Error::Config(format!(
+            "the generation estimate overflows for {tokens} positions on this model"
+        ))
+    };
+    let mul = |factors: &[u64]| -> Result<u64> {
+        factors
+            .iter()
+            .try_fold(1u64, |acc, &f| acc.checked_mul(f))
+            .ok_or_else(overflow)
+    };
+    let values: u64 = crate::model::expected_weights(cfg)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+        .sum();
+    let (layers, heads, kv_heads, head_dim) = (
+        cfg.num_hidden_layers as u64,
+        cfg.num_attention_heads as u64,
+        cfg.num_key_value_heads as u64,
+        cfg.head_dim as u64,
+    );
+    let parts = [
+        mul(&[2, values, dtype_bytes])?,
+        mul(&[layers, 2, kv_heads, head_dim, tokens, dtype_bytes])?,
+        mul(&[2, cfg.max_position_embeddings as u64, head_dim, 4])?,
+        mul(&[3, heads, tokens, tokens, 4])?,
+        mul(&[3, tokens, cfg.intermediate_size as u64, 4])?,
+        mul(&[2, cfg.vocab_size as u64, 4])?,
+        if cuda {
+            crate::estimate::CUDA_OVERHEAD
+        } else {
+            crate::estimate::CPU_OVERHEAD
+        },
+    ];
+    parts
+        .iter()
+        .try_fold(0u64, |acc, &p| acc.checked_add(p))
+        .ok_or_else(overflow)
+}
+
 /// EOS, and the end-of-turn tokens of ChatML and Llama 3 where the vocabulary has them (what
 /// the `Modelfile` gives Ollama as stop words).
 fn stop_ids(tok: &TokenizerInfo) -> Vec<u32> {

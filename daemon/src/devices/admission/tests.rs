@@ -201,7 +201,7 @@ fn a_job_larger_than_any_card_is_told_so() {
 fn memory_promised_to_a_loading_job_and_our_own_workers() {
     let mut d = devices(TWO_GPUS);
     // Job 9 started on cuda:1 with an 8 GiB estimate and holds 3 GiB so far: 5 GiB more will go.
-    d[1].promised.push((9, 5 * GIB));
+    d[1].promised.push(("job 9".into(), 5 * GIB));
     // Our worker shows up among cuda:0's processes; it is not "other people's".
     d[0].our_pids.push(5151);
     let out = admit(&[job(1, 7.0, "auto")], &d, 1, &policy(0.5, true));
