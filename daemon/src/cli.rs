@@ -264,6 +264,9 @@ pub struct GenerateArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The weights' dtype while answering: auto (bf16 on CUDA, f32 on the CPU), f32, f16, bf16.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub dtype: DtypeArg,
     /// Re-run the whole sequence for each token instead of using the KV cache (a check).
     #[arg(long)]
     pub no_kv_cache: bool,
@@ -275,6 +278,25 @@ pub struct GenerateArgs {
     /// the daemon's generation worker writes).
     #[arg(long, conflicts_with = "json")]
     pub events: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DtypeArg {
+    Auto,
+    F32,
+    F16,
+    Bf16,
+}
+
+impl From<DtypeArg> for orpo_api::spec::Dtype {
+    fn from(d: DtypeArg) -> Self {
+        match d {
+            DtypeArg::Auto => Self::Auto,
+            DtypeArg::F32 => Self::F32,
+            DtypeArg::F16 => Self::F16,
+            DtypeArg::Bf16 => Self::Bf16,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

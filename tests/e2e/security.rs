@@ -86,6 +86,7 @@ fn routes(job: u64, sha: &str) -> Vec<(&'static str, String)> {
             "GET",
             format!("/v1/jobs/{job}/checkpoints/final/files/adapter_config.json"),
         ),
+        ("POST", format!("/v1/jobs/{job}/generate")),
         ("POST", "/v1/datasets".into()),
         ("GET", format!("/v1/datasets/{sha}")),
         ("DELETE", format!("/v1/datasets/{sha}")),
@@ -199,8 +200,12 @@ async fn tokens_users_and_other_peoples_jobs() {
         ("POST", format!("/v1/jobs/{}/pause", job.id)),
         ("POST", format!("/v1/jobs/{}/resume", job.id)),
         ("DELETE", format!("/v1/jobs/{}", job.id)),
+        ("POST", format!("/v1/jobs/{}/generate", job.id)),
     ] {
-        let (s, text) = call(&d, method, &path, Some(&bob_t), None).await;
+        let body = path
+            .ends_with("/generate")
+            .then(|| serde_json::json!({"prompts": ["what does alice train?"]}));
+        let (s, text) = call(&d, method, &path, Some(&bob_t), body).await;
         assert_eq!(s, 403, "{method} {path}: {text}");
         let e = error(&text);
         assert!(

@@ -57,7 +57,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         );
     }
     let device = train::select_device(&args.device)?;
-    let dtype = train::select_dtype(orpo_api::spec::Dtype::Auto, &device);
+    let dtype = train::select_dtype(args.dtype.into(), &device);
     let base = model::load_base(&base_path, dtype, &device, Quantize::None)
         .with_context(|| format!("loading {}", base_path.display()))?;
     let adapter = adapter_dir
