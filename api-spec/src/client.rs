@@ -307,6 +307,30 @@ impl Client {
         ))
     }
 
+    /// The SVG chart of one metric of a job (`learning_rate`, `grad_norm`, or a TRL name such
+    /// as `rewards/accuracies`, whose slash is percent-encoded in the path).
+    pub async fn chart(&self, id: u64, metric: &str) -> Result<String> {
+        let mut url =
+            reqwest::Url::parse(&self.url(&format!("/v1/jobs/{id}/charts"))).map_err(|e| {
+                ClientError::Api {
+                    status: 0,
+                    code: "bad_url".into(),
+                    message: format!("the server address does not make a URL: {e}"),
+                }
+            })?;
+        url.path_segments_mut()
+            .map_err(|()| ClientError::Api {
+                status: 0,
+                code: "bad_url".into(),
+                message: "the server address cannot take a path".into(),
+            })?
+            .push(&format!("{metric}.svg"));
+        Ok(check(self.http.get(url).send().await?)
+            .await?
+            .text()
+            .await?)
+    }
+
     pub async fn checkpoints(&self, id: u64) -> Result<Vec<CheckpointView>> {
         let url = self.url(&format!("/v1/jobs/{id}/checkpoints"));
         decode(self.http.get(url).send().await?).await

@@ -121,6 +121,16 @@ pub enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Draw one metric of a job against the step as an SVG chart
+    Chart {
+        id: u64,
+        /// `loss`, `nll_loss`, `rewards/accuracies`, `rewards/margins`, `log_odds_ratio`,
+        /// `logps/chosen`, `learning_rate`, `grad_norm`, ... (eval points are marked)
+        metric: String,
+        /// Write the SVG here (default: stdout, when it is not a terminal)
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Ask a job's checkpoint (the newest, or --checkpoint) and print its answers as they come
     Generate {
         id: u64,

@@ -14,10 +14,12 @@
 //! - [`limits`]: what one user may ask of a shared daemon, checked at submit.
 //! - [`http`]: the v1 API routes, the one error mapping, the OpenAPI document.
 //! - [`checkpoints`]: a job's checkpoint folders as the API lists them.
+//! - [`charts`]: metric charts as SVG (plotters).
 //! - [`disk`]: free space on the state folder, checked before anything a client sends is kept.
 //! - [`sdnotify`]: systemd's readiness, watchdog and stopping notifications (`Type=notify`).
 
 pub mod auth;
+pub mod charts;
 pub mod checkpoints;
 pub mod cli;
 pub mod commands;

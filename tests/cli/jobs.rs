@@ -384,6 +384,25 @@ async fn generate_streams_the_answer_and_puts_the_base_beside_it() {
     assert_eq!(titles.find('│'), Some(49), "{}", out.stdout);
     assert!(lines.next().unwrap().starts_with("────"));
 
+    // A chart of the run, to a file and to a pipe.
+    let svg = s.tmp.path().join("loss.svg");
+    let out = s
+        .run(&["chart", "1", "loss", "-o", svg.to_str().unwrap()])
+        .expect(0);
+    assert!(
+        out.stderr.starts_with("wrote loss of job 1 to "),
+        "{out:#?}"
+    );
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(drawn.starts_with("<svg") && drawn.contains("job 1 (gen): loss"));
+    let out = s.run(&["chart", "1", "rewards/margins"]).expect(0);
+    assert!(out.stdout.starts_with("<svg"), "{out:#?}");
+    let out = s.run(&["chart", "1", "nope"]).expect(1);
+    assert!(
+        out.stderr.contains("has no points of \"nope\"; it has: "),
+        "{out:#?}"
+    );
+
     // Refusals name the problem.
     let out = s
         .run(&["generate", "1", "hi", "--checkpoint", "step-9"])

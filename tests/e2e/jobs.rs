@@ -76,6 +76,38 @@ async fn lifecycle_submit_train_succeed_and_read_everything_back() {
     assert_eq!(body.matches("\ndata: ").count(), events.len(), "{body}");
     assert!(body.contains("event: state"));
 
+    // Charts: SVG drawn by the daemon, one metric against the step; a slash in a TRL name
+    // travels percent-encoded; a metric without points is named with those the job has.
+    let loss = d.client.chart(job.id, "loss").await.unwrap();
+    assert!(
+        loss.starts_with("<svg") && loss.contains("<polyline"),
+        "{loss}"
+    );
+    assert!(
+        loss.contains(&format!("job {} (tiny): loss", job.id)),
+        "{loss}"
+    );
+    let acc = d.client.chart(job.id, "rewards/accuracies").await.unwrap();
+    assert!(acc.contains("rewards/accuracies"), "{acc}");
+    let url = d
+        .client
+        .url(&format!("/v1/jobs/{}/charts/grad_norm.svg", job.id));
+    let resp = d.client.http().get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/svg+xml");
+    assert!(resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .starts_with("default-src 'none'"));
+    let err = d.client.chart(job.id, "eval_nothing").await.unwrap_err();
+    assert_eq!(err.code(), Some("not_found"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("has no points of \"eval_nothing\"; it has: ")
+            && err.to_string().contains("loss, nll_loss"),
+        "{err}"
+    );
+
     let ckpts = d.client.checkpoints(job.id).await.unwrap();
     let names: Vec<&str> = ckpts.iter().map(|c| c.name.as_str()).collect();
     assert!(

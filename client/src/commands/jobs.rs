@@ -1,4 +1,4 @@
-//! `orpoctl list | status | metrics | cancel | pause | resume`: reading jobs and changing their
+//! `orpoctl list | status | metrics | chart | cancel | pause | resume`: reading jobs and changing their
 //! state. The renderers are pure functions of the views (and the clock), so their output is
 //! pinned by the tests below.
 
@@ -236,6 +236,33 @@ fn metric_lines(m: &MetricRecord) -> String {
         ));
     }
     out
+}
+
+/// `orpoctl chart ID METRIC [-o FILE]`: the daemon's SVG chart, to a file or a pipe.
+pub async fn chart(
+    conn: &Conn,
+    id: u64,
+    metric: &str,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<Outcome> {
+    use std::io::IsTerminal as _;
+    if output.is_none() && std::io::stdout().is_terminal() {
+        anyhow::bail!("give -o FILE.svg: an SVG printed on a terminal is no chart");
+    }
+    let svg = conn.client.chart(id, metric).await.or_explain(conn)?;
+    match output {
+        Some(path) => {
+            std::fs::write(path, &svg)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            eprintln!(
+                "wrote {} of job {id} to {}",
+                display::escape(metric),
+                path.display()
+            );
+        }
+        None => print!("{svg}"),
+    }
+    Ok(Outcome::Ok)
 }
 
 pub async fn metrics(conn: &Conn, id: u64, last: usize, json: bool) -> anyhow::Result<Outcome> {

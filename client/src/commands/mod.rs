@@ -77,6 +77,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
             };
             generate::generate(&conn, id, &req, json).await
         }
+        Command::Chart { id, metric, output } => {
+            jobs::chart(&conn, id, &metric, output.as_deref()).await
+        }
         Command::Gpus { json } => gpus::gpus(&conn, json).await,
         Command::Whoami { json } => users::whoami(&conn, json).await,
         Command::User(UserCommand::Add { name, admin }) => {

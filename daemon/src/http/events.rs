@@ -1,5 +1,6 @@
 //! A job's history: per-step metric records and the event log, the latter also as a live
-//! server-sent-event stream (`orpoctl metrics | logs [-f] | watch`).
+//! server-sent-event stream (`orpoctl metrics | logs [-f] | watch`), and the metrics as SVG
+//! charts (`orpoctl chart`).
 //!
 //! Followers are counted and capped per job and in all (`max_followers_per_job`,
 //! `max_followers`). A client that closes its connection ends its stream at once (the server
@@ -22,6 +23,7 @@ use super::error::ApiError;
 use super::jobs::owned_job;
 use super::AppState;
 use crate::auth::Caller;
+use crate::charts;
 use crate::config::ServeConfig;
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -50,6 +52,50 @@ pub async fn metrics(
         q.since.unwrap_or(0),
         usize::MAX,
     )?))
+}
+
+/// Chart of a metric
+///
+/// One metric of the job against the optimizer step as an SVG image (720 x 400): training
+/// records as a line, evaluation records (`eval_<metric>`) as dots. `metric` is a TRL name
+/// (`loss`, `rewards/accuracies` with its slash percent-encoded, ...), `learning_rate` or
+/// `grad_norm`; a metric the job has no points of is a 404 that lists those it has.
+#[utoipa::path(get, path = "/v1/jobs/{id}/charts/{metric}.svg", tag = "jobs", operation_id = "job_chart",
+    params(("id" = u64, Path, description = "Job id", maximum = 18446744073709551615u64),
+        ("metric" = String, Path, description = "Metric name, e.g. `loss` or `rewards%2Faccuracies`")),
+    responses((status = 200, description = "The chart", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Bad id", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn chart(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<(u64, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, metric) = path.into_inner();
+    let job = owned_job(&state, &caller, id, "chart its metrics")?;
+    let store = state.store.clone();
+    let svg = web::block(move || -> Result<String, ApiError> {
+        let records = store.metrics(id, 0, usize::MAX)?;
+        let series = charts::Series::of(format!("job {id}"), &metric, &records);
+        if series.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "job {id} has no points of {metric:?}; it has: {}",
+                charts::metric_names(&records).join(", ")
+            )));
+        }
+        let title = format!("job {id} ({}): {metric}", job.name);
+        charts::svg(&title, &metric, &[series]).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header(("Cache-Control", "no-cache"))
+        // An image, never a document that runs anything, even opened on its own.
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'",
+        ))
+        .body(svg))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -44,7 +44,7 @@ pub struct AppState {
     ),
     paths(
         jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::pause, jobs::resume,
-        events::metrics, events::events,
+        events::metrics, events::events, events::chart,
         checkpoints::list, checkpoints::download,
         generate::generate,
         datasets::upload, datasets::get, datasets::delete,
@@ -120,6 +120,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/jobs/{id}/resume", "POST").route(web::post().to(jobs::resume)))
     .service(resource("/v1/jobs/{id}/metrics", "GET").route(web::get().to(events::metrics)))
     .service(resource("/v1/jobs/{id}/events", "GET").route(web::get().to(events::events)))
+    .service(
+        resource("/v1/jobs/{id}/charts/{metric}.svg", "GET").route(web::get().to(events::chart)),
+    )
     .service(resource("/v1/jobs/{id}/generate", "POST").route(web::post().to(generate::generate)))
     .service(resource("/v1/jobs/{id}/checkpoints", "GET").route(web::get().to(checkpoints::list)))
     .service(
