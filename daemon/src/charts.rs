@@ -214,7 +214,7 @@ mod tests {
         let text = svg(
             "job 1 <script>alert(1)</script>: loss",
             "loss",
-            &[s.clone()],
+            std::slice::from_ref(&s),
         )
         .unwrap();
         assert!(text.starts_with("<svg"), "{}", &text[..80]);
