@@ -108,6 +108,8 @@ fn draw_on<'a>(
     series: &[Series],
     (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
 ) -> Result<(), Box<dyn std::error::Error + 'a>> {
+    let (x0, x1) = (x.start, x.end);
+    let y_span = y.end - y.start;
     let root = SVGBackend::with_string(out, SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -121,8 +123,13 @@ fn draw_on<'a>(
         .x_desc("step")
         .y_desc(metric)
         .light_line_style(RGBAColor(0, 0, 0, 0.03))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| short(*v))
+        // Steps are whole: a few steps get a tick each, never a label between two.
+        .x_labels(((x1 - x0).ceil() as usize + 1).min(10))
+        .x_label_formatter(&|v| match (v - v.round()).abs() < 1e-6 {
+            true => format!("{}", v.round()),
+            false => String::new(),
+        })
+        .y_label_formatter(&|v| short(*v, y_span))
         .draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
@@ -148,14 +155,24 @@ fn draw_on<'a>(
     Ok(())
 }
 
-/// An axis label: three significant digits, scientific outside 1e-3..1e5.
-fn short(v: f64) -> String {
+/// An axis label with the digits that tell ticks `span` apart: at most a few more than the
+/// span's own; scientific outside 1e-3..1e5.
+fn short(v: f64, span: f64) -> String {
     let a = v.abs();
+    // Digits below the span's leading one, so neighbouring ticks differ.
+    let below = |scale: f64| {
+        let step = (span / 10.0).max(f64::MIN_POSITIVE);
+        ((scale / step).log10().ceil() as i64).clamp(1, 8)
+    };
     if a != 0.0 && !(1e-3..1e5).contains(&a) {
-        format!("{v:.2e}")
+        format!("{v:.*e}", below(a) as usize)
     } else {
-        let text = format!("{v:.4}");
-        let text = text.trim_end_matches('0').trim_end_matches('.');
+        let decimals = (1 - span.max(f64::MIN_POSITIVE).log10().floor() as i64).clamp(0, 8);
+        let text = format!("{v:.*}", decimals as usize);
+        let text = match text.contains('.') {
+            true => text.trim_end_matches('0').trim_end_matches('.'),
+            false => &text,
+        };
         if text == "-0" {
             "0".into()
         } else {
@@ -241,11 +258,15 @@ mod tests {
     }
 
     #[test]
-    fn axis_labels_are_short() {
-        assert_eq!(short(0.5), "0.5");
-        assert_eq!(short(1.23456), "1.2346");
-        assert_eq!(short(2e-5), "2.00e-5");
-        assert_eq!(short(0.0), "0");
-        assert_eq!(short(-0.00001), "-1.00e-5");
+    fn axis_labels_have_the_digits_their_span_needs() {
+        assert_eq!(short(0.5, 1.0), "0.5");
+        assert_eq!(short(1.23456, 1.0), "1.2");
+        assert_eq!(short(1.23456, 0.001), "1.2346");
+        assert_eq!(short(150.0, 400.0), "150");
+        assert_eq!(short(0.0, 1.0), "0");
+        assert_eq!(short(2e-5, 1e-5), "2.00e-5");
+        // A learning rate decaying from 2e-4 by 1e-7: the ticks must differ.
+        assert_eq!(short(1.9998e-4, 2e-7), "1.9998e-4");
+        assert_eq!(short(-0.00001, 1e-5), "-1.0e-5");
     }
 }

@@ -20,6 +20,8 @@
 //! - `security`: tokens (missing, wrong, expired, revoked), other users' jobs and data sets,
 //!   owner spoofing, admin routes, traversal in path parameters, model paths outside the roots.
 //! - `sharing`: each per-user limit refuses with its name and value; fair turns between users.
+//! - `web`: the web page in headless Chromium: token, queue, a job named with HTML shown as
+//!   text, charts that grow while the job trains, pause / resume / cancel buttons, compare.
 //! - `systemd`: the unit file names the real binary and flags and passes `systemd-analyze
 //!   verify`; readiness, watchdog and stopping notifications, pings stop when the scheduler hangs.
 
@@ -38,6 +40,7 @@ mod security;
 mod sharing;
 mod stress;
 mod systemd;
+mod web;
 
 use std::path::{Path, PathBuf};
 

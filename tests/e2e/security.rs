@@ -82,6 +82,7 @@ fn routes(job: u64, sha: &str) -> Vec<(&'static str, String)> {
         ("GET", format!("/v1/jobs/{job}/events")),
         ("GET", format!("/v1/jobs/{job}/events?follow=true")),
         ("GET", format!("/v1/jobs/{job}/charts/loss.svg")),
+        ("GET", format!("/v1/charts/loss.svg?jobs={job}")),
         ("GET", format!("/v1/jobs/{job}/checkpoints")),
         (
             "GET",
@@ -190,6 +191,7 @@ async fn tokens_users_and_other_peoples_jobs() {
         ("GET", format!("/v1/jobs/{}/events", job.id)),
         ("GET", format!("/v1/jobs/{}/events?follow=true", job.id)),
         ("GET", format!("/v1/jobs/{}/charts/loss.svg", job.id)),
+        ("GET", format!("/v1/charts/loss.svg?jobs={}", job.id)),
         ("GET", format!("/v1/jobs/{}/checkpoints", job.id)),
         (
             "GET",

@@ -4,6 +4,7 @@
 //! The daemon runs as a separate process (not in-process) because the suite kills it with
 //! SIGKILL and SIGTERM, and its workers must see a real parent die.
 
+pub mod browser;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};

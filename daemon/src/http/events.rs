@@ -98,6 +98,85 @@ pub async fn chart(
         .body(svg))
 }
 
+/// The most jobs one compare chart overlays.
+pub const MAX_COMPARED: usize = 8;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CompareQuery {
+    /// Job ids, comma-separated (at most 8).
+    #[param(pattern = "^[0-9]+(,[0-9]+)*$")]
+    jobs: String,
+}
+
+/// Compare runs
+///
+/// One metric of several jobs overlaid in one SVG chart (720 x 400) with a legend: which β,
+/// which learning rate. Every job must be the caller's (or the caller an admin); a job without
+/// points of the metric is left out, and none with points is a 404.
+#[utoipa::path(get, path = "/v1/charts/{metric}.svg", tag = "jobs", operation_id = "compare_chart",
+    params(("metric" = String, Path, description = "Metric name, e.g. `loss` or `rewards%2Faccuracies`"), CompareQuery),
+    responses((status = 200, description = "The chart", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Bad job list", body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn compare_chart(
+    state: web::Data<AppState>,
+    caller: Caller,
+    metric: web::Path<String>,
+    q: web::Query<CompareQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let metric = metric.into_inner();
+    let ids: Vec<u64> = q
+        .jobs
+        .split(',')
+        .map(|s| s.trim().parse::<u64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| {
+            ApiError::BadRequest(format!("jobs: {:?} is not a list of job ids", q.jobs))
+        })?;
+    if ids.is_empty() || ids.len() > MAX_COMPARED {
+        return Err(ApiError::BadRequest(format!(
+            "jobs: give 1 to {MAX_COMPARED} job ids, not {}",
+            ids.len()
+        )));
+    }
+    let mut jobs = Vec::new();
+    for id in ids {
+        jobs.push(owned_job(&state, &caller, id, "chart its metrics")?);
+    }
+    let store = state.store.clone();
+    let svg = web::block(move || -> Result<String, ApiError> {
+        let mut series = Vec::new();
+        for job in &jobs {
+            let records = store.metrics(job.id, 0, usize::MAX)?;
+            let s = charts::Series::of(format!("job {} ({})", job.id, job.name), &metric, &records);
+            if !s.is_empty() {
+                series.push(s);
+            }
+        }
+        if series.is_empty() {
+            return Err(ApiError::NotFound(format!(
+                "none of these jobs has points of {metric:?}"
+            )));
+        }
+        charts::svg(&metric, &metric, &series).map_err(|e| ApiError::Internal(anyhow::anyhow!(e)))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))??;
+    Ok(svg_response(svg))
+}
+
+fn svg_response(svg: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header(("Cache-Control", "no-cache"))
+        // An image, never a document that runs anything, even opened on its own.
+        .insert_header((
+            "Content-Security-Policy",
+            "default-src 'none'; style-src 'unsafe-inline'",
+        ))
+        .body(svg)
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {

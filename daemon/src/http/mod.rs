@@ -12,6 +12,7 @@ pub mod jobs;
 mod json;
 pub mod notify;
 mod rules;
+pub mod ui;
 pub mod users;
 mod validate;
 
@@ -44,7 +45,7 @@ pub struct AppState {
     ),
     paths(
         jobs::submit, jobs::list, jobs::get, jobs::delete, jobs::cancel, jobs::pause, jobs::resume,
-        events::metrics, events::events, events::chart,
+        events::metrics, events::events, events::chart, events::compare_chart,
         checkpoints::list, checkpoints::download,
         generate::generate,
         datasets::upload, datasets::get, datasets::delete,
@@ -158,6 +159,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(resource("/v1/notify/{id}", "DELETE").route(web::delete().to(notify::remove)))
     .service(resource("/v1/notify/{id}/test", "POST").route(web::post().to(notify::test)))
     .service(resource("/healthz", "GET").route(web::get().to(health::healthz)))
+    .configure(ui::configure)
+    .service(resource("/v1/charts/{metric}.svg", "GET").route(web::get().to(events::compare_chart)))
     .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound(
