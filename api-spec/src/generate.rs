@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 /// The most prompts in one request.
 pub const MAX_PROMPTS: usize = 8;
-/// The most bytes of one prompt.
-pub const MAX_PROMPT_BYTES: usize = 16 * 1024;
+/// The most characters of one prompt.
+pub const MAX_PROMPT_CHARS: usize = 16 * 1024;
 /// The most new tokens per answer.
 pub const MAX_NEW_TOKENS: usize = 4096;
 
@@ -18,7 +18,7 @@ pub const MAX_NEW_TOKENS: usize = 4096;
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
     /// The user's messages, each answered on its own in the model's chat template.
-    #[cfg_attr(feature = "schema", schema(min_items = 1, max_items = 8))]
+    #[cfg_attr(feature = "schema", schema(schema_with = prompts_schema))]
     pub prompts: Vec<String>,
     /// A checkpoint of the job (`step-N` or `final`, as `GET /v1/jobs/{id}/checkpoints` lists
     /// them); default the newest: `final`, else the last `step-N`.
@@ -37,7 +37,10 @@ pub struct GenerateRequest {
     pub temperature: Option<f64>,
     /// Sample from the K most likely tokens only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "schema", schema(minimum = 1))]
+    #[cfg_attr(
+        feature = "schema",
+        schema(minimum = 1, maximum = 18446744073709551615u64)
+    )]
     pub top_k: Option<usize>,
     /// Sample from the smallest set of tokens whose probabilities add up to P, in (0, 1].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +48,27 @@ pub struct GenerateRequest {
     pub top_p: Option<f64>,
     /// The sampler's seed (default 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schema(maximum = 18446744073709551615u64))]
     pub seed: Option<u64>,
+}
+
+#[cfg(feature = "schema")]
+fn prompts_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .description(Some(
+            "The user's messages (1 to 8, each 1 to 16384 characters), each answered on its \
+             own in the model's chat template.",
+        ))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(MAX_PROMPT_CHARS)),
+        )
+        .min_items(Some(1))
+        .max_items(Some(MAX_PROMPTS))
+        .build()
 }
 
 /// One message of the answer stream; its `event` is also the SSE event name.

@@ -52,8 +52,10 @@ function showError(e) {
 
 function bytes(n) {
   if (n === null || n === undefined) return '-';
-  const gib = 1024 ** 3;
-  return n >= gib ? (n / gib).toFixed(1) + ' GiB' : Math.round(n / 1024 ** 2) + ' MiB';
+  const [kib, mib, gib] = [1024, 1024 ** 2, 1024 ** 3];
+  if (n >= gib) return (n / gib).toFixed(1) + ' GiB';
+  if (n >= mib) return Math.round(n / mib) + ' MiB';
+  return Math.max(1, Math.round(n / kib)) + ' KiB';
 }
 function duration(s) {
   if (s === null || s === undefined || !isFinite(s)) return '-';

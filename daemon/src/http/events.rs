@@ -104,8 +104,8 @@ pub const MAX_COMPARED: usize = 8;
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct CompareQuery {
-    /// Job ids, comma-separated (at most 8).
-    #[param(pattern = "^[0-9]+(,[0-9]+)*$")]
+    /// Job ids, comma-separated (1 to 8).
+    #[param(pattern = "^[0-9]{1,19}(,[0-9]{1,19}){0,7}$")]
     jobs: String,
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use futures_util::stream;
-use orpo_api::generate::{MAX_NEW_TOKENS, MAX_PROMPTS, MAX_PROMPT_BYTES};
+use orpo_api::generate::{MAX_NEW_TOKENS, MAX_PROMPTS, MAX_PROMPT_CHARS};
 use orpo_api::{ErrorBody, GenerateEvent, GenerateRequest};
 use orpo_trainer::generate::engine::{estimate_bytes, GenerateOptions};
 
@@ -148,13 +148,13 @@ fn check(req: &GenerateRequest) -> Result<(), ApiError> {
         ));
     }
     for (i, p) in req.prompts.iter().enumerate() {
-        if p.trim().is_empty() {
+        if p.is_empty() {
             return bad(format!("prompts[{i}] is empty"));
         }
-        if p.len() > MAX_PROMPT_BYTES {
+        let chars = p.chars().count();
+        if chars > MAX_PROMPT_CHARS {
             return bad(format!(
-                "prompts[{i}] has {} bytes; at most {MAX_PROMPT_BYTES}",
-                p.len()
+                "prompts[{i}] has {chars} characters; at most {MAX_PROMPT_CHARS}"
             ));
         }
     }
@@ -199,10 +199,10 @@ mod tests {
         let cases = [
             (request(&[]), "prompts: give 1 to 8"),
             (request(&["a"; 9]), "prompts: give 1 to 8 prompts, not 9"),
-            (request(&["ok", " "]), "prompts[1] is empty"),
+            (request(&["ok", ""]), "prompts[1] is empty"),
             (
-                request(&[&"x".repeat(MAX_PROMPT_BYTES + 1)]),
-                "prompts[0] has 16385 bytes",
+                request(&[&"é".repeat(MAX_PROMPT_CHARS + 1)]),
+                "prompts[0] has 16385 characters; at most 16384",
             ),
             (
                 GenerateRequest {
@@ -245,6 +245,8 @@ mod tests {
             assert!(err.contains(want), "{err:?} lacks {want:?}");
         }
         check(&request(&["What is the capital of France?"])).unwrap();
+        // As the schema says: any non-empty text of at most 16384 characters, in bytes more.
+        check(&request(&[" ", &"é".repeat(MAX_PROMPT_CHARS)])).unwrap();
     }
 
     #[test]
