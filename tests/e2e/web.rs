@@ -1,7 +1,7 @@
 //! The web page in a real browser (headless Chromium over the DevTools protocol) against a
 //! daemon with users training a tiny job: the token entered once and kept, the queue listing the
 //! job, a job named with HTML shown as text, the charts gaining points while it trains, the
-//! buttons pausing, resuming and cancelling it, and the compare view overlaying a metric.
+//! buttons pausing, resuming and cancelling it, and the compare view overlaying two runs.
 //!
 //! `ORPOD_SCREENSHOTS=DIR` writes a PNG of each page there
 //! (`ORPOD_SCREENSHOTS=shots cargo test -p orpo-tests --test e2e web`).
@@ -50,6 +50,18 @@ async fn the_page_shows_the_queue_live_charts_and_its_buttons_work() {
         .await
         .unwrap();
     let id = job.id;
+    // A second run, queued behind the first (max_running = 1): it trains once that is cancelled.
+    let short = job_toml(&model, &ds.reference, "max_steps = 6")
+        .replace("name = \"tiny\"", "name = \"beta 0.2\"");
+    let second = d
+        .client
+        .submit(&SubmitJobRequest {
+            job_toml: Some(short),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
 
     // Without a token the page says what to do; a token entered once is kept.
     b.goto(&d.url).await;
@@ -145,14 +157,41 @@ async fn the_page_shows_the_queue_live_charts_and_its_buttons_work() {
     b.wait_for(&state_is("cancelled"), WAIT).await;
     assert_eq!(d.client.job(id).await.unwrap().state, JobState::Cancelled);
 
-    // Compare: the job's loss overlaid (one run here; the chart is the daemon's SVG).
-    b.goto(&format!("{}/#/compare?jobs={id}&metric=loss", d.url))
-        .await;
+    // Compare: once the second run has trained, tick both and overlay their loss.
+    d.wait_state(second, JobState::Succeeded, WAIT).await;
+    b.goto(&format!("{}/#/compare", d.url)).await;
+    b.wait_for(
+        "document.querySelectorAll('label.pick input').length === 2",
+        WAIT,
+    )
+    .await;
+    b.eval(
+        "document.querySelectorAll('label.pick input').forEach((c) => c.click()); \
+         document.getElementById('metric').value = 'loss'; \
+         document.getElementById('overlay').click(); true",
+    )
+    .await;
     b.wait_for(
         "document.querySelector('#compare-chart img')?.naturalWidth === 720",
         WAIT,
     )
     .await;
+    let hash = b.eval("location.hash").await;
+    let hash = hash.as_str().unwrap();
+    assert!(hash.starts_with("#/compare?jobs="), "{hash}");
+    assert!(hash.contains(&second.to_string()) && hash.contains(&id.to_string()));
+    // The overlay is one chart with both runs in its legend (names escaped in the SVG).
+    let legend = b
+        .eval(&format!(
+            "api('/v1/charts/loss.svg?jobs={id},{second}').then((r) => r.text())"
+        ))
+        .await;
+    let legend = legend.as_str().unwrap();
+    assert!(
+        legend.contains(&format!("job {second} (beta 0.2)")),
+        "{legend}"
+    );
+    assert!(legend.contains("&lt;script&gt;") && !legend.contains("<script>"));
     if let Some(dir) = &shots {
         b.screenshot(&dir.join("compare.png"), true).await;
     }

@@ -86,8 +86,17 @@ impl Browser {
         })
     }
 
-    /// Sends one DevTools command and returns its result (events on the way are skipped).
+    /// Sends one DevTools command and returns its result (events on the way are skipped); an
+    /// error answer panics.
     pub async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.try_call(method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// [`Browser::call`], with an error answer (such as "Inspected target navigated or closed"
+    /// while a page loads) as `Err`.
+    pub async fn try_call(&mut self, method: &str, params: Value) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let msg = json!({"id": id, "method": method, "params": params}).to_string();
@@ -101,8 +110,10 @@ impl Browser {
             let Message::Text(text) = msg else { continue };
             let v: Value = serde_json::from_str(&text).unwrap();
             if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method}: {v}");
-                return v["result"].clone();
+                return match v.get("error") {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(v["result"].clone()),
+                };
             }
         }
     }
@@ -118,14 +129,15 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{expression}: {e}"))
     }
 
-    /// [`Browser::eval`], with the error thrown as `Err`.
+    /// [`Browser::eval`], with the error thrown (or the protocol's error, as while the page
+    /// navigates) as `Err`.
     pub async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let r = self
-            .call(
+            .try_call(
                 "Runtime.evaluate",
                 json!({"expression": expression, "awaitPromise": true, "returnByValue": true}),
             )
-            .await;
+            .await?;
         match r.get("exceptionDetails") {
             Some(e) => Err(e.clone()),
             None => Ok(r["result"]["value"].clone()),
