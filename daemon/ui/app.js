@@ -112,7 +112,15 @@ async function chartInto(box, path) {
     blobs.push(url);
     const old = box.querySelector('img');
     const img = el('img', { src: url, alt: box.dataset.metric });
-    old ? old.replaceWith(img) : box.replaceChildren(img);
+    if (old) {
+      // A long run redraws its charts thousands of times: free each picture it replaces.
+      old.replaceWith(img);
+      URL.revokeObjectURL(old.src);
+      const i = blobs.indexOf(old.src);
+      if (i >= 0) blobs.splice(i, 1);
+    } else {
+      box.replaceChildren(img);
+    }
   } catch (e) {
     box.replaceChildren(el('div', { class: 'empty' }, box.dataset.metric + ': ' + e.message));
   }
