@@ -310,20 +310,15 @@ impl Client {
     /// The SVG chart of one metric of a job (`learning_rate`, `grad_norm`, or a TRL name such
     /// as `rewards/accuracies`, whose slash is percent-encoded in the path).
     pub async fn chart(&self, id: u64, metric: &str) -> Result<String> {
-        let mut url =
-            reqwest::Url::parse(&self.url(&format!("/v1/jobs/{id}/charts"))).map_err(|e| {
-                ClientError::Api {
-                    status: 0,
-                    code: "bad_url".into(),
-                    message: format!("the server address does not make a URL: {e}"),
-                }
-            })?;
+        let bad_url = |message: String| ClientError::Api {
+            status: 0,
+            code: "bad_url".into(),
+            message,
+        };
+        let mut url = reqwest::Url::parse(&self.url(&format!("/v1/jobs/{id}/charts")))
+            .map_err(|e| bad_url(format!("the server address does not make a URL: {e}")))?;
         url.path_segments_mut()
-            .map_err(|()| ClientError::Api {
-                status: 0,
-                code: "bad_url".into(),
-                message: "the server address cannot take a path".into(),
-            })?
+            .map_err(|()| bad_url("the server address cannot take a path".into()))?
             .push(&format!("{metric}.svg"));
         Ok(check(self.http.get(url).send().await?)
             .await?

@@ -60,10 +60,13 @@ fn view(dir: &Path, name: String, step: Option<usize>) -> std::io::Result<Checkp
 pub fn file_path(job_dir: &Path, name: &str, file: &str) -> Option<PathBuf> {
     let ckpt = list(job_dir).ok()?.into_iter().find(|c| c.name == name)?;
     ckpt.files.iter().find(|f| f.name == file)?;
-    let dir = if name == "final" {
-        job_dir.join("final")
-    } else {
-        job_dir.join("checkpoints").join(name)
-    };
-    Some(dir.join(file))
+    Some(dir(job_dir, &ckpt.name).join(file))
+}
+
+/// The folder of checkpoint `name`, a name taken from [`list`].
+pub fn dir(job_dir: &Path, name: &str) -> PathBuf {
+    match name {
+        "final" => job_dir.join("final"),
+        step => job_dir.join("checkpoints").join(step),
+    }
 }

@@ -87,15 +87,7 @@ pub async fn chart(
     })
     .await
     .map_err(|e| ApiError::Internal(e.into()))??;
-    Ok(HttpResponse::Ok()
-        .content_type("image/svg+xml")
-        .insert_header(("Cache-Control", "no-cache"))
-        // An image, never a document that runs anything, even opened on its own.
-        .insert_header((
-            "Content-Security-Policy",
-            "default-src 'none'; style-src 'unsafe-inline'",
-        ))
-        .body(svg))
+    Ok(svg_response(svg))
 }
 
 /// The most jobs one compare chart overlays.

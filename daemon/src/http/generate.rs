@@ -60,7 +60,7 @@ pub async fn generate(
     let id = *id;
     let req = req.into_inner();
     let job = owned_job(&state, &caller, id, "generate with its checkpoints")?;
-    check(&req)?;
+    let options = check(&req)?;
     let dir = job_dir(&state.config.state_dir, id);
     let list = checkpoints::list(&dir).map_err(|e| ApiError::Internal(e.into()))?;
     let checkpoint = match &req.checkpoint {
@@ -77,20 +77,13 @@ pub async fn generate(
             ))
         })?,
     };
-    let checkpoint_dir = match checkpoint.step {
-        Some(_) => dir.join("checkpoints").join(&checkpoint.name),
-        None => dir.join("final"),
-    };
+    let checkpoint_dir = checkpoints::dir(&dir, &checkpoint.name);
     let spec = spec_of(&job);
     let base = std::path::PathBuf::from(&spec.model.base);
     let pin = spec.resources.device.clone();
     let cuda = state.supervisor.on_gpu(&pin);
     let estimate = {
-        let (base, prompts, max_new) = (
-            base.clone(),
-            req.prompts.clone(),
-            req.max_new_tokens.unwrap_or(256),
-        );
+        let (base, prompts, max_new) = (base.clone(), req.prompts.clone(), options.max_new_tokens);
         web::block(move || -> Result<u64, String> {
             let cfg = orpo_trainer::model::read_config(&base).map_err(|e| e.to_string())?;
             let tokenizer =
@@ -118,7 +111,9 @@ pub async fn generate(
         base,
         pin,
         estimate,
-        request: req,
+        prompts: req.prompts,
+        compare_base: req.compare_base,
+        options,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(state.supervisor.clone().run_generation(work, tx, ticket));
@@ -138,8 +133,9 @@ pub async fn generate(
         .streaming(body))
 }
 
-/// The request's limits and sampling settings, each error naming its field.
-fn check(req: &GenerateRequest) -> Result<(), ApiError> {
+/// The request's limits and sampling settings checked, each error naming its field; the
+/// generation's options, with the engine's defaults where the request leaves a setting out.
+fn check(req: &GenerateRequest) -> Result<GenerateOptions, ApiError> {
     let bad = |m: String| Err(ApiError::BadRequest(m));
     if req.prompts.is_empty() || req.prompts.len() > MAX_PROMPTS {
         return bad(format!(
@@ -158,7 +154,8 @@ fn check(req: &GenerateRequest) -> Result<(), ApiError> {
             ));
         }
     }
-    let max_new_tokens = req.max_new_tokens.unwrap_or(256);
+    let defaults = GenerateOptions::default();
+    let max_new_tokens = req.max_new_tokens.unwrap_or(defaults.max_new_tokens);
     if max_new_tokens > MAX_NEW_TOKENS {
         return bad(format!(
             "max_new_tokens = {max_new_tokens}: at most {MAX_NEW_TOKENS}"
@@ -169,11 +166,12 @@ fn check(req: &GenerateRequest) -> Result<(), ApiError> {
         temperature: req.temperature,
         top_k: req.top_k,
         top_p: req.top_p,
-        seed: req.seed.unwrap_or(42),
+        seed: req.seed.unwrap_or(defaults.seed),
         no_kv_cache: false,
     };
     opts.check()
-        .map_err(|e| ApiError::BadRequest(e.to_string()))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(opts)
 }
 
 /// `event: KIND\ndata: JSON\n\n`.
@@ -244,7 +242,11 @@ mod tests {
             let err = check(&req).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} lacks {want:?}");
         }
-        check(&request(&["What is the capital of France?"])).unwrap();
+        // What the request leaves out is the engine's default (256 new tokens, greedy, seed 42).
+        assert_eq!(
+            check(&request(&["What is the capital of France?"])).unwrap(),
+            GenerateOptions::default()
+        );
         // As the schema says: any non-empty text of at most 16384 characters, in bytes more.
         check(&request(&[" ", &"é".repeat(MAX_PROMPT_CHARS)])).unwrap();
     }

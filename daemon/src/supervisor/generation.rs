@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use orpo_api::{GenerateEvent, GenerateRequest};
+use orpo_api::GenerateEvent;
+use orpo_trainer::generate::engine::GenerateOptions;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -54,7 +55,11 @@ pub struct GenerationWork {
     pub base: PathBuf,
     pub pin: String,
     pub estimate: u64,
-    pub request: GenerateRequest,
+    pub prompts: Vec<String>,
+    /// Answer with the base alone first.
+    pub compare_base: bool,
+    /// The request's settings, checked, with defaults filled in.
+    pub options: GenerateOptions,
 }
 
 /// A request counted against [`MAX_WAITING`] + `max_generations` until dropped.
@@ -244,19 +249,13 @@ impl Supervisor {
         if tx.send(started).await.is_err() {
             return Ok(false);
         }
-        // A fake GPU exists only in the config: its work runs on the CPU.
-        let run_on = if self.devices.is_fake() {
-            "cpu".to_string()
-        } else {
-            admitted.device.clone()
-        };
-        let nice = (run_on == "cpu").then_some(self.config.cpu_worker_nice);
+        let (run_on, nice) = self.run_on(&admitted.device);
         let exe = self.config.worker_exe()?;
         let mut child = spawn_generation(&exe, work, &run_on, nice)?;
         admitted.set_pid(child.id());
         tracing::info!(job = work.job, pid = child.id(), device = %run_on, "generation started");
 
-        let prompts = serde_json::to_vec(&work.request.prompts).expect("strings serialise");
+        let prompts = serde_json::to_vec(&work.prompts).expect("strings serialise");
         let mut stdin = child.stdin.take().context("the worker's stdin")?;
         // A worker that dies before reading its prompts shows as its exit status below.
         let _ = stdin.write_all(&prompts).await;
@@ -326,28 +325,25 @@ fn spawn_generation(
     device: &str,
     nice: Option<i32>,
 ) -> anyhow::Result<tokio::process::Child> {
-    let req = &work.request;
+    let opts = &work.options;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("generate")
         .arg(&work.checkpoint_dir)
         .arg("--base")
         .arg(&work.base)
         .args(["--device", device, "--events", "--prompts-stdin"])
-        .args([
-            "--max-new-tokens",
-            &req.max_new_tokens.unwrap_or(256).to_string(),
-        ])
-        .args(["--seed", &req.seed.unwrap_or(42).to_string()]);
-    if let Some(t) = req.temperature {
+        .args(["--max-new-tokens", &opts.max_new_tokens.to_string()])
+        .args(["--seed", &opts.seed.to_string()]);
+    if let Some(t) = opts.temperature {
         cmd.args(["--temperature", &t.to_string()]);
     }
-    if let Some(k) = req.top_k {
+    if let Some(k) = opts.top_k {
         cmd.args(["--top-k", &k.to_string()]);
     }
-    if let Some(p) = req.top_p {
+    if let Some(p) = opts.top_p {
         cmd.args(["--top-p", &p.to_string()]);
     }
-    if req.compare_base {
+    if work.compare_base {
         cmd.arg("--compare-base");
     }
     cmd.stdin(Stdio::piped())

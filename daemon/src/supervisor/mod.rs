@@ -376,6 +376,18 @@ impl Supervisor {
         self.health_mut().running = false;
     }
 
+    /// Where a worker admission placed on `device` runs, and its niceness: a fake GPU exists
+    /// only in the config, so its work runs on the CPU; CPU workers are niced so the daemon's
+    /// HTTP stays responsive.
+    fn run_on(&self, device: &str) -> (String, Option<i32>) {
+        let run_on = match self.devices.is_fake() {
+            true => "cpu".to_string(),
+            false => device.to_string(),
+        };
+        let nice = (run_on == "cpu").then_some(self.config.cpu_worker_nice);
+        (run_on, nice)
+    }
+
     /// Moves a queued job to `starting` on `device` and spawns its worker.
     async fn start(self: Arc<Self>, id: u64, device: String, estimate: u64) -> anyhow::Result<()> {
         self.slots().insert(
@@ -416,13 +428,7 @@ impl Supervisor {
             last.1.insert(view.owner.clone(), seq);
         }
         let dir = spawn::job_dir(&self.config.state_dir, id);
-        // A fake GPU exists only in the config: its jobs run on the CPU.
-        let run_on = if self.devices.is_fake() {
-            "cpu".to_string()
-        } else {
-            device.clone()
-        };
-        let nice = (run_on == "cpu").then_some(self.config.cpu_worker_nice);
+        let (run_on, nice) = self.run_on(&device);
         let child = self.config.worker_exe().and_then(|exe| {
             spawn::write_job_file(
                 &self.config.state_dir,
