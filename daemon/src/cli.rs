@@ -182,6 +182,11 @@ pub struct TrainArgs {
     /// Output folder: metrics.jsonl, checkpoints/ and final/ (the PEFT adapter, exports).
     #[arg(long)]
     pub out: PathBuf,
+    /// Leave the checkpoints' sample prompts unanswered (`orpod generate CHECKPOINT --samples`
+    /// answers them later); without it they are answered after training, with the generation
+    /// engine's memory (a dense merged copy of the model) on top of nothing else.
+    #[arg(long)]
+    pub no_samples: bool,
 }
 
 #[derive(Debug, Args)]
@@ -235,7 +240,7 @@ pub struct GenerateArgs {
     pub model: PathBuf,
     /// The user's message, put in the model's chat template (repeat for several prompts,
     /// answered in turn).
-    #[arg(long, required_unless_present = "prompts_stdin")]
+    #[arg(long, required_unless_present_any = ["prompts_stdin", "samples"])]
     pub prompt: Vec<String>,
     /// Read the prompts from stdin, as a JSON array of strings, instead of --prompt.
     #[arg(long, conflicts_with = "prompt")]
@@ -243,6 +248,11 @@ pub struct GenerateArgs {
     /// Answer each prompt with the base model alone first, then with the checkpoint.
     #[arg(long)]
     pub compare_base: bool,
+    /// Answer the checkpoint's own sample prompts (its sample_prompts.json, written by the
+    /// trainer), greedy, and write them to its samples.json: what the daemon runs after each
+    /// checkpoint.
+    #[arg(long, conflicts_with_all = ["prompt", "prompts_stdin", "compare_base", "events"])]
+    pub samples: bool,
     /// The most new tokens per answer.
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,

@@ -29,7 +29,8 @@ pub async fn run(
     let config = Arc::new(config);
     let dir = &config.state_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let store = Store::open(&dir.join("db"))
+    let store = open_store(&dir.join("db"))
+        .await
         .with_context(|| format!("opening the store in {}", dir.display()))?;
     let addr = listener.local_addr()?;
     if !store.has_users()? && !addr.ip().is_loopback() {
@@ -57,6 +58,11 @@ pub async fn run(
     let recovered = supervisor.recover().await?;
     if recovered > 0 {
         tracing::info!("requeued {recovered} job(s) left running by the previous daemon");
+    }
+    match supervisor.queue_missing_samples() {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("answering the samples of {n} checkpoint(s) left without"),
+        Err(e) => tracing::warn!("looking for checkpoints without samples: {e:#}"),
     }
     let notifications = match crate::notify::Notifications::new(store.clone(), &config) {
         Ok(n) => n,
@@ -127,4 +133,44 @@ pub async fn run(
     let _ = std::fs::remove_file(dir.join("orpod.addr"));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long a start waits for another process to let go of the store's lock.
+const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Opens the store, waiting up to [`STORE_LOCK_WAIT`] while another process holds its lock:
+/// a daemon restarted right after a crash may find the old one's last child still exiting.
+/// After that the error names the processes that hold the database open.
+async fn open_store(db: &std::path::Path) -> anyhow::Result<Store> {
+    let deadline = std::time::Instant::now() + STORE_LOCK_WAIT;
+    let mut waited = false;
+    loop {
+        match Store::open(db) {
+            Ok(store) => return Ok(store),
+            Err(crate::store::StoreError::Sled(sled::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock =>
+            {
+                if std::time::Instant::now() >= deadline {
+                    let holders = crate::store::holders(db);
+                    anyhow::bail!(
+                        "another process holds the store's lock ({e}) after {} s: {}; is \
+                         another orpod serve running on this state folder?",
+                        STORE_LOCK_WAIT.as_secs(),
+                        if holders.is_empty() {
+                            "no process found with it open".to_string()
+                        } else {
+                            holders.join(", ")
+                        }
+                    );
+                }
+                if !waited {
+                    let holders = crate::store::holders(db).join(", ");
+                    tracing::warn!("the store is locked by another process ({holders}); waiting");
+                    waited = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -134,7 +134,9 @@ async function download(id, ckpt, file) {
 }
 
 async function samplesOf(id, c) {
-  if (!c.files.some((f) => f.name === 'samples.json')) return '';
+  if (!c.files.some((f) => f.name === 'samples.json')) {
+    return c.files.some((f) => f.name === 'sample_prompts.json') ? el('div', { class: 'sample' }, 'samples: waiting for the generation engine') : '';
+  }
   try {
     const samples = await json(`/v1/jobs/${id}/checkpoints/${encodeURIComponent(c.name)}/files/samples.json`);
     return (samples.samples || samples).map((s) => el('div', { class: 'sample' },
@@ -228,7 +230,11 @@ async function jobView(main, id) {
       }
     }
     const ckpts = await json(`/v1/jobs/${id}/checkpoints`);
-    const key = JSON.stringify(ckpts.map((c) => [c.name, c.modified_at]));
+    // Samples come after their checkpoint (the daemon answers them when memory allows),
+    // maybe after the job has ended: keep refreshing until every one has its answers.
+    const has = (c, name) => c.files.some((f) => f.name === name);
+    const unanswered = ckpts.some((c) => has(c, 'sample_prompts.json') && !has(c, 'samples.json'));
+    const key = JSON.stringify(ckpts.map((c) => [c.name, c.modified_at, has(c, 'samples.json')]));
     if (key !== lastCheckpoints) {
       lastCheckpoints = key;
       const rows = [];
@@ -239,7 +245,7 @@ async function jobView(main, id) {
       }
       checkpoints.replaceChildren(...(rows.length ? rows : ['none yet']));
     }
-    if (FINISHED.includes(j.state) && timer) { clearInterval(timer); timer = null; }
+    if (FINISHED.includes(j.state) && !unanswered && timer) { clearInterval(timer); timer = null; }
   }
   await refresh();
   if (mine) followEvents(id, log, () => {});

@@ -1,14 +1,18 @@
-//! `POST /v1/jobs/{id}/generate` on the tiny model: a checkpoint's answers beside its base's,
+//! Generation on the daemon, on the tiny model: each checkpoint's samples answered by the
+//! engine after it is written (and after a restart, where they were left unanswered);
+//! `POST /v1/jobs/{id}/generate`: a checkpoint's answers beside its base's,
 //! streamed from a worker process, the same tokens as `orpod generate` in the foreground; bad
 //! requests; clients at once on one slot; a request that does not fit waits with a reason, then
 //! gives up.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use orpo_api::{GenerateEvent, GenerateRequest, JobState};
 use orpo_tests::{submit_tiny, TestDaemon};
+use orpo_trainer::checkpoint::Sample;
 
 use crate::{exe, fixture};
 
@@ -21,6 +25,10 @@ async fn events(d: &TestDaemon, id: u64, req: &GenerateRequest) -> Vec<GenerateE
     all.into_iter().map(|e| e.expect("event")).collect()
 }
 
+fn read_samples(path: &Path) -> Vec<Sample> {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[tokio::test]
 async fn a_checkpoint_answers_beside_its_base_from_a_worker_process() {
     let (tmp, model) = fixture();
@@ -29,6 +37,43 @@ async fn a_checkpoint_answers_beside_its_base_from_a_worker_process() {
     let job = submit_tiny(&d, &model, 8, "max_steps = 4\nlearning_rate = 0.05").await;
     d.wait_state(job.id, JobState::Succeeded, Duration::from_secs(120))
         .await;
+
+    // Each checkpoint's samples come from the generation engine, in a worker the daemon
+    // admitted after the checkpoint: the same answers as `orpod generate --samples` on a copy.
+    assert_eq!(d.wait_samples(job.id).await, ["step-4", "final"]);
+    let log = d.client.events(job.id, None).await.unwrap();
+    for name in ["step-4", "final"] {
+        assert!(
+            log.iter()
+                .any(|e| e.message == format!("samples of {name} written")
+                    && e.checkpoint.as_deref() == Some(name)),
+            "{log:?}"
+        );
+    }
+    let final_dir = state.join(format!("jobs/{}/final", job.id));
+    let daemons = read_samples(&final_dir.join("samples.json"));
+    assert_eq!(daemons.len(), 3);
+    let copy = tmp.path().join("final-copy");
+    std::fs::create_dir(&copy).unwrap();
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "sample_prompts.json",
+    ] {
+        std::fs::copy(final_dir.join(f), copy.join(f)).unwrap();
+    }
+    let out = Command::new(exe())
+        .arg("generate")
+        .arg(&copy)
+        .arg("--base")
+        .arg(&model)
+        .arg("--samples")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(read_samples(&copy.join("samples.json")), daemons);
+    let printed: Vec<Sample> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, daemons);
 
     let prompts = vec!["Question 1: what is 1 plus 1?".to_string(), "Hi".into()];
     let req = GenerateRequest {
@@ -186,9 +231,13 @@ async fn a_checkpoint_answers_beside_its_base_from_a_worker_process() {
 
     // Several clients at once on one generation slot: each gets the same greedy answer, and
     // those that found the slot taken were told so while they waited.
+    // A daemon that stopped before answering a checkpoint's samples leaves them to the next.
+    std::fs::remove_file(final_dir.join("samples.json")).unwrap();
     let mut d = d;
     d.stop();
     let mut d = TestDaemon::start(exe(), &state, "max_generations = 1\n").await;
+    assert_eq!(d.wait_samples(job.id).await, ["step-4", "final"]);
+    assert_eq!(read_samples(&final_dir.join("samples.json")), daemons);
     let same = GenerateRequest {
         prompts: vec!["Question 3: what is 3 plus 3?".into()],
         max_new_tokens: Some(8),

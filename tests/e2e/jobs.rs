@@ -41,6 +41,8 @@ async fn lifecycle_submit_train_succeed_and_read_everything_back() {
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(d.client.metrics(job.id, Some(4)).await.unwrap().len(), 2);
 
+    // The checkpoints' samples are answered after the job, each saying so in its log.
+    assert_eq!(d.wait_samples(job.id).await, ["step-3", "step-6", "final"]);
     let events = d.client.events(job.id, None).await.unwrap();
     let states: Vec<JobState> = events.iter().filter_map(|e| e.state).collect();
     assert_eq!(

@@ -180,7 +180,8 @@ async fn kill9_at_twenty_random_moments_loses_nothing_acknowledged() {
         .await
         .unwrap();
     // Runs before every queued submit (priority), checkpoints often.
-    let mut toml = job_toml(&model, &ds.reference, "max_steps = 60\nsave_every = 2");
+    // Long enough (a few seconds) for the kills to find it running.
+    let mut toml = job_toml(&model, &ds.reference, "max_steps = 400\nsave_every = 2");
     toml.insert_str(0, "priority = 10\n");
     let train = d
         .client
@@ -292,7 +293,7 @@ async fn kill9_at_twenty_random_moments_loses_nothing_acknowledged() {
         .await;
     assert!(done.attempts > 1, "the job was interrupted: {done:?}");
     let steps = d.train_steps(train.id).await;
-    assert_eq!(steps, (1..=60).collect::<Vec<_>>());
+    assert_eq!(steps, (1..=400).collect::<Vec<_>>());
     let events = d.client.events(train.id, None).await.unwrap();
     assert!(
         events

@@ -108,7 +108,8 @@ fit() {
     if [ -n "${2:-}" ]; then
         mem_start "$dir"
     fi
-    timeout 1800 "$bin/orpod" train "$dir/job.toml" --out "$dir/run" || rc=$?
+    # --no-samples: the peak measured is the training's (samples are a generation's memory).
+    timeout 1800 "$bin/orpod" train "$dir/job.toml" --out "$dir/run" --no-samples || rc=$?
     if [ -n "${2:-}" ]; then
         mem_stop
     fi

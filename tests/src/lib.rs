@@ -216,6 +216,40 @@ impl TestDaemon {
             .reference
     }
 
+    /// Waits until every checkpoint of job `id` that has sample prompts has its samples too,
+    /// and the job's event log says so (the daemon answers them after each checkpoint,
+    /// admitted like a generation); returns those checkpoints' names.
+    pub async fn wait_samples(&self, id: u64) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let list = self.client.checkpoints(id).await.expect("checkpoints");
+            let has =
+                |c: &orpo_api::CheckpointView, name: &str| c.files.iter().any(|f| f.name == name);
+            let prompted: Vec<&orpo_api::CheckpointView> = list
+                .iter()
+                .filter(|c| has(c, "sample_prompts.json"))
+                .collect();
+            // The file, then the event that says so (appended once the worker has exited).
+            let events = self.client.events(id, None).await.expect("events");
+            let told = |name: &str| {
+                let written = format!("samples of {name} written");
+                events.iter().any(|e| e.message == written)
+            };
+            if prompted
+                .iter()
+                .all(|c| has(c, "samples.json") && told(&c.name))
+            {
+                return prompted.iter().map(|c| c.name.clone()).collect();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "samples not written: {list:?}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// The steps of a job's logged training records (those with a learning rate), in order.
     pub async fn train_steps(&self, id: u64) -> Vec<usize> {
         self.client

@@ -542,7 +542,7 @@ def run_orpod(a, work, data, L, gc, tag, quantize="auto", side="orpod"):
     out = d / "out"
     log = d / "log.txt"
     load0 = os.getloadavg()[0]
-    rc, wall, ru, mon = run_child([str(a.orpod), "train", str(job), "--out", str(out)], log, a.timeout,
+    rc, wall, ru, mon = run_child([str(a.orpod), "train", str(job), "--out", str(out), "--no-samples"], log, a.timeout,
                                   marker="training ", metrics=out / "metrics.jsonl")
     res = {"side": side, "rc": rc, "wall_s": wall, "log": str(log), "loadavg_before": load0,
            "loadavg_after": os.getloadavg()[0]}

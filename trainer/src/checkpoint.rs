@@ -6,7 +6,8 @@
 //!   `<name>.exp_avg_sq`, PyTorch's state names);
 //! - `trainer_state.json`: [`TrainerState`] (step, epoch, data position, RNG, scheduler, the
 //!   metrics not yet logged and the metric history);
-//! - `samples.json`: greedy completions of a few eval prompts at these weights.
+//! - `sample_prompts.json`: a few eval prompts; `samples.json`, added later, their greedy
+//!   completions at these weights by the generation engine ([`crate::generate`]).
 //!
 //! A checkpoint is written into a hidden temporary folder, every file and the folder are
 //! fsynced, and the folder is renamed to `step-N`: a crash at any moment leaves the old
@@ -29,6 +30,7 @@ pub const CHECKPOINTS: &str = "checkpoints";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
 pub const TRAINER_STATE: &str = "trainer_state.json";
 pub const SAMPLES: &str = "samples.json";
+pub const SAMPLE_PROMPTS: &str = "sample_prompts.json";
 
 /// Bumped when the meaning of a field changes; older checkpoints are then refused.
 pub const FORMAT_VERSION: u32 = 1;

@@ -17,7 +17,7 @@
 //!   atomically, and exact resumption from them.
 //! - [`runtime`]: process-wide CPU settings (candle's thread spinning, glibc's allocator).
 //! - [`estimate`]: the peak memory of a job before it runs, from the config alone.
-//! - [`generate`]: greedy completions for each checkpoint's `samples.json`.
+//! - [`generate`]: the generation engine (candle-transformers, KV cache) and checkpoint samples.
 //! - [`export`]: merged Hugging Face folders and GGUF files for llama.cpp.
 
 pub mod checkpoint;

@@ -556,25 +556,13 @@ fn save_checkpoint(
     let mut state = state.clone();
     state.data.train_pairs = session.train.len();
     let dir = checkpoint::checkpoints_dir(out_dir).join(format!("step-{}", state.step));
-    let prompts: Vec<Vec<u32>> = session
-        .eval
-        .iter()
-        .chain(&session.train)
-        .take(generate::SAMPLE_PROMPTS)
-        .map(|p| p.prompt_ids.clone())
-        .collect();
-    let samples = generate::samples(
-        &session.model,
-        Some(&session.adapter),
-        &session.base.tokenizer,
-        &prompts,
-    )?;
+    let prompts = sample_prompts(session)?;
     checkpoint::write_dir_atomic(&dir, |tmp| {
         session
             .adapter
             .save_peft(tmp, &session.base.source.to_string_lossy())?;
         checkpoint::save_optimizer(opt, &tmp.join(checkpoint::OPTIMIZER))?;
-        write_json(&tmp.join(checkpoint::SAMPLES), &samples)?;
+        write_json(&tmp.join(checkpoint::SAMPLE_PROMPTS), &prompts)?;
         // Last: a folder with a readable state file is a complete checkpoint.
         write_json(&tmp.join(checkpoint::TRAINER_STATE), &state)
     })?;
@@ -582,7 +570,19 @@ fn save_checkpoint(
     Ok(dir)
 }
 
-fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+/// The prompts of a checkpoint's samples: the first eval prompts (train prompts where the eval
+/// set is short), as training tokenized them.
+pub fn sample_prompts(session: &Session) -> Result<Vec<generate::SamplePrompt>> {
+    session
+        .eval
+        .iter()
+        .chain(&session.train)
+        .take(generate::SAMPLE_PROMPTS)
+        .map(|p| generate::SamplePrompt::new(&session.base.tokenizer, &p.prompt_ids))
+        .collect()
+}
+
+pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("plain data serializes");
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }

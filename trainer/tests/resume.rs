@@ -20,6 +20,11 @@ use candle_core::Device;
 use common::fixtures;
 use orpo_api::spec::JobSpec;
 use orpo_trainer::checkpoint;
+use orpo_trainer::generate::{
+    self,
+    engine::{Engine, GenerateOptions},
+};
+use orpo_trainer::lora::LoraAdapter;
 use orpo_trainer::train::{self, Event, LogRecord, RunOptions, Session};
 use orpo_trainer::Error;
 
@@ -158,17 +163,43 @@ fn stopped_and_resumed_run_matches_an_uninterrupted_one() {
         "adapter_model.safetensors",
         "optimizer.safetensors",
         "trainer_state.json",
-        "samples.json",
+        "sample_prompts.json",
     ] {
         assert!(last.join(file).is_file(), "step-11/{file}");
     }
     let state = checkpoint::load_state(&last).unwrap();
     assert_eq!((state.step, state.total_steps), (11, 11));
     assert_eq!(timeless(&state.log_history), timeless(&want));
+    // The checkpoints hold their sample prompts; the answers come from the generation engine,
+    // once training is done (`orpod train`) or as the daemon admits them.
+    let prompts = generate::sample_prompts(&last).unwrap().unwrap();
+    assert_eq!(prompts.len(), 3);
+    assert!(prompts.iter().all(|p| !p.prompt.is_empty()));
+    let finals = out.path().join("final");
+    assert_eq!(
+        generate::missing_samples(out.path()).unwrap(),
+        [out.path().join("checkpoints/step-8"), last.clone(), finals]
+    );
+    let session = Session::load(&spec, &Device::Cpu).unwrap();
+    let written = generate::fill_samples(&session.base, &Device::Cpu, out.path()).unwrap();
+    assert_eq!(written.len(), 3);
+    assert!(generate::missing_samples(out.path()).unwrap().is_empty());
     let samples: Vec<checkpoint::Sample> =
         serde_json::from_str(&std::fs::read_to_string(last.join("samples.json")).unwrap()).unwrap();
-    assert_eq!(samples.len(), 3);
-    assert!(samples.iter().all(|s| !s.prompt.is_empty()));
+    assert_eq!(samples, written[1].1);
+    // Each is the engine's greedy answer to the prompt's training tokens, at step 11's weights.
+    let adapter = LoraAdapter::load_peft(&last, &session.base.config, &Device::Cpu).unwrap();
+    let mut engine = Engine::new(&session.base, Some(&adapter)).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: generate::SAMPLE_TOKENS,
+        ..GenerateOptions::default()
+    };
+    for (p, s) in prompts.iter().zip(&samples) {
+        let gen = engine.generate(&p.prompt_ids, &opts, |_| true).unwrap();
+        assert_eq!(s.prompt, p.prompt);
+        assert_eq!(s.completion_tokens, gen.tokens.len());
+        assert_eq!(s.completion, engine.tokenizer.decode(&gen.tokens).unwrap());
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

@@ -259,6 +259,8 @@ fn measure(exe: &Path, spec: &JobSpec, dir: &Path) -> anyhow::Result<u64> {
         .arg(&job)
         .arg("--out")
         .arg(dir.join("out"))
+        // The training's peak: the samples' engine is a generation's memory, measured apart.
+        .arg("--no-samples")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -5,6 +5,9 @@
 //! prints the `token` and `answer` events of `POST /v1/jobs/{id}/generate` as JSON lines: the
 //! daemon runs this command as the worker process of a generation request.
 //!
+//! `--samples` answers a checkpoint's own sample prompts and writes its `samples.json`: the
+//! daemon runs it after each checkpoint, admitted on memory like a generation request.
+//!
 //! `--compare-base` answers every prompt with the base alone first (model `base`), then with
 //! the checkpoint (model `tuned`); the two engines are never held at once.
 
@@ -13,7 +16,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use orpo_api::{GenerateEvent, JobSpec};
-use orpo_trainer::generate::engine::{Engine, GenerateOptions};
+use orpo_trainer::generate::{
+    self,
+    engine::{Engine, GenerateOptions},
+};
 use orpo_trainer::lora::{LoraAdapter, ADAPTER_CONFIG};
 use orpo_trainer::model::{self, Quantize};
 use orpo_trainer::tokenizer::TokenizerInfo;
@@ -56,6 +62,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.model.display()
         );
     }
+    if args.samples && adapter_dir.is_none() {
+        anyhow::bail!(
+            "--samples answers a checkpoint's sample prompts; {} is not a checkpoint \
+             (a folder with {ADAPTER_CONFIG})",
+            args.model.display()
+        );
+    }
     let device = train::select_device(&args.device)?;
     let dtype = train::select_dtype(args.dtype.into(), &device);
     let base = model::load_base(&base_path, dtype, &device, Quantize::None)
@@ -64,6 +77,13 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|dir| LoraAdapter::load_peft(dir, &base.config, &device))
         .transpose()?;
+    if let (true, Some(dir)) = (args.samples, &adapter_dir) {
+        let mut engine = Engine::new(&base, adapter.as_ref())?;
+        drop((base, adapter));
+        let samples = generate::write_samples(&mut engine, dir)?;
+        println!("{}", serde_json::to_string_pretty(&samples)?);
+        return Ok(());
+    }
     if args.compare_base {
         let mut engine = Engine::new(&base, None)?;
         answer_all(&mut engine, "base", &prompts, &opts, mode, true)?;

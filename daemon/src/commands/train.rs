@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use orpo_api::JobSpec;
+use orpo_trainer::generate;
 use orpo_trainer::train::{self, Event, RunOptions, Session};
 
 use crate::cli::TrainArgs;
@@ -69,6 +70,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     train::train(&mut session, &opts, &mut on_event)?;
     if let Some(e) = write_err {
         return Err(e).with_context(|| format!("writing {}", metrics_path.display()));
+    }
+    if args.no_samples {
+        return Ok(());
+    }
+    // The checkpoints' samples, by the generation engine, now that training is done.
+    let Session { base, .. } = session;
+    for (dir, samples) in generate::fill_samples(&base, &opts.device, &args.out)? {
+        eprintln!("samples of {}:", dir.display());
+        for s in samples {
+            eprintln!("  {:?} -> {:?}", s.prompt, s.completion);
+        }
     }
     Ok(())
 }

@@ -273,6 +273,35 @@ impl Store {
 }
 
 /// Opens the database in `dir` (see [`Store::open`]) without starting a writer.
+/// The processes (`pid (command line)`) with a file of the store at `dir` open, from /proc:
+/// what a refused lock names.
+pub fn holders(dir: &Path) -> Vec<String> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for p in procs.flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let open = fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&dir)));
+        if open {
+            let cmd = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            out.push(format!("pid {pid} ({})", cmd.trim()));
+        }
+    }
+    out
+}
+
 pub(crate) fn open_trees(dir: &Path) -> Result<Trees> {
     // No background flusher: the writer flushes (see the module docs for why).
     let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;

@@ -33,7 +33,7 @@ use crate::devices::admission::{admit, Candidate, Decision};
 pub const MAX_WAITING: usize = 16;
 
 /// How often a waiting request asks admission again.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+pub(super) const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Lines of the worker's stderr kept for the error message when it fails.
 const STDERR_LINES: usize = 20;
@@ -41,6 +41,8 @@ const STDERR_LINES: usize = 20;
 /// A generation's worker as admission counts it.
 #[derive(Debug)]
 pub struct GenerationSlot {
+    /// What it is for people: `generation N`, `samples of job J step-N`.
+    what: String,
     device: String,
     estimate: u64,
     pid: Option<u32>,
@@ -74,14 +76,18 @@ impl Drop for RequestTicket {
 }
 
 /// A generation's memory, promised until dropped.
-struct Admitted {
+pub(super) struct Admitted {
     sup: Arc<Supervisor>,
     key: u64,
     device: String,
 }
 
 impl Admitted {
-    fn set_pid(&self, pid: Option<u32>) {
+    pub(super) fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub(super) fn set_pid(&self, pid: Option<u32>) {
         if let Some(slot) = self.sup.generations().get_mut(&self.key) {
             slot.pid = pid;
         }
@@ -107,15 +113,8 @@ impl Supervisor {
     /// [`Supervisor::device_states`].
     pub(super) fn generation_workers(&self) -> Vec<(String, Option<u32>, String, u64)> {
         self.generations()
-            .iter()
-            .map(|(key, s)| {
-                (
-                    format!("generation {key}"),
-                    s.pid,
-                    s.device.clone(),
-                    s.estimate,
-                )
-            })
+            .values()
+            .map(|s| (s.what.clone(), s.pid, s.device.clone(), s.estimate))
             .collect()
     }
 
@@ -140,10 +139,12 @@ impl Supervisor {
     }
 
     /// Places a generation of `estimate` bytes on a device `pin` allows, or says why it waits.
-    async fn admit_generation(
+    /// `what` names it where its memory is shown promised (default `generation N`).
+    pub(super) async fn admit_generation(
         self: &Arc<Self>,
         pin: &str,
         estimate: u64,
+        what: Option<String>,
     ) -> anyhow::Result<Result<Admitted, String>> {
         let _admitting = self.admitting.lock().await;
         let max = self.config.max_generations.max(1);
@@ -167,6 +168,7 @@ impl Supervisor {
                 self.generations().insert(
                     key,
                     GenerationSlot {
+                        what: what.unwrap_or_else(|| format!("generation {key}")),
                         device: device.clone(),
                         estimate,
                         pid: None,
@@ -219,7 +221,10 @@ impl Supervisor {
             if self.is_stopping() {
                 anyhow::bail!("the daemon is stopping");
             }
-            match self.admit_generation(&work.pin, work.estimate).await? {
+            match self
+                .admit_generation(&work.pin, work.estimate, None)
+                .await?
+            {
                 Ok(a) => break a,
                 Err(reason) => {
                     if Instant::now() >= deadline {
@@ -261,18 +266,7 @@ impl Supervisor {
         let _ = stdin.write_all(&prompts).await;
         drop(stdin);
 
-        let stderr = child.stderr.take().context("the worker's stderr")?;
-        let tail = tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stderr).lines();
-            let mut tail = VecDeque::new();
-            while let Ok(Some(line)) = lines.next_line().await {
-                if tail.len() == STDERR_LINES {
-                    tail.pop_front();
-                }
-                tail.push_back(line);
-            }
-            Vec::from(tail).join("\n")
-        });
+        let tail = stderr_tail(child.stderr.take().context("the worker's stderr")?);
         let stdout = child.stdout.take().context("the worker's stdout")?;
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         loop {
@@ -303,8 +297,23 @@ impl Supervisor {
     }
 }
 
+/// The last [`STDERR_LINES`] of a worker's stderr, read as it writes them.
+pub(super) fn stderr_tail(stderr: tokio::process::ChildStderr) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        let mut tail = VecDeque::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tail.len() == STDERR_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+        Vec::from(tail).join("\n")
+    })
+}
+
 /// The worker's own error line (`error: ...`), else its last lines.
-fn last_error(stderr: &str) -> String {
+pub(super) fn last_error(stderr: &str) -> String {
     stderr
         .lines()
         .rev()
@@ -389,7 +398,7 @@ mod tests {
             ..ServeConfig::default()
         });
         let sup = Supervisor::new(store, config);
-        let too_big = sup.admit_generation("cuda", 20 * GIB).await.unwrap();
+        let too_big = sup.admit_generation("cuda", 20 * GIB, None).await.unwrap();
         let reason = too_big.err().expect("20 GiB does not fit in 19 usable");
         assert!(
             reason.starts_with(
@@ -398,7 +407,7 @@ mod tests {
             "{reason}"
         );
         let first = sup
-            .admit_generation("cuda", 6 * GIB)
+            .admit_generation("cuda", 6 * GIB, None)
             .await
             .unwrap()
             .unwrap();
@@ -413,7 +422,7 @@ mod tests {
             gpu.promised,
             vec![(format!("generation {}", first.key), 6 * GIB)]
         );
-        let second = sup.admit_generation("cuda", GIB).await.unwrap();
+        let second = sup.admit_generation("cuda", GIB, None).await.unwrap();
         assert_eq!(
             second.err().unwrap(),
             "waiting for a generation slot: 1 generation(s) running (max_generations = 1)"
@@ -424,7 +433,28 @@ mod tests {
             .unwrap()
             .iter()
             .all(|d| d.promised.is_empty()));
-        assert!(sup.admit_generation("cuda", 6 * GIB).await.unwrap().is_ok());
+        // Checkpoint samples are admitted the same way, shown by what they are for.
+        let samples = sup
+            .admit_generation("cuda", 2 * GIB, Some("samples of job 3 step-4".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        let gpu = sup
+            .device_states()
+            .unwrap()
+            .into_iter()
+            .find(|d| d.reading.device == "cuda:0")
+            .unwrap();
+        assert_eq!(
+            gpu.promised,
+            vec![("samples of job 3 step-4".to_string(), 2 * GIB)]
+        );
+        drop(samples);
+        assert!(sup
+            .admit_generation("cuda", 6 * GIB, None)
+            .await
+            .unwrap()
+            .is_ok());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod generation;
 mod monitor;
 pub mod protocol;
 mod retention;
+mod samples;
 pub mod spawn;
 
 use std::collections::HashMap;
@@ -73,6 +74,8 @@ pub struct Supervisor {
     /// The last request number given, and the requests waiting or running now.
     generation_seq: std::sync::atomic::AtomicU64,
     generation_requests: std::sync::atomic::AtomicUsize,
+    /// Checkpoints waiting for their samples, by job.
+    samples: Mutex<samples::SampleQueues>,
 }
 
 /// The scheduler loop's last signs of life.
@@ -118,6 +121,7 @@ impl Supervisor {
             generations: Mutex::new(HashMap::new()),
             generation_seq: Default::default(),
             generation_requests: Default::default(),
+            samples: Mutex::default(),
             config,
         })
     }

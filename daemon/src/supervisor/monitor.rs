@@ -73,7 +73,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
 }
 
 async fn apply(
-    sup: &Supervisor,
+    sup: &Arc<Supervisor>,
     id: u64,
     event: WorkerEvent,
     outcome: &mut Option<Outcome>,
@@ -211,9 +211,10 @@ async fn apply(
                     EventKind::Checkpoint,
                     &format!("checkpoint {name} written"),
                     None,
-                    Some(name),
+                    Some(name.clone()),
                 )
                 .await?;
+            sup.queue_samples(id, name);
         }
         WorkerEvent::Finished => *outcome = Some(Outcome::Finished),
         WorkerEvent::Stopped => *outcome = Some(Outcome::Stopped),

@@ -43,6 +43,11 @@ pub fn write_final(session: &Session, dir: &Path) -> Result<()> {
             session
                 .adapter
                 .save_peft(tmp, &session.base.source.to_string_lossy())?;
+            // Answered later by the generation engine, as a checkpoint's are.
+            crate::train::write_json(
+                &tmp.join(crate::checkpoint::SAMPLE_PROMPTS),
+                &crate::train::sample_prompts(session)?,
+            )?;
         }
         if export.gguf_adapter {
             write_adapter_gguf(

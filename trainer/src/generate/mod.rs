@@ -1,97 +1,124 @@
-//! Generation. [`engine`]: candle-transformers' models with a KV cache, for `orpod generate`.
-//! Below: greedy decoding on the training model, for the `samples.json` of each checkpoint (a
-//! user watching a run sees what the model answers now, not only its loss).
+//! Generation. [`engine`]: candle-transformers' models with a KV cache, for `orpod generate`,
+//! the daemon's generation requests, and the `samples.json` of each checkpoint (a user watching
+//! a run sees what the model answers now, not only its loss).
 //!
-//! There is no KV cache: every new token re-runs the full prefix through
-//! [`Llama::forward_hidden`], the training forward. Samples are a few prompts and a few dozen
-//! tokens per checkpoint, so the simple path costs seconds and shares all of its code with the
-//! path the metrics come from.
+//! Samples are written in two steps. The trainer puts the prompts in every checkpoint
+//! ([`SAMPLE_PROMPTS`]: a few eval prompts as the model reads them, chat template applied); the
+//! engine answers them later, in a process of its own ([`write_samples`]). The engine needs a
+//! dense merged copy of the weights, about the base's size again, which the training job was
+//! not admitted with: the daemon admits that work on memory like any generation request, and
+//! `orpod train` in the foreground answers after training, when its model is freed.
 
 pub mod engine;
 
-use candle_core::{DType, IndexOp, Tensor};
+use std::path::{Path, PathBuf};
 
-use crate::checkpoint::Sample;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Sample};
 use crate::lora::LoraAdapter;
-use crate::model::llama::{Llama, LoraMode};
+use crate::model::BaseModel;
 use crate::tokenizer::TokenizerInfo;
-use crate::Result;
+use crate::{Error, Result};
+use engine::{Engine, GenerateOptions};
 
 /// Prompts per `samples.json` and new tokens per prompt.
 pub const SAMPLE_PROMPTS: usize = 3;
 pub const SAMPLE_TOKENS: usize = 32;
 
-/// Greedy continuations of `prompts` (token ids), all decoded together as one right-padded
-/// batch; each stops at EOS (not included) or after `max_new` tokens.
-pub fn greedy(
-    model: &Llama,
-    adapter: Option<&LoraAdapter>,
-    tokenizer: &TokenizerInfo,
-    prompts: &[Vec<u32>],
-    max_new: usize,
-) -> Result<Vec<Vec<u32>>> {
-    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-    let mut done: Vec<bool> = prompts.iter().map(|p| p.is_empty()).collect();
-    for _ in 0..max_new {
-        let active: Vec<usize> = (0..seqs.len()).filter(|&i| !done[i]).collect();
-        if active.is_empty() {
-            break;
-        }
-        let lens: Vec<usize> = active.iter().map(|&i| seqs[i].len()).collect();
-        let t = lens.iter().copied().max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(active.len() * t);
-        for &i in &active {
-            ids.extend_from_slice(&seqs[i]);
-            ids.extend(std::iter::repeat_n(tokenizer.pad_id, t - seqs[i].len()));
-        }
-        let ids = Tensor::from_vec(ids, (active.len(), t), model.device())?;
-        let mode = adapter.map(|adapter| LoraMode {
-            adapter,
-            train: false,
-            dropout_rng: None,
-            sink: None,
-            checkpoint: false,
-        });
-        let hidden = model.forward_hidden(&ids, &lens, mode)?;
-        let last: Vec<Tensor> = lens
-            .iter()
-            .enumerate()
-            .map(|(row, &len)| hidden.i((row, len - 1)))
-            .collect::<candle_core::Result<_>>()?;
-        // The head as it is held: a quantized head a tile at a time, never a dense copy (on a
-        // kept base that copy would be the job's peak, which the estimate does not count).
-        let logits = model.lm_head().matmul_t(&Tensor::stack(&last, 0)?)?;
-        let next: Vec<u32> = logits.to_dtype(DType::F32)?.argmax(1)?.to_vec1()?;
-        for (&i, tok) in active.iter().zip(next) {
-            if tok == tokenizer.eos.id {
-                done[i] = true;
-            } else {
-                seqs[i].push(tok);
-                out[i].push(tok);
-            }
-        }
-    }
-    Ok(out)
+/// One prompt in a checkpoint's `sample_prompts.json`: its text, and its token ids as training
+/// read them (the data set's own template and BOS), answered as they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SamplePrompt {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
 }
 
-/// [`greedy`] completions of `prompts`, decoded to text for `samples.json`.
-pub fn samples(
-    model: &Llama,
-    adapter: Option<&LoraAdapter>,
-    tokenizer: &TokenizerInfo,
-    prompts: &[Vec<u32>],
-) -> Result<Vec<Sample>> {
-    let completions = greedy(model, adapter, tokenizer, prompts, SAMPLE_TOKENS)?;
-    prompts
-        .iter()
-        .zip(completions)
-        .map(|(p, c)| {
-            Ok(Sample {
-                prompt: tokenizer.decode(p)?,
-                completion: tokenizer.decode(&c)?,
-                completion_tokens: c.len(),
-            })
+impl SamplePrompt {
+    pub fn new(tokenizer: &TokenizerInfo, prompt_ids: &[u32]) -> Result<SamplePrompt> {
+        Ok(SamplePrompt {
+            prompt: tokenizer.decode(prompt_ids)?,
+            prompt_ids: prompt_ids.to_vec(),
         })
-        .collect()
+    }
+}
+
+/// The sample prompts of `checkpoint`, or `None` where it has none (written before samples
+/// came from the engine, or a `final` folder without an adapter).
+pub fn sample_prompts(checkpoint: &Path) -> Result<Option<Vec<SamplePrompt>>> {
+    let path = checkpoint.join(checkpoint::SAMPLE_PROMPTS);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// The checkpoints under a run's `out_dir` (each `step-N`, then `final`) whose sample prompts
+/// have no answers yet.
+pub fn missing_samples(out_dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = checkpoint::list(out_dir)?
+        .into_iter()
+        .map(|(_, dir)| dir)
+        .collect();
+    dirs.push(out_dir.join("final"));
+    Ok(dirs
+        .into_iter()
+        .filter(|d| d.join(checkpoint::SAMPLE_PROMPTS).is_file())
+        .filter(|d| !d.join(checkpoint::SAMPLES).exists())
+        .collect())
+}
+
+/// Answers `checkpoint`'s sample prompts with `engine` (its adapter merged in), greedy, at most
+/// [`SAMPLE_TOKENS`] each, and writes them to its `samples.json` (a temporary file renamed:
+/// readers never see half of it).
+pub fn write_samples(engine: &mut Engine, checkpoint: &Path) -> Result<Vec<Sample>> {
+    let prompts = sample_prompts(checkpoint)?.ok_or_else(|| {
+        Error::Config(format!(
+            "{} has no {}: it was written before samples came from the generation engine",
+            checkpoint.display(),
+            checkpoint::SAMPLE_PROMPTS
+        ))
+    })?;
+    let opts = GenerateOptions {
+        max_new_tokens: SAMPLE_TOKENS,
+        ..GenerateOptions::default()
+    };
+    let mut samples = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        let gen = engine.generate(&p.prompt_ids, &opts, |_| true)?;
+        samples.push(Sample {
+            prompt: p.prompt.clone(),
+            completion: engine.tokenizer.decode(&gen.tokens)?,
+            completion_tokens: gen.tokens.len(),
+        });
+    }
+    let path = checkpoint.join(checkpoint::SAMPLES);
+    let tmp = checkpoint.join(format!(".{}.tmp", checkpoint::SAMPLES));
+    let text = serde_json::to_string_pretty(&samples).expect("plain data serializes") + "\n";
+    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(samples)
+}
+
+/// Answers the sample prompts of every checkpoint under `out_dir` that has none yet (see
+/// [`missing_samples`]) with `base` and that checkpoint's adapter: `orpod train`'s last step,
+/// once training's own memory is free. Returns each folder with its samples.
+pub fn fill_samples(
+    base: &BaseModel,
+    device: &Device,
+    out_dir: &Path,
+) -> Result<Vec<(PathBuf, Vec<Sample>)>> {
+    let mut written = Vec::new();
+    for dir in missing_samples(out_dir)? {
+        let adapter = LoraAdapter::load_peft(&dir, &base.config, device)?;
+        let mut engine = Engine::new(base, Some(&adapter))?;
+        let samples = write_samples(&mut engine, &dir)?;
+        written.push((dir, samples));
+    }
+    Ok(written)
 }
