@@ -412,14 +412,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(first.device, "cuda:0");
-        let gpu = sup
-            .device_states()
-            .unwrap()
-            .into_iter()
-            .find(|d| d.reading.device == "cuda:0")
-            .unwrap();
+        let promised = || {
+            let states = sup.device_states().unwrap();
+            let gpu = states.into_iter().find(|d| d.reading.device == "cuda:0");
+            gpu.unwrap().promised
+        };
         assert_eq!(
-            gpu.promised,
+            promised(),
             vec![(format!("generation {}", first.key), 6 * GIB)]
         );
         let second = sup.admit_generation("cuda", GIB, None).await.unwrap();
@@ -439,14 +438,8 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let gpu = sup
-            .device_states()
-            .unwrap()
-            .into_iter()
-            .find(|d| d.reading.device == "cuda:0")
-            .unwrap();
         assert_eq!(
-            gpu.promised,
+            promised(),
             vec![("samples of job 3 step-4".to_string(), 2 * GIB)]
         );
         drop(samples);
