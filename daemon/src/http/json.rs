@@ -2,6 +2,8 @@
 //! readily as from an object (`[null, null]` is a `NewToken`), so each body is read as a
 //! [`Value`] first and refused unless it is an object. `web::Json` does the reading, so the
 //! app's `JsonConfig` (size limit, content type, the 400 error body) holds for every route.
+//! Whole numbers written as floats are integers here, as in JSON Schema (a client that writes
+//! `64.0` for a count is valid by the published spec).
 
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
 use futures_util::future::LocalBoxFuture;
@@ -36,8 +38,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for Object<T> {
     }
 }
 
-/// `value` as `T` when it is a JSON object; a 400 saying what is wrong otherwise.
-pub fn read<T: DeserializeOwned>(value: Value) -> Result<T, actix_web::Error> {
+/// `value` as `T` when it is a JSON object; a 400 saying what is wrong otherwise. A whole
+/// number written as a float (`839.0`) reads as an integer, as JSON Schema counts it.
+pub fn read<T: DeserializeOwned>(mut value: Value) -> Result<T, actix_web::Error> {
+    whole_numbers_as_integers(&mut value);
     if !value.is_object() {
         return Err(bad_request(format!(
             "the body must be a JSON object, not {}",
@@ -45,6 +49,27 @@ pub fn read<T: DeserializeOwned>(value: Value) -> Result<T, actix_web::Error> {
         )));
     }
     serde_json::from_value(value).map_err(|e| bad_request(format!("Json deserialize error: {e}")))
+}
+
+/// Turns every float of `value` that is a whole number in the range of `u64` or `i64` into that
+/// integer. Float keys still read it (exactly: such a float is an integer that `f64` holds).
+pub(super) fn whole_numbers_as_integers(value: &mut Value) {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            if f.fract() == 0.0 {
+                // 2^64 and -2^63 are exact in f64; a cast inside them loses nothing.
+                if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                    *n = (f as u64).into();
+                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                    *n = (f as i64).into();
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -79,5 +104,35 @@ mod tests {
         assert!(refused.to_string().contains("not an array"), "{refused}");
         let refused = read::<Pair>(serde_json::json!({"a": "x"})).unwrap_err();
         assert!(refused.to_string().contains("invalid type"), "{refused}");
+    }
+
+    #[test]
+    fn whole_floats_read_as_integers() {
+        let mut v = serde_json::json!({
+            "a": 610.0, "b": [-3.0, 0.5, 1e300, -0.0], "c": 18446744073709549568.0, "d": "7.0"
+        });
+        whole_numbers_as_integers(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "a": 610, "b": [-3, 0.5, 1e300, 0], "c": 18446744073709549568u64, "d": "7.0"
+            })
+        );
+        let text = r#"{"spec": {"model": {"base": "m"}, "data": {"train": "t", "max_length": 64.0},
+            "train": {"epochs": 2, "eval_every": 610.0}}}"#;
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        whole_numbers_as_integers(&mut v);
+        let req: orpo_api::SubmitJobRequest = serde_json::from_value(v).unwrap();
+        let spec = req.spec.unwrap();
+        assert_eq!((spec.data.max_length, spec.train.eval_every), (64, 610));
+        assert_eq!(spec.train.epochs, 2.0);
+        // Every body: schemathesis sent a generate request with `839.0` new tokens.
+        let body = serde_json::json!({"prompts": ["hi"], "max_new_tokens": 839.0, "top_k": 5.0});
+        let req: orpo_api::GenerateRequest = read(body).unwrap();
+        assert_eq!((req.max_new_tokens, req.top_k), (Some(839), Some(5)));
+        assert!(read::<orpo_api::GenerateRequest>(
+            serde_json::json!({"prompts": ["hi"], "max_new_tokens": 8.5})
+        )
+        .is_err());
     }
 }

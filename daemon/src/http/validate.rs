@@ -33,32 +33,7 @@ impl FromRequest for JobRequest {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         // `web::Json` keeps the app's JsonConfig: the size limit and the 400 error body.
         let json = web::Json::<Value>::from_request(req, payload);
-        Box::pin(async move {
-            let mut value = json.await?.into_inner();
-            whole_numbers_as_integers(&mut value);
-            super::json::read(value).map(JobRequest)
-        })
-    }
-}
-
-/// Turns every float of `value` that is a whole number in the range of `u64` or `i64` into that
-/// integer. Float keys still read it (exactly: such a float is an integer that `f64` holds).
-fn whole_numbers_as_integers(value: &mut Value) {
-    match value {
-        Value::Number(n) if n.is_f64() => {
-            let f = n.as_f64().unwrap_or(f64::NAN);
-            if f.fract() == 0.0 {
-                // 2^64 and -2^63 are exact in f64; a cast inside them loses nothing.
-                if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
-                    *n = (f as u64).into();
-                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
-                    *n = (f as i64).into();
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
-        Value::Object(map) => map.values_mut().for_each(whole_numbers_as_integers),
-        _ => {}
+        Box::pin(async move { super::json::read(json.await?.into_inner()).map(JobRequest) })
     }
 }
 
@@ -254,28 +229,6 @@ fn dataset(state: &AppState, caller: &Caller, key: &str, value: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn whole_floats_read_as_integers() {
-        let mut v = serde_json::json!({
-            "a": 610.0, "b": [-3.0, 0.5, 1e300, -0.0], "c": 18446744073709549568.0, "d": "7.0"
-        });
-        whole_numbers_as_integers(&mut v);
-        assert_eq!(
-            v,
-            serde_json::json!({
-                "a": 610, "b": [-3, 0.5, 1e300, 0], "c": 18446744073709549568u64, "d": "7.0"
-            })
-        );
-        let text = r#"{"spec": {"model": {"base": "m"}, "data": {"train": "t", "max_length": 64.0},
-            "train": {"epochs": 2, "eval_every": 610.0}}}"#;
-        let mut v: Value = serde_json::from_str(text).unwrap();
-        whole_numbers_as_integers(&mut v);
-        let req: SubmitJobRequest = serde_json::from_value(v).unwrap();
-        let spec = req.spec.unwrap();
-        assert_eq!((spec.data.max_length, spec.train.eval_every), (64, 610));
-        assert_eq!(spec.train.epochs, 2.0);
-    }
 
     #[test]
     fn lexical_resolves_dots_by_name() {
