@@ -5,6 +5,7 @@
 //! SIGKILL and SIGTERM, and its workers must see a real parent die.
 
 pub mod browser;
+pub mod slurm;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
