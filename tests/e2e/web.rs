@@ -81,8 +81,10 @@ async fn the_page_shows_the_queue_live_charts_and_its_buttons_work() {
         b.eval("localStorage.getItem('orpod-token')").await,
         serde_json::json!(token)
     );
-    b.eval("location.reload(); true").await;
-    b.wait_for(&row, WAIT).await;
+    // A mark on the old document, so the wait below sees the reloaded one, not the old rows.
+    b.eval("window.oldPage = true; location.reload(); true")
+        .await;
+    b.wait_for(&format!("!window.oldPage && {row}"), WAIT).await;
     assert_eq!(
         b.eval("document.getElementById('who').textContent").await,
         "signed in as alice"
