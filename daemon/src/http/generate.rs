@@ -8,7 +8,7 @@ use actix_web::{web, HttpResponse};
 use futures_util::stream;
 use orpo_api::generate::{MAX_NEW_TOKENS, MAX_PROMPTS, MAX_PROMPT_CHARS};
 use orpo_api::{ErrorBody, GenerateEvent, GenerateRequest};
-use orpo_trainer::generate::engine::{estimate_bytes, GenerateOptions};
+use orpo_trainer::generate::engine::GenerateOptions;
 
 use super::error::ApiError;
 use super::jobs::owned_job;
@@ -17,7 +17,7 @@ use super::AppState;
 use crate::auth::Caller;
 use crate::checkpoints;
 use crate::store::spec_of;
-use crate::supervisor::generation::GenerationWork;
+use crate::supervisor::generation::{self, GenerationWork};
 use crate::supervisor::spawn::job_dir;
 
 /// Positions a chat template adds around a prompt, at most (counted in the estimate).
@@ -92,8 +92,7 @@ pub async fn generate(
             for p in &prompts {
                 longest = longest.max(tokenizer.encode(p).map_err(|e| e.to_string())?.len());
             }
-            let tokens = (longest + TEMPLATE_TOKENS + max_new).min(cfg.max_position_embeddings);
-            estimate_bytes(&cfg, if cuda { 2 } else { 4 }, tokens as u64, cuda)
+            generation::estimate(&cfg, longest + TEMPLATE_TOKENS, max_new, cuda)
                 .map_err(|e| e.to_string())
         })
         .await

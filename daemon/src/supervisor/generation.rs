@@ -14,7 +14,7 @@
 //! or when the daemon dies (PR_SET_PDEATHSIG): an answer has nothing to save.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use orpo_api::GenerateEvent;
-use orpo_trainer::generate::engine::GenerateOptions;
+use orpo_trainer::generate::engine::{estimate_bytes, GenerateOptions};
+use orpo_trainer::model::ModelConfig;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -37,6 +38,19 @@ pub(super) const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Lines of the worker's stderr kept for the error message when it fails.
 const STDERR_LINES: usize = 20;
+
+/// The memory a generation worker on `cfg` is admitted with: prompts of up to `prompt_tokens`
+/// and answers of up to `max_new` tokens (both within the model's positions), in the dtype the
+/// worker takes (`--dtype auto`: bf16 on CUDA, f32 on the CPU).
+pub fn estimate(
+    cfg: &ModelConfig,
+    prompt_tokens: usize,
+    max_new: usize,
+    cuda: bool,
+) -> orpo_trainer::Result<u64> {
+    let tokens = (prompt_tokens + max_new).min(cfg.max_position_embeddings);
+    estimate_bytes(cfg, if cuda { 2 } else { 4 }, tokens as u64, cuda)
+}
 
 /// A generation's worker as admission counts it.
 #[derive(Debug)]
@@ -256,7 +270,32 @@ impl Supervisor {
         }
         let (run_on, nice) = self.run_on(&admitted.device);
         let exe = self.config.worker_exe()?;
-        let mut child = spawn_generation(&exe, work, &run_on, nice)?;
+        let opts = &work.options;
+        let mut child = spawn_generate(
+            &exe,
+            &work.checkpoint_dir,
+            &work.base,
+            &run_on,
+            nice,
+            |cmd| {
+                cmd.args(["--events", "--prompts-stdin"])
+                    .args(["--max-new-tokens", &opts.max_new_tokens.to_string()])
+                    .args(["--seed", &opts.seed.to_string()]);
+                if let Some(t) = opts.temperature {
+                    cmd.args(["--temperature", &t.to_string()]);
+                }
+                if let Some(k) = opts.top_k {
+                    cmd.args(["--top-k", &k.to_string()]);
+                }
+                if let Some(p) = opts.top_p {
+                    cmd.args(["--top-p", &p.to_string()]);
+                }
+                if work.compare_base {
+                    cmd.arg("--compare-base");
+                }
+                cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+            },
+        )?;
         admitted.set_pid(child.id());
         tracing::info!(job = work.job, pid = child.id(), device = %run_on, "generation started");
 
@@ -326,38 +365,27 @@ pub(super) fn last_error(stderr: &str) -> String {
         .unwrap_or_else(|| stderr.trim().to_string())
 }
 
-/// `<exe> generate CHECKPOINT --base BASE --device DEVICE --events --prompts-stdin ...`, with
-/// its prompts to come on stdin; killed when dropped and when the daemon dies.
-fn spawn_generation(
-    exe: &std::path::Path,
-    work: &GenerationWork,
+/// `<exe> generate CHECKPOINT --base BASE --device DEVICE`, then what `configure` adds (more
+/// arguments, stdin and stdout), with stderr piped; killed when dropped and when the daemon
+/// dies. The worker of a generation request and of a checkpoint's samples.
+pub(super) fn spawn_generate(
+    exe: &Path,
+    checkpoint_dir: &Path,
+    base: &Path,
     device: &str,
     nice: Option<i32>,
+    configure: impl FnOnce(&mut std::process::Command),
 ) -> anyhow::Result<tokio::process::Child> {
-    let opts = &work.options;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("generate")
-        .arg(&work.checkpoint_dir)
+        .arg(checkpoint_dir)
         .arg("--base")
-        .arg(&work.base)
-        .args(["--device", device, "--events", "--prompts-stdin"])
-        .args(["--max-new-tokens", &opts.max_new_tokens.to_string()])
-        .args(["--seed", &opts.seed.to_string()]);
-    if let Some(t) = opts.temperature {
-        cmd.args(["--temperature", &t.to_string()]);
-    }
-    if let Some(k) = opts.top_k {
-        cmd.args(["--top-k", &k.to_string()]);
-    }
-    if let Some(p) = opts.top_p {
-        cmd.args(["--top-p", &p.to_string()]);
-    }
-    if work.compare_base {
-        cmd.arg("--compare-base");
-    }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .arg(base)
+        .args(["--device", device])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    configure(&mut cmd);
     spawn::worker_env(&mut cmd);
     spawn::tie_to_daemon(&mut cmd, libc::SIGKILL, nice);
     let mut cmd = tokio::process::Command::from(cmd);

@@ -12,16 +12,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use anyhow::Context;
 use orpo_api::EventKind;
 use orpo_trainer::checkpoint::{SAMPLES, SAMPLE_PROMPTS};
-use orpo_trainer::generate::{self, engine::estimate_bytes, SAMPLE_TOKENS};
+use orpo_trainer::generate::{self, SAMPLE_TOKENS};
 
-use super::generation::{last_error, stderr_tail, RETRY_EVERY};
-use super::spawn::{self, job_dir};
+use super::generation::{self, last_error, spawn_generate, stderr_tail, RETRY_EVERY};
+use super::spawn::job_dir;
 use super::Supervisor;
 use crate::checkpoints;
 use crate::store::spec_of;
@@ -139,21 +138,9 @@ impl Supervisor {
         };
         let (run_on, nice) = self.run_on(admitted.device());
         let exe = self.config.worker_exe()?;
-        let mut cmd = std::process::Command::new(&exe);
-        cmd.arg("generate")
-            .arg(&dir)
-            .arg("--base")
-            .arg(&base)
-            .args(["--device", &run_on, "--samples"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        spawn::worker_env(&mut cmd);
-        spawn::tie_to_daemon(&mut cmd, libc::SIGKILL, nice);
-        let mut child = tokio::process::Command::from(cmd)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} generate --samples", exe.display()))?;
+        let mut child = spawn_generate(&exe, &dir, &base, &run_on, nice, |cmd| {
+            cmd.arg("--samples");
+        })?;
         admitted.set_pid(child.id());
         let tail = stderr_tail(child.stderr.take().context("the worker's stderr")?);
         let status = child.wait().await.context("waiting for the worker")?;
@@ -185,11 +172,5 @@ fn samples_estimate(base: &Path, checkpoint: &Path, cuda: bool) -> anyhow::Resul
         .map(|p| p.prompt_ids.len())
         .max()
         .unwrap_or(0);
-    let tokens = (longest + SAMPLE_TOKENS).min(cfg.max_position_embeddings);
-    Ok(estimate_bytes(
-        &cfg,
-        if cuda { 2 } else { 4 },
-        tokens as u64,
-        cuda,
-    )?)
+    Ok(generation::estimate(&cfg, longest, SAMPLE_TOKENS, cuda)?)
 }

@@ -99,8 +99,7 @@ pub fn write_samples(engine: &mut Engine, checkpoint: &Path) -> Result<Vec<Sampl
     }
     let path = checkpoint.join(checkpoint::SAMPLES);
     let tmp = checkpoint.join(format!(".{}.tmp", checkpoint::SAMPLES));
-    let text = serde_json::to_string_pretty(&samples).expect("plain data serializes") + "\n";
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+    crate::train::write_json(&tmp, &samples)?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
     Ok(samples)
 }
