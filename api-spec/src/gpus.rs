@@ -64,6 +64,30 @@ pub struct GpusView {
     /// GPUs from the config, a build without CUDA.
     #[serde(default)]
     pub note: Option<String>,
+    /// With `executor = "slurm"`, where training jobs run: the cluster's nodes as `sinfo`
+    /// reports them (`devices` is then the daemon's own host, which runs generation requests).
+    #[serde(default)]
+    pub slurm_nodes: Vec<SlurmNodeView>,
+}
+
+/// A node of the Slurm cluster, as `sinfo` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct SlurmNodeView {
+    pub name: String,
+    /// Slurm's state: `idle`, `mix`, `alloc`, `drain`, `down`, ...
+    pub state: String,
+    pub cpus_total: u32,
+    pub cpus_allocated: u32,
+    pub memory_bytes: u64,
+    pub memory_allocated_bytes: u64,
+    /// Its generic resources as configured, e.g. `gpu:a4000:2`.
+    pub gres: String,
+    /// Those in use, e.g. `gpu:a4000:1(IDX:0)`.
+    pub gres_used: String,
+    pub partitions: Vec<String>,
+    /// This daemon's jobs running there.
+    pub running_jobs: Vec<u64>,
 }
 
 /// A job's peak memory estimate and its parts, in bytes. `total_bytes = weights + lora +

@@ -38,7 +38,7 @@ pub use datasets::{
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use generate::{GenerateEvent, GenerateRequest};
-pub use gpus::{DeviceView, EstimateView, GpusView, PlanView, ProcessView};
+pub use gpus::{DeviceView, EstimateView, GpusView, PlanView, ProcessView, SlurmNodeView};
 pub use health::HealthView;
 pub use jobs::{
     CheckpointView, EventKind, EventView, FileView, JobError, JobList, JobState, JobView, Memory,

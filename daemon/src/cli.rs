@@ -173,6 +173,13 @@ pub struct WorkerArgs {
     /// The job's folder: job.toml in, checkpoints and final/ out.
     #[arg(long)]
     pub job_dir: PathBuf,
+    /// Report events to the daemon at this URL (a worker Slurm started, maybe on another
+    /// node) instead of on stdout, with the secret in `JOB_DIR/worker.secret`.
+    #[arg(long)]
+    pub report: Option<String>,
+    /// Seconds to wait at the end for an unreachable daemon to take the last events.
+    #[arg(long, default_value_t = 120)]
+    pub report_wait_s: u64,
 }
 
 #[derive(Debug, Args)]

@@ -110,6 +110,83 @@ pub struct ServeConfig {
     /// Seconds a generation request may wait for memory or a slot before it is refused.
     /// Default 600.
     pub generate_wait_s: u64,
+    /// Where training workers run: `local` (child processes of the daemon, placed by its own
+    /// admission on this machine's devices) or `slurm` (batch jobs placed by Slurm, settings in
+    /// `[slurm]`). Generation requests and checkpoint samples always run locally.
+    pub executor: Executor,
+    /// The Slurm executor's settings (`executor = "slurm"`).
+    pub slurm: SlurmConfig,
+}
+
+/// Where training workers run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Executor {
+    #[default]
+    Local,
+    Slurm,
+}
+
+/// `[slurm]`: how jobs become Slurm batch jobs. The daemon runs `sbatch`, `squeue`, `scancel`
+/// and `sinfo` from `PATH`; the state folder must be the same path on every node (NFS or the
+/// like): workers read their job.toml and data there and write checkpoints there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlurmConfig {
+    /// The URL workers on the nodes reach this daemon at (they report events there). Empty:
+    /// `http://<listen address>`, which only suits a cluster of this one machine.
+    pub daemon_url: String,
+    /// `SLURM_CONF` for the Slurm commands; empty: Slurm's default (`/etc/slurm/slurm.conf`).
+    pub conf: Option<PathBuf>,
+    /// `--partition`; empty: the cluster's default partition.
+    pub partition: String,
+    /// The GPU gres types and their memory, smallest first or not: a job asks for the
+    /// smallest type whose memory holds its estimate plus `headroom_mib`
+    /// (`--gres=gpu:<gres>:1`). Empty: any GPU (`--gres=gpu:1`).
+    pub gpu_types: Vec<GpuType>,
+    /// `--cpus-per-task` of every job. Default 4.
+    pub cpus_per_job: u32,
+    /// `--mem` in MiB of a GPU job (the host memory it loads the model in); a CPU job asks for
+    /// its estimate plus `headroom_mib`. Default 16,384.
+    pub gpu_job_host_mib: u64,
+    /// `--time` (Slurm's formats, e.g. `2-00:00:00`); empty: the partition's default. A job
+    /// stopped at its limit checkpoints and is submitted again to go on.
+    pub time_limit: String,
+    /// Most of this daemon's jobs in Slurm at once (pending or running). Default 16.
+    pub max_jobs: usize,
+    /// The Slurm job name is `<job_name_prefix>-<job id>`: how a restarted daemon finds its
+    /// jobs. Give each daemon sharing a cluster its own. Default `orpod`.
+    pub job_name_prefix: String,
+    /// Seconds a worker waits for the daemon to take its last events (the daemon may be
+    /// restarting) before it exits anyway. Default 120.
+    pub report_wait_s: u64,
+}
+
+/// One GPU type of the cluster, as its `gres.conf` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuType {
+    /// The gres type (`gpu:<gres>`), e.g. `a4000`.
+    pub gres: String,
+    /// Its memory in MiB.
+    pub memory_mib: u64,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            daemon_url: String::new(),
+            conf: None,
+            partition: String::new(),
+            gpu_types: Vec::new(),
+            cpus_per_job: 4,
+            gpu_job_host_mib: 16_384,
+            time_limit: String::new(),
+            max_jobs: 16,
+            job_name_prefix: "orpod".into(),
+            report_wait_s: 120,
+        }
+    }
 }
 
 impl Default for ServeConfig {
@@ -148,6 +225,8 @@ impl Default for ServeConfig {
             generate_wait_s: 600,
             notify_wait_after_s: 3600,
             notify_retries: 5,
+            executor: Executor::Local,
+            slurm: SlurmConfig::default(),
         }
     }
 }

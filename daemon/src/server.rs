@@ -55,6 +55,7 @@ pub async fn run(
             .with_context(|| format!("creating {}", models.display()))?;
     }
     let supervisor = Supervisor::new(store.clone(), config.clone());
+    supervisor.set_listen_addr(addr);
     let recovered = supervisor.recover().await?;
     if recovered > 0 {
         tracing::info!("requeued {recovered} job(s) left running by the previous daemon");

@@ -170,6 +170,14 @@ async fn tokens_users_and_other_peoples_jobs() {
         resp.headers()["www-authenticate"].to_str().unwrap(),
         "Bearer realm=\"orpod\""
     );
+    // A worker's report route opens with its job's secret only (workers in Slurm), never with
+    // a user's token; this daemon runs no job in Slurm.
+    let report = format!("/v1/jobs/{}/events", job.id).replace("/v1/", "/internal/v1/");
+    let body = serde_json::json!({ "first_seq": 1, "events": [{ "type": "finished" }] });
+    let (s, text) = call(&d, "POST", &report, Some(&root_t), Some(body.clone())).await;
+    assert_eq!(s, 404, "{text}");
+    assert!(text.contains("no worker in Slurm"), "{text}");
+    assert_eq!(call(&d, "POST", &report, None, Some(body)).await.0, 401);
     // Health and Prometheus metrics stay open for monitoring.
     assert_eq!(call(&d, "GET", "/healthz", None, None).await.0, 200);
 

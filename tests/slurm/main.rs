@@ -7,6 +7,8 @@
 //! Outside CI a host without root or without `slurm-wlm` skips with a note; in CI (where
 //! `.ci/run` installs it) that is a failure.
 
+mod executor;
+
 use std::time::Duration;
 
 use orpo_tests::slurm::{self, Cluster};

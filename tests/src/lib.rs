@@ -29,12 +29,16 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     /// Starts `exe serve` with state in `state_dir` and `extra` TOML lines in its config file.
-    /// Unless `extra` sets them, models may be anywhere in `state_dir`'s parent (the test's
+    /// Unless `extra` sets them, it listens on a free port (a new one at each restart), models
+    /// may be anywhere in `state_dir`'s parent (the test's
     /// temporary folder, where its model is) and jobs may checkpoint every step.
     pub async fn start(exe: &Path, state_dir: &Path, extra: &str) -> TestDaemon {
         std::fs::create_dir_all(state_dir).unwrap();
         let config = state_dir.with_extension("toml");
         let mut roots = String::new();
+        if !extra.contains("listen =") {
+            roots += "listen = \"127.0.0.1:0\"\n";
+        }
         if !extra.contains("model_roots") {
             roots += &format!(
                 "model_roots = [{:?}]\n",
@@ -47,7 +51,7 @@ impl TestDaemon {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\ncancel_grace_s = 5\nshutdown_grace_s = 20\n{roots}{extra}",
+                "state_dir = {:?}\ncancel_grace_s = 5\nshutdown_grace_s = 20\n{roots}{extra}",
                 state_dir.to_string_lossy()
             ),
         )

@@ -63,7 +63,7 @@ fn host_memory_mib() -> u64 {
 }
 
 /// A TCP port nobody listens on now.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a port");
     l.local_addr().unwrap().port()
 }
@@ -224,6 +224,19 @@ impl Cluster {
     }
 
     /// The cluster's folder (configuration, state, logs); jobs may write under it.
+    /// The cluster's slurm.conf (what `SLURM_CONF` names for its commands).
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
+    /// The ids of the Slurm jobs named `name` that are pending or running.
+    pub fn jobs_named(&self, name: &str) -> Vec<u64> {
+        self.run("squeue", &["-h", "-n", name, "-o", "%i"])
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }

@@ -1,7 +1,7 @@
 //! `orpoctl gpus` and the answer of `orpoctl plan`: where jobs can run, how much memory is
 //! free there and for a new job, who uses it, and a job's memory estimate with its parts.
 
-use orpo_api::{GpusView, PlanView};
+use orpo_api::{GpusView, PlanView, SlurmNodeView};
 
 use crate::conn::{ApiResult as _, Conn};
 use crate::display::{self, Table};
@@ -81,10 +81,50 @@ pub fn render_gpus(view: &GpusView) -> String {
             display::bytes(view.headroom_bytes)
         ));
     }
+    if !view.slurm_nodes.is_empty() {
+        out.push_str("\nslurm nodes:\n");
+        out.push_str(&render_nodes(&view.slurm_nodes));
+    }
     if let Some(note) = &view.note {
         out.push_str(&format!("note: {}\n", display::escape_lines(note)));
     }
     one_trailing_newline(out)
+}
+
+/// The Slurm cluster's nodes, as `sinfo` reports them to the daemon.
+fn render_nodes(nodes: &[SlurmNodeView]) -> String {
+    let mut t = Table::new(&[
+        "NODE",
+        "STATE",
+        "CPUS",
+        "MEMORY",
+        "GRES",
+        "GRES USED",
+        "PARTITIONS",
+        "JOBS",
+    ]);
+    for n in nodes {
+        let jobs: Vec<String> = n.running_jobs.iter().map(|j| j.to_string()).collect();
+        t.row(vec![
+            display::escape(&n.name),
+            display::escape(&n.state),
+            format!("{}/{}", n.cpus_allocated, n.cpus_total),
+            format!(
+                "{}/{}",
+                display::bytes(n.memory_allocated_bytes),
+                display::bytes(n.memory_bytes)
+            ),
+            display::escape(&n.gres),
+            display::escape(&n.gres_used),
+            display::escape(&n.partitions.join(",")),
+            if jobs.is_empty() {
+                "-".into()
+            } else {
+                jobs.join(",")
+            },
+        ]);
+    }
+    t.render()
 }
 
 pub fn render_plan(p: &PlanView) -> String {
@@ -181,6 +221,7 @@ mod tests {
             devices: vec![gpu, cpu],
             headroom_bytes: 512 << 20,
             note: None,
+            slurm_nodes: vec![],
         };
         assert_eq!(
             render_gpus(&view),
@@ -198,6 +239,51 @@ AVAILABLE is free memory less what running jobs will still take and a headroom o
         );
     }
 
+    /// With Slurm, the nodes follow the daemon host's devices.
+    #[test]
+    fn slurm_nodes_table() {
+        let view = GpusView {
+            devices: vec![],
+            headroom_bytes: 0,
+            note: None,
+            slurm_nodes: vec![
+                SlurmNodeView {
+                    name: "box1".into(),
+                    state: "mix".into(),
+                    cpus_total: 16,
+                    cpus_allocated: 4,
+                    memory_bytes: 64 << 30,
+                    memory_allocated_bytes: 16 << 30,
+                    gres: "gpu:rtx3090:1".into(),
+                    gres_used: "gpu:rtx3090:1(IDX:0)".into(),
+                    partitions: vec!["gpu".into()],
+                    running_jobs: vec![12],
+                },
+                SlurmNodeView {
+                    name: "box2".into(),
+                    state: "idle".into(),
+                    cpus_total: 8,
+                    memory_bytes: 32 << 30,
+                    gres: "gpu:a4000:2".into(),
+                    gres_used: "gpu:a4000:0(IDX:N/A)".into(),
+                    partitions: vec!["gpu".into(), "long".into()],
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(
+            render_gpus(&view),
+            "\
+DEVICE  NAME  TOTAL  USED  FREE  AVAILABLE  JOBS
+
+slurm nodes:
+NODE  STATE  CPUS  MEMORY             GRES           GRES USED             PARTITIONS  JOBS
+box1  mix    4/16  16.0 GiB/64.0 GiB  gpu:rtx3090:1  gpu:rtx3090:1(IDX:0)  gpu         12
+box2  idle   0/8   0 B/32.0 GiB       gpu:a4000:2    gpu:a4000:0(IDX:N/A)  gpu,long    -
+"
+        );
+    }
+
     /// Process names are other users' text: a terminal escape in one is shown, not obeyed.
     #[test]
     fn process_names_and_server_text_are_escaped() {
@@ -205,6 +291,10 @@ AVAILABLE is free memory less what running jobs will still take and a headroom o
             devices: vec![device("cpu", "CPU host (2 cores)")],
             headroom_bytes: 0,
             note: Some("bell \u{7}".into()),
+            slurm_nodes: vec![SlurmNodeView {
+                name: "node\u{1b}]0;x".into(),
+                ..Default::default()
+            }],
         };
         view.devices[0].processes.push(orpo_api::ProcessView {
             pid: 7,
@@ -228,6 +318,7 @@ AVAILABLE is free memory less what running jobs will still take and a headroom o
             devices: vec![device("cpu", "CPU host (2 cores)")],
             headroom_bytes: 0,
             note: None,
+            slurm_nodes: vec![],
         };
         let noted = GpusView {
             headroom_bytes: 512 << 20,

@@ -22,6 +22,10 @@ pub async fn gpus(
     _caller: Caller,
 ) -> Result<web::Json<GpusView>, ApiError> {
     let sup = state.supervisor.clone();
+    let slurm = match state.config.executor {
+        crate::config::Executor::Slurm => Some(sup.slurm_nodes().await),
+        crate::config::Executor::Local => None,
+    };
     let view = web::block(move || -> anyhow::Result<GpusView> {
         let policy = sup.policy();
         let running = sup.running_on();
@@ -63,10 +67,23 @@ pub async fn gpus(
                 temperature_c: d.reading.temperature_c,
             })
             .collect();
+        let (slurm_nodes, slurm_note) = match slurm {
+            None => (Vec::new(), None),
+            Some(Ok(nodes)) => (
+                nodes,
+                Some("training jobs run in Slurm (slurm_nodes); the devices are this host's, for generation".to_string()),
+            ),
+            Some(Err(e)) => (Vec::new(), Some(format!("slurm: cannot read the nodes: {e:#}"))),
+        };
+        let note = match (sup.devices.note.clone(), slurm_note) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
         Ok(GpusView {
             devices,
             headroom_bytes: policy.headroom_bytes,
-            note: sup.devices.note.clone(),
+            note,
+            slurm_nodes,
         })
     })
     .await

@@ -15,6 +15,7 @@ mod rules;
 pub mod ui;
 pub mod users;
 mod validate;
+pub mod worker;
 
 use std::sync::Arc;
 
@@ -162,6 +163,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(ui::configure)
     .service(resource("/v1/charts/{metric}.svg", "GET").route(web::get().to(events::compare_chart)))
     .service(resource("/metrics", "GET").route(web::get().to(health::metrics)))
+    .service(
+        resource("/internal/v1/jobs/{id}/events", "POST")
+            .app_data(web::PayloadConfig::new(worker::MAX_REPORT_BYTES))
+            .route(web::post().to(worker::report)),
+    )
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound(
             "no such route; see api-spec/openapi.json".into(),

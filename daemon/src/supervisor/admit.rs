@@ -152,6 +152,9 @@ impl Supervisor {
     /// One scheduling round.
     pub(super) async fn schedule(self: &Arc<Self>) -> anyhow::Result<()> {
         self.reconcile().await?;
+        if self.in_slurm() {
+            self.poll_slurm().await?;
+        }
         let ids = self.store.queued();
         if ids.is_empty() {
             return Ok(());
@@ -182,6 +185,13 @@ impl Supervisor {
             &self.last_starts(),
             self.config.max_running_per_user,
         );
+        if self.in_slurm() {
+            let waits = capped
+                .into_iter()
+                .map(|(id, reason)| Decision::Wait { id, reason })
+                .collect();
+            return self.submit_to_slurm(queued, waits).await;
+        }
         let candidates = candidates(&queued);
         // Held until every start below has its slot, so a generation request admitted meanwhile
         // sees the memory these jobs were promised.
@@ -257,11 +267,14 @@ impl Supervisor {
             &self.last_starts(),
             self.config.max_running_per_user,
         );
-        let devices = self.device_states()?;
         let queued_ahead = ordered
             .iter()
             .position(|j| j.id == PLANNED)
             .unwrap_or(ordered.len());
+        if self.in_slurm() {
+            return Ok(self.plan_in_slurm(spec, estimate, queued_ahead, capped));
+        }
+        let devices = self.device_states()?;
         let decisions = admit(
             &candidates(&ordered),
             &devices,
@@ -297,6 +310,51 @@ impl Supervisor {
             reason,
             queued_ahead,
         })
+    }
+}
+
+impl Supervisor {
+    /// [`Supervisor::plan`] with `executor = "slurm"`: what the job would ask Slurm for, and
+    /// whether it would be submitted at once (Slurm then decides when and where it runs).
+    fn plan_in_slurm(
+        &self,
+        spec: &JobSpec,
+        estimate: MemoryEstimate,
+        queued_ahead: usize,
+        capped: Vec<(u64, String)>,
+    ) -> Plan {
+        let in_slurm = self.slots().len();
+        let max = self.config.slurm.max_jobs.max(1);
+        let capped = capped.into_iter().find(|(id, _)| *id == PLANNED);
+        let (starts_now, reason) =
+            match super::slurm::request(&self.config, spec, estimate.total_bytes) {
+                Err(why) => (false, why),
+                Ok(_) if capped.is_some() => (false, capped.map(|(_, r)| r).unwrap_or_default()),
+                Ok(args) if in_slurm + queued_ahead < max => (
+                    true,
+                    format!(
+                        "it would be submitted to Slurm now with {}; Slurm decides when and where \
+                         it runs",
+                        args.join(" ")
+                    ),
+                ),
+                Ok(args) => (
+                    false,
+                    format!(
+                        "{in_slurm} of this daemon's jobs are in Slurm and {queued_ahead} wait \
+                         before it (slurm.max_jobs = {max}); then it asks Slurm for {}",
+                        args.join(" ")
+                    ),
+                ),
+            };
+        Plan {
+            estimate,
+            device: "slurm".into(),
+            free_bytes: 0,
+            starts_now,
+            reason,
+            queued_ahead,
+        }
     }
 }
 

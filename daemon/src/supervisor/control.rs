@@ -18,10 +18,16 @@ impl Supervisor {
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                let pid = this.slots().get(&id).and_then(|s| s.pid);
+                let (pid, slurm_job) = match this.slots().get(&id) {
+                    Some(s) => (s.pid, s.slurm.as_ref().map(|r| r.job)),
+                    None => (None, None),
+                };
                 if let Some(pid) = pid {
                     tracing::warn!(job = id, "worker ignored SIGTERM for {grace:?}; SIGKILL");
                     spawn::signal(pid, libc::SIGKILL);
+                }
+                if let Some(job) = slurm_job {
+                    this.kill_in_slurm(id, job).await;
                 }
             });
             return Ok(view);

@@ -17,6 +17,7 @@ mod monitor;
 pub mod protocol;
 mod retention;
 mod samples;
+pub mod slurm;
 pub mod spawn;
 
 use std::collections::HashMap;
@@ -46,9 +47,12 @@ pub enum Intent {
 struct Slot {
     pid: Option<u32>,
     intent: Option<Intent>,
-    /// Where admission placed it (`cpu`, `cuda:N`) and the memory it was admitted with.
+    /// Where admission placed it (`cpu`, `cuda:N`) and the memory it was admitted with; no
+    /// device for a job in Slurm, which takes none of this machine's.
     device: Option<String>,
     estimate: u64,
+    /// The Slurm job running the worker (`executor = "slurm"`), once submitted.
+    slurm: Option<slurm::SlurmRun>,
 }
 
 pub struct Supervisor {
@@ -76,6 +80,10 @@ pub struct Supervisor {
     generation_requests: std::sync::atomic::AtomicUsize,
     /// Checkpoints waiting for their samples, by job.
     samples: Mutex<samples::SampleQueues>,
+    /// The address the HTTP server listens on (workers in Slurm report there by default).
+    listen_addr: std::sync::OnceLock<String>,
+    /// Taken while a worker's report from Slurm is applied.
+    reporting: tokio::sync::Mutex<()>,
 }
 
 /// The scheduler loop's last signs of life.
@@ -122,8 +130,20 @@ impl Supervisor {
             generation_seq: Default::default(),
             generation_requests: Default::default(),
             samples: Mutex::default(),
+            listen_addr: Default::default(),
+            reporting: Default::default(),
             config,
         })
+    }
+
+    /// Where the HTTP server listens, once bound.
+    pub fn set_listen_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.listen_addr.set(addr.to_string());
+    }
+
+    /// Whether workers run in Slurm.
+    fn in_slurm(&self) -> bool {
+        self.config.executor == crate::config::Executor::Slurm
     }
 
     fn health_mut(&self) -> std::sync::MutexGuard<'_, SchedulerHealth> {
@@ -223,14 +243,22 @@ impl Supervisor {
 
     /// Puts jobs a previous daemon left with a worker back in the queue. Their workers got
     /// SIGTERM when that daemon died (PR_SET_PDEATHSIG) and checkpointed; a new worker resumes
-    /// from the newest checkpoint. A job that was being paused stays paused.
-    pub async fn recover(&self) -> Result<usize, StoreError> {
-        let stale: Vec<JobView> = self
+    /// from the newest checkpoint. A job that was being paused stays paused. With Slurm, a job
+    /// whose Slurm job is still there is re-attached to it instead.
+    pub async fn recover(&self) -> anyhow::Result<usize> {
+        let mut stale: Vec<JobView> = self
             .store
             .all_jobs()?
             .into_iter()
             .filter(|v| v.state.has_worker() || v.state == JobState::Interrupted)
             .collect();
+        if self.in_slurm() {
+            let attached = self.reattach_slurm(&stale).await?;
+            if attached > 0 {
+                tracing::info!("re-attached to {attached} job(s) running in Slurm");
+            }
+            stale.retain(|j| !self.slots().contains_key(&j.id));
+        }
         for job in &stale {
             self.requeue_orphan(
                 job.id,
@@ -250,9 +278,10 @@ impl Supervisor {
     async fn requeue_orphan(
         &self,
         id: u64,
-        why: &'static str,
-        requeued: &'static str,
+        why: impl Into<String>,
+        requeued: impl Into<String>,
     ) -> Result<(), StoreError> {
+        let (why, requeued) = (why.into(), requeued.into());
         let view = self
             .store
             .update_job(id, move |v| {
@@ -261,7 +290,7 @@ impl Supervisor {
                     v.pending_reason = Some(PAUSED.into());
                 } else if v.state.has_worker() {
                     v.state = JobState::Interrupted;
-                    v.pending_reason = Some(why.into());
+                    v.pending_reason = Some(why);
                 }
                 Ok(())
             })
@@ -271,7 +300,7 @@ impl Supervisor {
                 .update_job(id, move |v| {
                     if v.state == JobState::Interrupted {
                         v.state = JobState::Queued;
-                        v.pending_reason = Some(requeued.into());
+                        v.pending_reason = Some(requeued);
                     }
                     Ok(())
                 })
@@ -425,12 +454,7 @@ impl Supervisor {
                 return Err(e.into());
             }
         };
-        {
-            let mut last = self.last_start.lock().unwrap_or_else(|e| e.into_inner());
-            last.0 += 1;
-            let seq = last.0;
-            last.1.insert(view.owner.clone(), seq);
-        }
+        self.note_start(&view.owner);
         let dir = spawn::job_dir(&self.config.state_dir, id);
         let (run_on, nice) = self.run_on(&device);
         let child = self.config.worker_exe().and_then(|exe| {
@@ -476,9 +500,17 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Records that `owner`'s job started now (fair turns).
+    fn note_start(&self, owner: &str) {
+        let mut last = self.last_start.lock().unwrap_or_else(|e| e.into_inner());
+        last.0 += 1;
+        let seq = last.0;
+        last.1.insert(owner.to_string(), seq);
+    }
+
     /// Asks the job's worker to stop for `intent`; false when the job has no worker.
-    fn stop_worker(&self, id: u64, intent: Intent) -> bool {
-        let pid = {
+    fn stop_worker(self: &Arc<Self>, id: u64, intent: Intent) -> bool {
+        let (pid, slurm_job) = {
             let mut slots = self.slots();
             let Some(slot) = slots.get_mut(&id) else {
                 return false;
@@ -487,12 +519,24 @@ impl Supervisor {
             if slot.intent != Some(Intent::Cancel) {
                 slot.intent = Some(intent);
             }
-            slot.pid
+            (slot.pid, slot.slurm.as_ref().map(|r| r.job))
         };
         if let Some(pid) = pid {
             spawn::signal(pid, libc::SIGTERM);
         }
+        if let Some(job) = slurm_job {
+            self.stop_in_slurm(id, job, intent);
+        }
         true
+    }
+
+    /// Jobs whose worker is this daemon's child (not in Slurm).
+    fn local_workers(&self) -> Vec<(u64, Option<u32>)> {
+        self.slots()
+            .iter()
+            .filter(|(_, s)| s.slurm.is_none())
+            .map(|(id, s)| (*id, s.pid))
+            .collect()
     }
 
     fn intent(&self, id: u64) -> Option<Intent> {
@@ -501,27 +545,27 @@ impl Supervisor {
 
     /// Stops scheduling, asks every worker to checkpoint and stop, and waits up to
     /// `shutdown_grace_s` before killing what is left. Their jobs become `interrupted` and are
-    /// requeued when the daemon starts again.
-    pub async fn shutdown(&self) {
+    /// requeued when the daemon starts again. Workers in Slurm go on: the next daemon
+    /// re-attaches to them.
+    pub async fn shutdown(self: &Arc<Self>) {
         self.stopping.store(true, Ordering::SeqCst);
         self.wake();
-        for id in self.running() {
+        for (id, _) in self.local_workers() {
             self.stop_worker(id, Intent::Shutdown);
         }
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(self.config.shutdown_grace_s);
-        while !self.slots().is_empty() && tokio::time::Instant::now() < deadline {
+        while !self.local_workers().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let left: Vec<(u64, Option<u32>)> = self.slots().iter().map(|(k, s)| (*k, s.pid)).collect();
-        for (id, pid) in left {
+        for (id, pid) in self.local_workers() {
             tracing::warn!(job = id, "worker did not stop in time; SIGKILL");
             if let Some(pid) = pid {
                 spawn::signal(pid, libc::SIGKILL);
             }
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while !self.slots().is_empty() && tokio::time::Instant::now() < deadline {
+        while !self.local_workers().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if let Err(e) = self.store.flush().await {

@@ -72,7 +72,7 @@ pub(super) async fn watch(sup: Arc<Supervisor>, id: u64, mut child: tokio::proce
     sup.wake();
 }
 
-async fn apply(
+pub(super) async fn apply(
     sup: &Arc<Supervisor>,
     id: u64,
     event: WorkerEvent,
@@ -104,11 +104,13 @@ async fn apply(
                 .append_event(id, EventKind::Log, &msg, None, None)
                 .await?;
             // A job on a fake GPU keeps that name; its worker runs on the CPU.
-            let fake = sup.devices.is_fake();
+            let fake = sup.devices.is_fake() && !slurm_worker(sup, id);
             store
                 .update_job(id, move |v| {
                     if v.state == JobState::Starting {
                         v.state = JobState::Running;
+                        // A Slurm job's wait is over.
+                        v.pending_reason = None;
                     }
                     v.progress.total_steps = total_steps;
                     v.base_precision = Some(base_precision.clone());
@@ -124,7 +126,7 @@ async fn apply(
             checkpoint,
             records,
         } => {
-            store.replace_metrics(id, &records).await?;
+            restore_history(store, id, records).await?;
             store
                 .append_event(
                     id,
@@ -134,31 +136,15 @@ async fn apply(
                     Some(checkpoint),
                 )
                 .await?;
-            let last_train = records
-                .iter()
-                .rev()
-                .find(|r| r.learning_rate.is_some())
-                .cloned();
-            let last_eval = records
-                .iter()
-                .rev()
-                .find(|r| r.learning_rate.is_none())
-                .cloned();
-            store
-                .update_job(id, move |v| {
-                    if let Some(r) = &last_train {
-                        update_progress(v, r);
-                    }
-                    v.metrics = last_train;
-                    v.eval_metrics = last_eval;
-                    Ok(())
-                })
-                .await?;
         }
         WorkerEvent::Memory { peak_rss_bytes } => {
             // On the CPU (fake GPUs included, whose workers run there) the worker's RSS is
             // the memory it takes from the device; on a GPU it is not, NVML says (below).
-            let on_cpu = sup.devices.is_fake() || job_device(sup, id).as_deref() == Some("cpu");
+            // A worker in Slurm names its node and device ("node-2:cpu").
+            let on_cpu = match slurm_worker(sup, id) {
+                true => store.job(id)?.device.is_some_and(|d| d.ends_with("cpu")),
+                false => sup.devices.is_fake() || job_device(sup, id).as_deref() == Some("cpu"),
+            };
             if on_cpu {
                 raise_peak(store, id, peak_rss_bytes).await?;
             }
@@ -223,6 +209,42 @@ async fn apply(
     Ok(())
 }
 
+/// Makes `records` the job's metric history, and its last training and evaluation records the
+/// job's progress and metrics: a resumed worker's history, or one read from a checkpoint.
+pub(super) async fn restore_history(
+    store: &crate::store::Store,
+    id: u64,
+    records: Vec<MetricRecord>,
+) -> Result<(), crate::store::StoreError> {
+    store.replace_metrics(id, &records).await?;
+    let last_train = records
+        .iter()
+        .rev()
+        .find(|r| r.learning_rate.is_some())
+        .cloned();
+    let last_eval = records
+        .iter()
+        .rev()
+        .find(|r| r.learning_rate.is_none())
+        .cloned();
+    store
+        .update_job(id, move |v| {
+            if let Some(r) = &last_train {
+                update_progress(v, r);
+            }
+            v.metrics = last_train;
+            v.eval_metrics = last_eval;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
+/// Whether the job's worker runs in Slurm.
+fn slurm_worker(sup: &Supervisor, id: u64) -> bool {
+    sup.slots().get(&id).is_some_and(|s| s.slurm.is_some())
+}
+
 /// Where the job's worker runs, as admission placed it.
 fn job_device(sup: &Supervisor, id: u64) -> Option<String> {
     sup.slots().get(&id).and_then(|s| s.device.clone())
@@ -259,7 +281,7 @@ fn update_progress(view: &mut JobView, rec: &MetricRecord) {
 
 /// The job's state after its worker exited: what the worker said, read against what the
 /// daemon had asked of it.
-async fn settle(
+pub(super) async fn settle(
     sup: &Supervisor,
     id: u64,
     intent: Option<Intent>,

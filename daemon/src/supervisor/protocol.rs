@@ -50,6 +50,51 @@ impl WorkerEvent {
     }
 }
 
+/// What a worker reporting over HTTP posts (`POST /internal/v1/jobs/{id}/events`): its
+/// events numbered from `first_seq`, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub first_seq: u64,
+    pub events: Vec<WorkerEvent>,
+}
+
+/// `JOB_DIR/outcome.json`, the last event of a worker Slurm ran, beside the Slurm job it ran in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerOutcome {
+    pub slurm_job: Option<u64>,
+    pub event: WorkerEvent,
+}
+
+pub const OUTCOME_FILE: &str = "outcome.json";
+
+/// A trainer's log record as the daemon stores it.
+pub fn metric_record(rec: &orpo_trainer::train::LogRecord) -> MetricRecord {
+    MetricRecord {
+        step: rec.step,
+        epoch: rec.epoch,
+        learning_rate: rec.learning_rate,
+        grad_norm: rec.grad_norm,
+        tokens: rec.tokens as u64,
+        elapsed_s: rec.elapsed_s,
+        metrics: rec.metrics.clone(),
+    }
+}
+
+impl WorkerEvent {
+    /// The outcome this event states, if it is a worker's last.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self {
+            WorkerEvent::Finished => Some(Outcome::Finished),
+            WorkerEvent::Stopped => Some(Outcome::Stopped),
+            WorkerEvent::Failed { kind, message } => Some(Outcome::Failed {
+                kind: kind.clone(),
+                message: message.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// How a worker ended, from its last event (none when it died without one).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

@@ -1,22 +1,37 @@
 //! `orpod worker --job-dir DIR`: runs one job for the daemon. It trains with `orpo-trainer`,
 //! prints one JSON event per line on stdout (the daemon's only view of it), logs to stderr
 //! (the job's worker.log), and on SIGTERM finishes its step, checkpoints and exits.
+//!
+//! With `--report URL` (a worker Slurm started) the events go to the daemon over HTTP instead
+//! ([`report`]), and the last one is also written to `JOB_DIR/outcome.json`, with the Slurm job
+//! id, for a daemon that was away when the worker ended.
+
+mod report;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context;
-use orpo_api::{JobSpec, MetricRecord};
-use orpo_trainer::train::{self, Event, LogRecord, RunOptions, Session};
+use orpo_api::JobSpec;
+use orpo_trainer::train::{self, Event, RunOptions, Session};
 
 use crate::cli::WorkerArgs;
-use crate::supervisor::protocol::WorkerEvent;
+use crate::supervisor::protocol::{metric_record, WorkerEvent, WorkerOutcome, OUTCOME_FILE};
+pub use report::SECRET_FILE;
+
+/// Where events go when they do not go to stdout.
+static REPORTER: OnceLock<report::Reporter> = OnceLock::new();
 
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    if let Some(url) = &args.report {
+        let reporter = report::Reporter::start(url, &args.job_dir, stop.clone())?;
+        let _ = REPORTER.set(reporter);
     }
     let _lock = lock_job_dir(&args.job_dir)?;
     let result = train_job(&args, &stop);
@@ -35,7 +50,13 @@ pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
             },
         },
     };
+    if args.report.is_some() {
+        write_outcome(&args.job_dir, &event);
+    }
     emit(&event);
+    if let Some(reporter) = REPORTER.get() {
+        reporter.finish(Duration::from_secs(args.report_wait_s));
+    }
     match event {
         WorkerEvent::Failed { message, .. } => {
             eprintln!("error: {message}");
@@ -53,11 +74,15 @@ fn train_job(args: &crate::cli::WorkerArgs, stop: &Arc<AtomicBool>) -> anyhow::R
     if stop.load(Ordering::SeqCst) {
         return Err(orpo_trainer::Error::Stopped.into());
     }
-    let device_name = match device.location() {
+    let mut device_name = match device.location() {
         candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
         candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
         candle_core::DeviceLocation::Cpu => "cpu".to_string(),
     };
+    // Under Slurm the node matters as much as the device on it.
+    if let (Some(_), Ok(node)) = (&args.report, std::env::var("SLURMD_NODENAME")) {
+        device_name = format!("{node}:{device_name}");
+    }
     let opts = RunOptions {
         out_dir: args.job_dir.clone(),
         device,
@@ -91,13 +116,13 @@ fn train_job(args: &crate::cli::WorkerArgs, stop: &Arc<AtomicBool>) -> anyhow::R
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
-                records: records.iter().map(record).collect(),
+                records: records.iter().map(metric_record).collect(),
             },
             Event::Log(rec) => WorkerEvent::Step {
-                record: record(rec),
+                record: metric_record(rec),
             },
             Event::Eval(rec) => WorkerEvent::Eval {
-                record: record(rec),
+                record: metric_record(rec),
             },
             Event::Saved(path) => WorkerEvent::Saved {
                 path: path.to_string_lossy().into_owned(),
@@ -114,24 +139,37 @@ fn train_job(args: &crate::cli::WorkerArgs, stop: &Arc<AtomicBool>) -> anyhow::R
     Ok(())
 }
 
-fn record(rec: &LogRecord) -> MetricRecord {
-    MetricRecord {
-        step: rec.step,
-        epoch: rec.epoch,
-        learning_rate: rec.learning_rate,
-        grad_norm: rec.grad_norm,
-        tokens: rec.tokens as u64,
-        elapsed_s: rec.elapsed_s,
-        metrics: rec.metrics.clone(),
-    }
-}
-
-/// One event line. Write errors are ignored: a daemon that died closed the pipe, and the worker
-/// must still get to its checkpoint (Rust ignores SIGPIPE, so the write fails instead).
+/// One event, to the daemon's reporter or as a line on stdout. Write errors are ignored: a
+/// daemon that died closed the pipe, and the worker must still get to its checkpoint (Rust
+/// ignores SIGPIPE, so the write fails instead).
 fn emit(event: &WorkerEvent) {
+    if let Some(reporter) = REPORTER.get() {
+        reporter.send(event.clone());
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}", event.to_line());
     let _ = out.flush();
+}
+
+/// `JOB_DIR/outcome.json`: how this worker ended, for a daemon that did not hear it. Written
+/// to a temporary file and renamed; a failure is only logged (the daemon then resumes the job
+/// from its newest checkpoint, which loses no work).
+fn write_outcome(job_dir: &std::path::Path, event: &WorkerEvent) {
+    let outcome = WorkerOutcome {
+        slurm_job: std::env::var("SLURM_JOB_ID")
+            .ok()
+            .and_then(|v| v.parse().ok()),
+        event: event.clone(),
+    };
+    let tmp = job_dir.join(format!("{OUTCOME_FILE}.tmp"));
+    let written = serde_json::to_vec(&outcome)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, job_dir.join(OUTCOME_FILE)));
+    if let Err(e) = written {
+        eprintln!("writing {OUTCOME_FILE}: {e}");
+    }
 }
 
 /// The peak resident set so far: the measured peak a CPU job's estimate is compared with.
