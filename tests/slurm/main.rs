@@ -1,8 +1,8 @@
-//! The single-node Slurm cluster the Slurm executor will run on (`orpo_tests::slurm`), checked
-//! for what that executor relies on: a batch job runs, a second job asking for the one GPU gres
-//! waits with Slurm's reason `Resources` (what `pending_reason` will show), `scancel
-//! --signal=TERM --full` reaches the batch script (how pause will ask a worker to checkpoint),
-//! and stopping the cluster leaves none of its processes behind.
+//! The Slurm executor on a real single-node cluster (`orpo_tests::slurm`). Here: the cluster
+//! does what the executor relies on (a second job asking for the one GPU gres waits with
+//! Slurm's reason `Resources`, `scancel --signal=TERM --full` reaches the batch script, stopping
+//! the cluster leaves none of its processes behind); `executor.rs`: the daemon running jobs
+//! through it.
 //!
 //! Outside CI a host without root or without `slurm-wlm` skips with a note; in CI (where
 //! `.ci/run` installs it) that is a failure.

@@ -70,9 +70,11 @@ impl Supervisor {
             .collect())
     }
 
-    /// Whether a job with this `resources.device` is estimated for a GPU (bf16, CUDA context).
+    /// Whether a job with this `resources.device` is estimated for a GPU (bf16, CUDA context):
+    /// with Slurm, any job not pinned to the CPU (it asks Slurm for a GPU, whatever this host
+    /// has).
     pub fn on_gpu(&self, pin: &str) -> bool {
-        pin != "cpu" && self.devices.gpus_take_jobs()
+        pin != "cpu" && (self.in_slurm() || self.devices.gpus_take_jobs())
     }
 
     /// The memory estimate of `spec` on its data (the longest micro-batch it will see, from

@@ -191,6 +191,16 @@ pub fn request(cfg: &ServeConfig, spec: &JobSpec, estimate: u64) -> Result<Vec<S
     Ok(args)
 }
 
+/// The device a worker in Slurm trains on: Slurm shows a job only the GPU it was given, as
+/// `cuda:0`, whatever GPU a job pinned.
+fn worker_device(spec: &JobSpec) -> &'static str {
+    match spec.resources.device.as_str() {
+        "cpu" => "cpu",
+        d if d.starts_with("cuda") => "cuda:0",
+        _ => "auto",
+    }
+}
+
 /// `text` in single quotes for `sh`.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -445,7 +455,7 @@ impl Supervisor {
         let id = view.id;
         let dir = spawn::job_dir(&self.config.state_dir, id);
         let spec = crate::store::spec_of(view);
-        spawn::write_job_file(&self.config.state_dir, &dir, spec, &spec.resources.device)?;
+        spawn::write_job_file(&self.config.state_dir, &dir, spec, worker_device(spec))?;
         let secret = tokens::random_hex(32).context("making the worker's secret")?;
         write_secret(&dir, &secret)?;
         for stale in [OUTCOME_FILE, RUN_FILE] {
@@ -681,6 +691,9 @@ impl Supervisor {
     /// it the daemon cannot tell a running worker from a lost one, and starting the job again
     /// could run it twice.
     pub(super) async fn reattach_slurm(&self, jobs: &[JobView]) -> anyhow::Result<usize> {
+        if !jobs.iter().any(|j| j.state.has_worker()) {
+            return Ok(0);
+        }
         let rows = self
             .slurm_queue()
             .await
