@@ -2,7 +2,8 @@
 //! Slurm to the same numbers as a local run; two jobs asking for the one GPU gres, the second
 //! waiting with Slurm's reason (paused and resumed while it waits) until the first is
 //! cancelled; pause and resume, then a `scancel` from outside orpod, each resuming from a
-//! checkpoint with no step lost or repeated; and a daemon killed with SIGKILL while its job runs
+//! checkpoint with no step lost or repeated; a node that fails under a job, which waits with
+//! Slurm's reason and resumes once the node is back; and a daemon killed with SIGKILL while its job runs
 //! in Slurm, which re-attaches to the same Slurm job on restart instead of starting another, or,
 //! back only after the worker ended, settles the job from the worker's outcome file and newest
 //! checkpoint.
@@ -282,6 +283,64 @@ async fn pause_resume_and_an_outside_scancel_lose_no_step() {
         .filter(|e| e.message.starts_with("resumed from step-"))
         .count();
     assert_eq!(resumed, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_that_fails_under_a_job_sends_it_back_to_the_queue() {
+    let Some(c) = cluster_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let d = slurm_daemon(&c, tmp.path(), "").await;
+    let steps = 600;
+    let job = submit(
+        &d,
+        &model,
+        16,
+        &format!("max_steps = {steps}\nsave_every = 20"),
+        "cpu",
+    )
+    .await;
+    d.wait_for(job.id, LONG, "a checkpoint", |j| j.progress.step >= 25)
+        .await;
+    let host = c.run("hostname", &["-s"]).trim().to_string();
+    let node = format!("NodeName={host}");
+    c.run(
+        "scontrol",
+        &["update", &node, "State=DOWN", "Reason=orpod-test"],
+    );
+    // Slurm ends the job with the node; orpod queues it again, and it waits for a node.
+    let waiting = d
+        .wait_for(job.id, LONG, "a wait for the node", |j| {
+            j.attempts == 2
+                && j.state == JobState::Starting
+                && j.pending_reason.as_deref().is_some_and(|r| {
+                    r.starts_with("slurm: ") && !r.contains("RUNNING") && !r.contains("submitting")
+                })
+        })
+        .await;
+    let events = d.client.events(job.id, None).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("from outside orpod")),
+        "{waiting:?}\n{events:#?}"
+    );
+    // The node registers again by itself (ReturnToService=2) or is told to.
+    let resumed = c
+        .command("scontrol")
+        .args(["update", &node, "State=RESUME"])
+        .output()
+        .unwrap();
+    eprintln!(
+        "waited with {:?}; resume: {}",
+        waiting.pending_reason,
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let done = d.wait_state(job.id, JobState::Succeeded, LONG).await;
+    assert_eq!(done.attempts, 2);
+    assert_eq!(d.train_steps(job.id).await, (1..=steps).collect::<Vec<_>>());
 }
 
 /// Kills the daemon with SIGKILL while its job trains in Slurm and starts it again: at once on

@@ -124,6 +124,18 @@ pub fn parse_nodes(text: &str) -> Vec<SlurmNodeView> {
     nodes
 }
 
+/// A job's `pending_reason` while its Slurm job is alive and the worker has not begun:
+/// Slurm's reason while it is pending (`None` until the scheduler has looked at it), its state
+/// and node after.
+pub fn waiting_reason(row: &QueueRow) -> String {
+    match (row.state.as_str(), row.reason.as_str(), row.node.as_str()) {
+        ("PENDING", "None" | "", _) => format!("slurm: pending (job {})", row.job),
+        ("PENDING", reason, _) => format!("slurm: {reason} (job {})", row.job),
+        (state, _, "") => format!("slurm: {state} (job {})", row.job),
+        (state, _, node) => format!("slurm: {state} on {node} (job {})", row.job),
+    }
+}
+
 /// Whether a Slurm job in this state may still run its worker (or is still ending it).
 pub fn alive(state: &str) -> bool {
     !matches!(
@@ -571,10 +583,7 @@ impl Supervisor {
             let row = rows.iter().find(|r| r.job == run.job);
             match row {
                 Some(row) if alive(&row.state) => {
-                    let reason = match row.state.as_str() {
-                        "PENDING" => format!("slurm: {} (job {})", row.reason, run.job),
-                        _ => format!("slurm: {} on {} (job {})", row.state, row.node, run.job),
-                    };
+                    let reason = waiting_reason(row);
                     self.store
                         .update_job(id, move |v| {
                             if v.state == JobState::Starting
@@ -876,6 +885,22 @@ mod tests {
         assert_eq!(rows[0].reason, "Resources");
         assert_eq!(rows[1].node, "gpu-box-2");
         assert!(alive("PENDING") && alive("COMPLETING") && !alive("NODE_FAIL"));
+        let reasons: Vec<String> = parse_queue(
+            "42|orpod-7|PENDING|Resources|\n42|orpod-7|PENDING|None|\n\
+             42|orpod-7|RUNNING|None|gpu-box-2\n42|orpod-7|CONFIGURING|None|\n",
+        )
+        .iter()
+        .map(waiting_reason)
+        .collect();
+        assert_eq!(
+            reasons,
+            [
+                "slurm: Resources (job 42)",
+                "slurm: pending (job 42)",
+                "slurm: RUNNING on gpu-box-2 (job 42)",
+                "slurm: CONFIGURING (job 42)"
+            ]
+        );
     }
 
     /// What `sinfo -h -N -O NODE_FORMAT` printed on the tests' cluster (Slurm 22.05) with a job
