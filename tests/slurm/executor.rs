@@ -4,9 +4,9 @@
 //! cancelled; pause and resume, then a `scancel` from outside orpod, each resuming from a
 //! checkpoint with no step lost or repeated; a node that fails under a job, which waits with
 //! Slurm's reason and resumes once the node is back; and a daemon killed with SIGKILL while its job runs
-//! in Slurm, which re-attaches to the same Slurm job on restart instead of starting another, or,
-//! back only after the worker ended, settles the job from the worker's outcome file and newest
-//! checkpoint.
+//! in Slurm, which re-attaches to the same Slurm job on restart instead of starting another
+//! (and keeps a cancel it had answered), or, back only after the worker ended, settles the job
+//! from the worker's outcome file and newest checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,11 +25,18 @@ fn exe() -> PathBuf {
 
 /// A daemon whose workers run in `c`, with `slurm` lines added to its `[slurm]` table.
 async fn slurm_daemon(c: &Cluster, dir: &Path, slurm: &str) -> TestDaemon {
+    slurm_daemon_on(c, dir, None, slurm).await
+}
+
+/// [`slurm_daemon`] on `port` at every start (as a real daemon's address stays), or a new free
+/// port at each.
+async fn slurm_daemon_on(c: &Cluster, dir: &Path, port: Option<u16>, slurm: &str) -> TestDaemon {
+    let listen = port.map_or(String::new(), |p| format!("listen = \"127.0.0.1:{p}\"\n"));
     TestDaemon::start(
         &exe(),
         &dir.join("slurm-state"),
         &format!(
-            "executor = \"slurm\"\n[slurm]\nconf = {:?}\ncpus_per_job = 1\nreport_wait_s = 30\n{slurm}",
+            "{listen}executor = \"slurm\"\n[slurm]\nconf = {:?}\ncpus_per_job = 1\n{slurm}",
             c.conf().to_string_lossy()
         ),
     )
@@ -354,17 +361,8 @@ async fn daemon_killed_while_its_job_runs_in_slurm(away: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path());
     let port = orpo_tests::slurm::free_port();
-    let mut d = TestDaemon::start(
-        &exe(),
-        &tmp.path().join("slurm-state"),
-        &format!(
-            "listen = \"127.0.0.1:{port}\"\nexecutor = \"slurm\"\n[slurm]\nconf = {:?}\n\
-             cpus_per_job = 1\nreport_wait_s = {}\n",
-            c.conf().to_string_lossy(),
-            if away { 3 } else { 60 }
-        ),
-    )
-    .await;
+    let wait = format!("report_wait_s = {}\n", if away { 3 } else { 60 });
+    let mut d = slurm_daemon_on(&c, tmp.path(), Some(port), &wait).await;
     let steps = 800;
     let job = submit(
         &d,
@@ -414,6 +412,35 @@ async fn daemon_killed_while_its_job_runs_in_slurm(away: bool) {
         .iter()
         .any(|e| e.message.contains("did not reach the daemon"));
     assert_eq!(from_checkpoint, away, "{events:#?}");
+}
+
+/// A cancel answered just before the daemon died is still a cancel after the restart, not a
+/// worker stopped from outside to requeue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancel_survives_a_daemon_killed_right_after_it() {
+    let Some(c) = cluster_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let port = orpo_tests::slurm::free_port();
+    let mut d = slurm_daemon_on(&c, tmp.path(), Some(port), "").await;
+    let job = submit(
+        &d,
+        &model,
+        16,
+        "max_steps = 100000\nsave_every = 1000",
+        "cpu",
+    )
+    .await;
+    d.wait_for(job.id, LONG, "training", |j| j.progress.step >= 5)
+        .await;
+    d.client.cancel(job.id).await.unwrap();
+    d.kill9();
+    d.restart().await;
+    let cancelled = d.wait_state(job.id, JobState::Cancelled, LONG).await;
+    assert_eq!(cancelled.attempts, 1);
+    assert!(c.jobs_named(&name(job.id)).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

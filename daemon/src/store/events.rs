@@ -61,11 +61,21 @@ impl Store {
         Ok(out)
     }
 
+    /// A record of the same step and kind (training or evaluation) as the job's last one
+    /// replaces it: that is the same record told twice (a worker in Slurm posting again an
+    /// event whose number a crash of the daemon lost).
     pub async fn append_metric(&self, id: u64, record: &MetricRecord) -> Result<()> {
         let value = to_json(record);
+        let (step, train) = (record.step, record.learning_rate.is_some());
         self.writer
             .run(false, move |t| {
-                let seq = last_seq(&t.metrics, id)? + 1;
+                let last = last_seq(&t.metrics, id)?;
+                let again = match t.metrics.get(pair_key(id, last))? {
+                    Some(v) => serde_json::from_slice::<MetricRecord>(&v)
+                        .is_ok_and(|r| r.step == step && r.learning_rate.is_some() == train),
+                    None => false,
+                };
+                let seq = if again { last } else { last + 1 };
                 t.metrics.insert(pair_key(id, seq), value)?;
                 Ok(())
             })
@@ -119,4 +129,40 @@ fn last_seq(tree: &sled::Tree, id: u64) -> Result<u64> {
             None => 0,
         },
     )
+}
+
+/// `meta` key of a job's [`Store::worker_seq`].
+pub(super) fn worker_seq_key(id: u64) -> Vec<u8> {
+    let mut key = b"worker_seq/".to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+impl Store {
+    /// Records that the events of the job's worker in Slurm job `slurm_job` are applied up to
+    /// number `seq`. Written after the events it counts and flushed with them: sled recovers a
+    /// prefix of the writes after a crash, so the number never counts an event the store lost,
+    /// and a restarted daemon skips exactly the events it has when the worker posts them again.
+    pub async fn set_worker_seq(&self, id: u64, slurm_job: u64, seq: u64) -> Result<()> {
+        let mut value = slurm_job.to_be_bytes().to_vec();
+        value.extend_from_slice(&seq.to_be_bytes());
+        self.writer
+            .run(false, move |t| {
+                t.meta.insert(worker_seq_key(id), value)?;
+                Ok(())
+            })
+            .await
+    }
+
+    /// The Slurm job and event number of [`Store::set_worker_seq`], if any.
+    pub fn worker_seq(&self, id: u64) -> Result<Option<(u64, u64)>> {
+        let Some(v) = self.t()?.meta.get(worker_seq_key(id))? else {
+            return Ok(None);
+        };
+        let (job, seq) = (v.get(..8), v.get(8..16));
+        Ok(job.zip(seq).map(|(j, s)| {
+            let n = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+            (n(j), n(s))
+        }))
+    }
 }

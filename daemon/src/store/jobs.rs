@@ -249,6 +249,7 @@ impl Store {
                         tree.remove(key?)?;
                     }
                 }
+                t.meta.remove(super::events::worker_seq_key(id))?;
                 t.jobs.remove(id.to_be_bytes())?;
                 Ok(view)
             })

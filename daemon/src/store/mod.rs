@@ -22,7 +22,8 @@
 //!
 //! # Trees
 //! Keys are big-endian so sled's byte order is numeric order.
-//! - `meta`: `schema_version` (u32), `next_job_id` (u64).
+//! - `meta`: `schema_version` (u32), `next_job_id` (u64), and per job with a worker in Slurm
+//!   `worker_seq/<job id>` → (Slurm job, last event applied), two u64.
 //! - `jobs`: job id → the job's [`JobView`] as JSON.
 //! - `events`, `metrics`: `(job id, seq)` → JSON.
 //! - `datasets`: sha256 hex → [`DatasetView`] as JSON (the bytes are files beside the db).

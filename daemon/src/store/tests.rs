@@ -328,6 +328,32 @@ async fn delete_removes_a_finished_job_and_its_history() {
         .append_metric(job.id, &orpo_api::MetricRecord::default())
         .await
         .unwrap();
+    // The same record told twice is kept once; the next step and an evaluation of the same
+    // step are new records.
+    let step = |step, lr: Option<f64>| orpo_api::MetricRecord {
+        step,
+        learning_rate: lr,
+        ..Default::default()
+    };
+    for r in [
+        step(1, Some(1e-4)),
+        step(1, Some(1e-4)),
+        step(1, None),
+        step(2, Some(1e-4)),
+    ] {
+        store.append_metric(job.id, &r).await.unwrap();
+    }
+    let kept: Vec<(usize, bool)> = store
+        .metrics(job.id, 0, 10)
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.learning_rate.is_some()))
+        .collect();
+    assert_eq!(kept, [(1, true), (1, false), (2, true)]);
+    store.set_worker_seq(job.id, 42, 7).await.unwrap();
+    store.set_worker_seq(other, 43, 9).await.unwrap();
+    store.set_worker_seq(job.id, 42, 8).await.unwrap();
+    assert_eq!(store.worker_seq(job.id).unwrap(), Some((42, 8)));
     let err = store.delete_job(job.id).await.unwrap_err();
     assert!(err.to_string().contains("cancel it first"), "{err}");
     store
@@ -342,6 +368,8 @@ async fn delete_removes_a_finished_job_and_its_history() {
     assert!(store.events(job.id, 0, 10).unwrap().is_empty());
     assert!(store.metrics(job.id, 0, 10).unwrap().is_empty());
     assert_eq!(store.events(other, 0, 10).unwrap().len(), 1);
+    assert_eq!(store.worker_seq(job.id).unwrap(), None);
+    assert_eq!(store.worker_seq(other).unwrap(), Some((43, 9)));
     assert_eq!(store.queued(), vec![other]);
     // The key is free again: the same request makes a new job.
     assert!(matches!(

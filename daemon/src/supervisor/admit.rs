@@ -70,11 +70,19 @@ impl Supervisor {
             .collect())
     }
 
-    /// Whether a job with this `resources.device` is estimated for a GPU (bf16, CUDA context):
-    /// with Slurm, any job not pinned to the CPU (it asks Slurm for a GPU, whatever this host
-    /// has).
+    /// Whether work with this `resources.device` runs on one of this host's GPUs (estimated in
+    /// bf16 with a CUDA context): generation requests and samples, and local training.
     pub fn on_gpu(&self, pin: &str) -> bool {
-        pin != "cpu" && (self.in_slurm() || self.devices.gpus_take_jobs())
+        pin != "cpu" && self.devices.gpus_take_jobs()
+    }
+
+    /// Whether a job with this `resources.device` trains on a GPU: with Slurm, any job not
+    /// pinned to the CPU (it asks Slurm for a GPU, whatever this host has).
+    fn trains_on_gpu(&self, pin: &str) -> bool {
+        match self.in_slurm() {
+            true => pin != "cpu",
+            false => self.on_gpu(pin),
+        }
     }
 
     /// The memory estimate of `spec` on its data (the longest micro-batch it will see, from
@@ -83,7 +91,7 @@ impl Supervisor {
     /// without an answer) is an error that names the setting or row at fault.
     /// Also the job's optimizer steps on its data (`train::total_steps` of its training rows).
     pub async fn estimate(&self, spec: &JobSpec) -> Result<(MemoryEstimate, usize), String> {
-        let (spec, cuda) = (spec.clone(), self.on_gpu(&spec.resources.device));
+        let (spec, cuda) = (spec.clone(), self.trains_on_gpu(&spec.resources.device));
         let state_dir = self.config.state_dir.clone();
         let work = move || -> Result<(MemoryEstimate, usize), String> {
             let model_error = |e: orpo_trainer::Error| {

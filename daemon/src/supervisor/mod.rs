@@ -35,7 +35,8 @@ use crate::store::{Store, StoreError};
 pub use admit::Plan;
 
 /// Why the daemon is stopping a worker; decides the job's state when the worker exits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Intent {
     Cancel,
     Pause,
@@ -245,7 +246,7 @@ impl Supervisor {
     /// SIGTERM when that daemon died (PR_SET_PDEATHSIG) and checkpointed; a new worker resumes
     /// from the newest checkpoint. A job that was being paused stays paused. With Slurm, a job
     /// whose Slurm job is still there is re-attached to it instead.
-    pub async fn recover(&self) -> anyhow::Result<usize> {
+    pub async fn recover(self: &Arc<Self>) -> anyhow::Result<usize> {
         let mut stale: Vec<JobView> = self
             .store
             .all_jobs()?

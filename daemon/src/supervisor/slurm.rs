@@ -15,8 +15,9 @@
 //! whose Slurm job ended is settled from the worker's last event (or its `outcome.json`, when
 //! the daemon was away). A worker stopped from outside orpod (`scancel`, a node failure, the
 //! time limit) leaves the job `interrupted`, and it goes on from its newest checkpoint in a new
-//! Slurm job. `JOB_DIR/slurm.json` records the Slurm job and the last event applied, so a
-//! restarted daemon re-attaches to the Slurm jobs still running instead of starting them again.
+//! Slurm job. `JOB_DIR/slurm.json` records the Slurm job and what the daemon asked of it, and
+//! the store the last event applied, so a restarted daemon re-attaches to the Slurm jobs still
+//! running instead of starting them again, and applies each event once.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,10 +53,15 @@ pub struct SlurmRun {
     pub outcome: Option<Outcome>,
 }
 
+/// The number of the last event applied lives in the store, with the events
+/// ([`crate::store::Store::set_worker_seq`]).
 #[derive(Debug, Serialize, Deserialize)]
 struct RunFile {
     slurm_job: u64,
-    applied: u64,
+    /// What the daemon asked of the worker (a cancel in flight when the daemon restarts stays
+    /// a cancel).
+    #[serde(default)]
+    intent: Option<Intent>,
 }
 
 /// One job as `squeue` lists it.
@@ -223,11 +229,11 @@ fn read_run_file(dir: &Path) -> Option<RunFile> {
     serde_json::from_slice(&text).ok()
 }
 
-fn write_run_file(dir: &Path, run: &SlurmRun) -> std::io::Result<()> {
+fn write_run_file(dir: &Path, run: &SlurmRun, intent: Option<Intent>) -> std::io::Result<()> {
     let tmp = dir.join(format!("{RUN_FILE}.tmp"));
     let text = serde_json::to_vec(&RunFile {
         slurm_job: run.job,
-        applied: run.applied,
+        intent,
     })
     .map_err(std::io::Error::other)?;
     std::fs::write(&tmp, text)?;
@@ -523,7 +529,7 @@ impl Supervisor {
             applied: 0,
             outcome: None,
         };
-        write_run_file(&dir, &run).context("writing slurm.json")?;
+        write_run_file(&dir, &run, None).context("writing slurm.json")?;
         Ok(run)
     }
 
@@ -533,6 +539,16 @@ impl Supervisor {
     pub(super) fn stop_in_slurm(self: &Arc<Self>, id: u64, slurm_job: u64, intent: Intent) {
         if intent == Intent::Shutdown {
             return;
+        }
+        let (run, recorded) = match self.slots().get(&id) {
+            Some(slot) => (slot.slurm.clone(), slot.intent),
+            None => (None, None),
+        };
+        if let Some(run) = run {
+            let dir = spawn::job_dir(&self.config.state_dir, id);
+            if let Err(e) = write_run_file(&dir, &run, recorded) {
+                tracing::warn!(job = id, "writing slurm.json: {e}");
+            }
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -597,7 +613,12 @@ impl Supervisor {
                 }
                 ended => {
                     let state = ended.map_or("gone from squeue".to_string(), |r| r.state.clone());
-                    self.settle_slurm(id, run, &state).await?;
+                    // After any report being applied, with what it brought.
+                    let _one = self.reporting.lock().await;
+                    let fresh = self.slots().get(&id).and_then(|s| s.slurm.clone());
+                    if let Some(run) = fresh {
+                        self.settle_slurm(id, run, &state).await?;
+                    }
                 }
             }
         }
@@ -696,10 +717,14 @@ impl Supervisor {
 
     /// At start: the jobs a previous daemon left with a worker in Slurm get their slot back
     /// (their Slurm job is found by `slurm.json` or by its name), so the next rounds follow
-    /// them; the others are put back as at a restart. Err when `squeue` cannot be read: without
+    /// them, with the cancel or pause that daemon had asked for (asked again); the others are
+    /// put back as at a restart. Err when `squeue` cannot be read: without
     /// it the daemon cannot tell a running worker from a lost one, and starting the job again
     /// could run it twice.
-    pub(super) async fn reattach_slurm(&self, jobs: &[JobView]) -> anyhow::Result<usize> {
+    pub(super) async fn reattach_slurm(
+        self: &Arc<Self>,
+        jobs: &[JobView],
+    ) -> anyhow::Result<usize> {
         if !jobs.iter().any(|j| j.state.has_worker()) {
             return Ok(0);
         }
@@ -722,23 +747,34 @@ impl Supervisor {
             };
             let secret = std::fs::read_to_string(dir.join(crate::commands::worker::SECRET_FILE))
                 .unwrap_or_default();
+            let intent = file.as_ref().and_then(|f| f.intent);
+            let applied = match self.store.worker_seq(job.id)? {
+                Some((j, seq)) if j == slurm_job => seq,
+                _ => 0,
+            };
             let run = SlurmRun {
                 job: slurm_job,
                 secret_hash: tokens::hash(secret.trim()),
-                applied: file.map_or(0, |f| f.applied),
+                applied,
                 outcome: None,
             };
             tracing::info!(job = job.id, slurm_job, "re-attached to its Slurm job");
+            let intent = intent.or((job.state == JobState::Pausing).then_some(Intent::Pause));
             self.slots().insert(
                 job.id,
                 Slot {
-                    intent: (job.state == JobState::Pausing).then_some(Intent::Pause),
+                    intent,
                     estimate: job.memory.estimate_bytes.unwrap_or(0),
                     slurm: Some(run),
                     ..Slot::default()
                 },
             );
             attached += 1;
+            // The previous daemon may have died before its signal went out: asking again
+            // costs nothing.
+            if let Some(intent) = intent {
+                self.stop_in_slurm(job.id, slurm_job, intent);
+            }
         }
         Ok(attached)
     }
@@ -762,7 +798,6 @@ impl Supervisor {
         if tokens::hash(secret) != run.secret_hash {
             return Err(ReportError::WrongSecret);
         }
-        let dir = spawn::job_dir(&self.config.state_dir, id);
         let mut applied = run.applied;
         let mut result = Ok(());
         for (seq, event) in (report.first_seq..).zip(report.events) {
@@ -770,7 +805,11 @@ impl Supervisor {
                 continue;
             }
             let mut outcome = None;
-            if let Err(e) = super::monitor::apply(self, id, event, &mut outcome).await {
+            // Each number right after its event: a store recovered after a crash (a prefix of
+            // the writes) then holds every event its number counts, and at most the one event
+            // being applied beyond it, which `append_metric` takes as told twice.
+            let done = super::monitor::apply(self, id, event, &mut outcome).await;
+            if let Err(e) = done.and(self.store.set_worker_seq(id, run.job, seq).await) {
                 result = Err(e);
                 break;
             }
@@ -782,16 +821,9 @@ impl Supervisor {
                 }
             }
         }
-        // The events are durable before their numbers are: a daemon killed now must not skip,
-        // on the worker's next post, events its store lost. An answer that is not 200 makes
-        // the worker post them again.
+        // Durable before the answer: a worker told 200 never posts these again. An answer that
+        // is not 200 makes it post them again.
         result = result.and(self.store.flush().await);
-        let run = self.slots().get(&id).and_then(|s| s.slurm.clone());
-        if let (Ok(()), Some(run)) = (&result, run) {
-            if let Err(e) = write_run_file(&dir, &run) {
-                tracing::warn!(job = id, "writing slurm.json: {e}");
-            }
-        }
         result.map(|()| applied).map_err(ReportError::Store)
     }
 }
