@@ -58,6 +58,15 @@ async fn submit(d: &TestDaemon, model: &Path, rows: usize, train: &str, device: 
         .expect("submit")
 }
 
+/// Submits a CPU job of `steps` steps that checkpoints every 20, and waits until it has
+/// trained past its first checkpoint.
+async fn past_a_checkpoint(d: &TestDaemon, model: &Path, steps: usize) -> JobView {
+    let train = format!("max_steps = {steps}\nsave_every = 20");
+    let job = submit(d, model, 16, &train, "cpu").await;
+    d.wait_for(job.id, LONG, "a checkpoint", |j| j.progress.step >= 25)
+        .await
+}
+
 /// A record without its timing, the one field two runs of the same job may differ in.
 fn untimed(r: &MetricRecord) -> MetricRecord {
     MetricRecord {
@@ -244,16 +253,7 @@ async fn pause_resume_and_an_outside_scancel_lose_no_step() {
     let model = tiny_model(tmp.path());
     let d = slurm_daemon(&c, tmp.path(), "").await;
     let steps = 600;
-    let job = submit(
-        &d,
-        &model,
-        16,
-        &format!("max_steps = {steps}\nsave_every = 20"),
-        "cpu",
-    )
-    .await;
-    d.wait_for(job.id, LONG, "a checkpoint", |j| j.progress.step >= 25)
-        .await;
+    let job = past_a_checkpoint(&d, &model, steps).await;
     d.client.pause(job.id).await.unwrap();
     let paused = d.wait_state(job.id, JobState::Paused, LONG).await;
     assert!(c.jobs_named(&name(job.id)).is_empty());
@@ -301,16 +301,7 @@ async fn a_node_that_fails_under_a_job_sends_it_back_to_the_queue() {
     let model = tiny_model(tmp.path());
     let d = slurm_daemon(&c, tmp.path(), "").await;
     let steps = 600;
-    let job = submit(
-        &d,
-        &model,
-        16,
-        &format!("max_steps = {steps}\nsave_every = 20"),
-        "cpu",
-    )
-    .await;
-    d.wait_for(job.id, LONG, "a checkpoint", |j| j.progress.step >= 25)
-        .await;
+    let job = past_a_checkpoint(&d, &model, steps).await;
     let host = c.run("hostname", &["-s"]).trim().to_string();
     let node = format!("NodeName={host}");
     c.run(

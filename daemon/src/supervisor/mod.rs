@@ -422,17 +422,24 @@ impl Supervisor {
         (run_on, nice)
     }
 
-    /// Moves a queued job to `starting` on `device` and spawns its worker.
-    async fn start(self: Arc<Self>, id: u64, device: String, estimate: u64) -> anyhow::Result<()> {
+    /// Gives a queued job its slot and moves it to `starting` (on `device` when admission
+    /// placed it here; with `pending_reason` while it waits elsewhere), counting the attempt
+    /// and its owner's turn. The slot comes first, so no round starts the job twice.
+    async fn claim_start(
+        &self,
+        id: u64,
+        device: Option<String>,
+        estimate: u64,
+        pending_reason: Option<String>,
+    ) -> anyhow::Result<JobView> {
         self.slots().insert(
             id,
             Slot {
-                device: Some(device.clone()),
+                device: device.clone(),
                 estimate,
                 ..Slot::default()
             },
         );
-        let placed = device.clone();
         let view = self
             .store
             .update_job(id, move |v| {
@@ -440,10 +447,10 @@ impl Supervisor {
                     return Err(format!("job is {}", v.state));
                 }
                 v.state = JobState::Starting;
-                v.pending_reason = None;
+                v.pending_reason = pending_reason;
                 v.error = None;
                 v.attempts += 1;
-                v.device = Some(placed);
+                v.device = device;
                 v.started_at.get_or_insert_with(crate::now_rfc3339);
                 Ok(())
             })
@@ -456,6 +463,14 @@ impl Supervisor {
             }
         };
         self.note_start(&view.owner);
+        Ok(view)
+    }
+
+    /// Moves a queued job to `starting` on `device` and spawns its worker.
+    async fn start(self: Arc<Self>, id: u64, device: String, estimate: u64) -> anyhow::Result<()> {
+        let view = self
+            .claim_start(id, Some(device.clone()), estimate, None)
+            .await?;
         let dir = spawn::job_dir(&self.config.state_dir, id);
         let (run_on, nice) = self.run_on(&device);
         let child = self.config.worker_exe().and_then(|exe| {

@@ -378,36 +378,8 @@ impl Supervisor {
         estimate: u64,
         args: Vec<String>,
     ) -> anyhow::Result<()> {
-        self.slots().insert(
-            id,
-            Slot {
-                estimate,
-                ..Slot::default()
-            },
-        );
-        let view = self
-            .store
-            .update_job(id, move |v| {
-                if v.state != JobState::Queued {
-                    return Err(format!("job is {}", v.state));
-                }
-                v.state = JobState::Starting;
-                v.pending_reason = Some("slurm: submitting".into());
-                v.error = None;
-                v.attempts += 1;
-                v.device = None;
-                v.started_at.get_or_insert_with(crate::now_rfc3339);
-                Ok(())
-            })
-            .await;
-        let view = match view {
-            Ok(v) => v,
-            Err(e) => {
-                self.slots().remove(&id);
-                return Err(e.into());
-            }
-        };
-        self.note_start(&view.owner);
+        let submitting = Some("slurm: submitting".to_string());
+        let view = self.claim_start(id, None, estimate, submitting).await?;
         let submitted = self.sbatch(&view, args).await;
         let run = match submitted {
             Ok(run) => run,
