@@ -78,6 +78,15 @@ async function queueView(main) {
       el('td', { class: 'num' }, bytes(d.total_bytes)), el('td', { class: 'num' }, bytes(d.used_bytes)),
       el('td', { class: 'num' }, bytes(d.promised_bytes)), el('td', { class: 'num' }, bytes(d.available_bytes)),
       el('td', {}, d.running_jobs.map((id) => el('a', { href: '#/jobs/' + id }, 'job ' + id + ' '))))));
+  // With executor = "slurm": where training jobs run, as sinfo reports it.
+  const nodes = (gpus.slurm_nodes || []).length === 0 ? '' : el('table', { id: 'slurm-nodes' },
+    el('tr', {}, ['node', 'state', 'CPUs', 'memory', 'GPUs', 'in use', 'partitions', 'jobs'].map((h) => el('th', {}, h))),
+    gpus.slurm_nodes.map((n) => el('tr', { 'data-node': n.name },
+      el('td', {}, n.name), el('td', {}, n.state),
+      el('td', { class: 'num' }, n.cpus_allocated + '/' + n.cpus_total),
+      el('td', { class: 'num' }, bytes(n.memory_allocated_bytes) + ' / ' + bytes(n.memory_bytes)),
+      el('td', {}, n.gres), el('td', {}, n.gres_used), el('td', {}, n.partitions.join(', ')),
+      el('td', {}, n.running_jobs.map((id) => el('a', { href: '#/jobs/' + id }, 'job ' + id + ' '))))));
   const active = list.jobs.filter((j) => !FINISHED.includes(j.state));
   const done = list.jobs.filter((j) => FINISHED.includes(j.state));
   const jobRow = (j) => el('tr', { 'data-id': j.id, 'data-state': j.state },
@@ -91,6 +100,7 @@ async function queueView(main) {
   const head = (cols) => el('tr', {}, cols.map((h) => el('th', {}, h)));
   main.replaceChildren(
     el('h2', {}, 'Devices'), devices, gpus.note ? el('p', { class: 'reason' }, gpus.note) : '',
+    nodes ? el('h2', {}, 'Slurm nodes') : '', nodes,
     el('h2', {}, 'Queue'),
     el('table', { id: 'queue' }, head(['id', 'name', 'owner', 'state', 'step', 'ETA', 'device', 'memory est. / peak', 'why it waits']), active.map(jobRow)),
     el('h2', {}, 'Finished'),

@@ -178,6 +178,23 @@ async fn the_second_job_for_the_one_gpu_waits_with_slurms_reason() {
     assert_eq!(node.running_jobs, [first.id]);
     assert_eq!(node.gres, "gpu:fake:1");
     assert!(node.gres_used.starts_with("gpu:fake:1"), "{node:?}");
+    // The web page lists it too.
+    if let Some(mut b) = orpo_tests::browser::Browser::start().await {
+        b.goto(&format!("{}/", d.url)).await;
+        let row = b
+            .wait_for(
+                &format!(
+                    "document.querySelector('#slurm-nodes tr[data-node=\"{host}\"]')?.innerText"
+                ),
+                LONG,
+            )
+            .await;
+        let row = row.as_str().unwrap_or_default().to_string();
+        assert!(
+            row.contains(&format!("job {}", first.id)) && row.contains("gpu:fake:1"),
+            "{row}"
+        );
+    }
     // `orpoctl plan` says what a job would ask Slurm for.
     let ds = d.client.upload_dataset(prefs_jsonl(16)).await.unwrap();
     let plan = d
