@@ -1,12 +1,13 @@
 //! The daemon with `executor = "slurm"` on the real single-node cluster: a job trains through
-//! Slurm to the same numbers as a local run; two jobs asking for the one GPU gres, the second
-//! waiting with Slurm's reason (paused and resumed while it waits) until the first is
-//! cancelled; pause and resume, then a `scancel` from outside orpod, each resuming from a
-//! checkpoint with no step lost or repeated; a node that fails under a job, which waits with
-//! Slurm's reason and resumes once the node is back; and a daemon killed with SIGKILL while its job runs
-//! in Slurm, which re-attaches to the same Slurm job on restart instead of starting another
-//! (and keeps a cancel it had answered), or, back only after the worker ended, settles the job
-//! from the worker's outcome file and newest checkpoint.
+//! Slurm to the same numbers as a local run; a request Slurm refuses fails the job saying why;
+//! two jobs asking for the one GPU gres, the second waiting with Slurm's reason (paused and
+//! resumed while it waits) until the first is cancelled; pause and resume, then a `scancel` from
+//! outside orpod, each resuming from a checkpoint with no step lost or repeated; a node that
+//! fails under a job, which waits with Slurm's reason and resumes once the node is back; and a
+//! daemon killed with SIGKILL while its job runs in Slurm, which re-attaches to the same Slurm
+//! job on restart instead of starting another (and keeps a cancel it had answered), or, back
+//! only after the worker ended, settles the job from the worker's outcome file and newest
+//! checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -259,6 +260,28 @@ async fn the_second_job_for_the_one_gpu_waits_with_slurms_reason() {
     d.wait_state(second.id, JobState::Succeeded, LONG).await;
     assert!(c.jobs_named(&name(first.id)).is_empty());
     assert!(c.jobs_named(&name(second.id)).is_empty());
+}
+
+/// A request Slurm refuses fails the job with Slurm's words, instead of retrying for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_slurm_refuses_fails_saying_why() {
+    let Some(c) = cluster_or_skip() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    let d = slurm_daemon(&c, tmp.path(), "partition = \"nosuch\"\n").await;
+    let job = submit(&d, &model, 16, "max_steps = 2", "cpu").await;
+    let failed = d.wait_state(job.id, JobState::Failed, LONG).await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.kind, "slurm");
+    assert!(
+        error
+            .message
+            .starts_with("Slurm refused the job: sbatch failed")
+            && error.message.contains("nosuch"),
+        "{error:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

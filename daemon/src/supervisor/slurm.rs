@@ -251,11 +251,15 @@ pub enum ReportError {
 }
 
 impl Supervisor {
+    /// `exe` with the cluster's `SLURM_CONF`, in a worker's environment: `sbatch` hands its
+    /// environment to the batch job.
     fn slurm_command(&self, exe: &str) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(exe);
+        let mut std_cmd = std::process::Command::new(exe);
+        spawn::worker_env(&mut std_cmd);
         if let Some(conf) = &self.config.slurm.conf {
-            cmd.env("SLURM_CONF", conf);
+            std_cmd.env("SLURM_CONF", conf);
         }
+        let mut cmd = tokio::process::Command::from(std_cmd);
         cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
         cmd
     }
@@ -471,24 +475,8 @@ impl Supervisor {
         ];
         all.extend(args);
         all.push(format!("--wrap={script}"));
-        let mut cmd = self.slurm_command("sbatch");
-        cmd.args(&all);
-        let mut std_cmd = cmd.into_std();
-        spawn::worker_env(&mut std_cmd);
-        let out = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            tokio::process::Command::from(std_cmd)
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .with_context(|| format!("sbatch did not answer within {COMMAND_TIMEOUT:?}"))?
-        .context("running sbatch (is Slurm installed on this host?)")?;
-        if !out.status.success() {
-            anyhow::bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
-        }
         // `--parsable`: `JOBID` or `JOBID;CLUSTER`.
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.slurm("sbatch", &all).await?;
         let job = text
             .trim()
             .split(';')
