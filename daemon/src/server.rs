@@ -56,6 +56,12 @@ pub async fn run(
     }
     let supervisor = Supervisor::new(store.clone(), config.clone());
     supervisor.set_listen_addr(addr);
+    if config.executor == crate::config::Executor::Slurm {
+        if let Err(e) = supervisor.check_slurm().await {
+            store.close().await?;
+            return Err(e);
+        }
+    }
     let recovered = supervisor.recover().await?;
     if recovered > 0 {
         tracing::info!("requeued {recovered} job(s) left running by the previous daemon");

@@ -274,3 +274,31 @@ fn a_broken_data_row_is_reported_with_file_and_line_before_training() {
     );
     assert!(!out.join("final").exists(), "nothing trained");
 }
+
+/// `executor = "slurm"` on a host without Slurm's commands: the daemon does not start, and
+/// says what it needs and which command is missing.
+#[test]
+fn a_slurm_daemon_without_slurm_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("orpod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\nstate_dir = {:?}\nexecutor = \"slurm\"\n",
+            dir.path().join("state")
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_orpod"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("executor = \"slurm\" needs Slurm's commands on this host")
+            && err.contains("sbatch"),
+        "{err}"
+    );
+}

@@ -97,6 +97,14 @@ async fn a_job_trained_through_slurm_has_the_local_runs_numbers() {
 
     let host = c.run("hostname", &["-s"]).trim().to_string();
     assert_eq!(there.device.as_deref(), Some(&*format!("{host}:cpu")));
+    // At start the daemon named Slurm and its one node, and that its workers report to its
+    // own listen address.
+    let log = slurm.log();
+    assert!(
+        log.contains("workers run in Slurm (") && log.contains("1 node(s)"),
+        "{log}"
+    );
+    assert!(log.contains("slurm.daemon_url is not set"), "{log}");
     assert_eq!(there.attempts, 1);
     assert_eq!(there.pending_reason, None);
     let metrics = |d: &TestDaemon, id| {

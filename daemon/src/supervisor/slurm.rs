@@ -282,6 +282,38 @@ impl Supervisor {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// At start: Slurm's commands must run here (else the daemon does not start, naming the
+    /// one missing); a controller that does not answer yet, or a report URL that only this host
+    /// reaches, is worth a warning.
+    pub async fn check_slurm(&self) -> anyhow::Result<()> {
+        let version = self
+            .slurm("sbatch", &["--version".to_string()])
+            .await
+            .context("executor = \"slurm\" needs Slurm's commands on this host")?;
+        for exe in ["squeue", "scancel", "sinfo"] {
+            self.slurm(exe, &["--version".to_string()])
+                .await
+                .context("executor = \"slurm\" needs Slurm's commands on this host")?;
+        }
+        match self.slurm_nodes().await {
+            Ok(nodes) => tracing::info!(
+                "workers run in Slurm ({}): {} node(s)",
+                version.trim(),
+                nodes.len()
+            ),
+            Err(e) => tracing::warn!("the Slurm controller does not answer yet: {e:#}"),
+        }
+        if self.config.slurm.daemon_url.is_empty() {
+            tracing::warn!(
+                "slurm.daemon_url is not set: workers report to {}, which only a worker on \
+                 this host reaches",
+                self.report_url(0)
+                    .trim_end_matches("/internal/v1/jobs/0/events")
+            );
+        }
+        Ok(())
+    }
+
     /// This daemon's user's Slurm jobs, finished ones Slurm still remembers included.
     pub async fn slurm_queue(&self) -> anyhow::Result<Vec<QueueRow>> {
         let args = ["-h", "--me", "-t", "all", "-o", QUEUE_FORMAT].map(String::from);
