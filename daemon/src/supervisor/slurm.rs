@@ -800,8 +800,11 @@ impl Supervisor {
             // Each number right after its event: a store recovered after a crash (a prefix of
             // the writes) then holds every event its number counts, and at most the one event
             // being applied beyond it, which `append_metric` takes as told twice.
-            let done = super::monitor::apply(self, id, event, &mut outcome).await;
-            if let Err(e) = done.and(self.store.set_worker_seq(id, run.job, seq).await) {
+            let done = match super::monitor::apply(self, id, event, &mut outcome).await {
+                Ok(()) => self.store.set_worker_seq(id, run.job, seq).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = done {
                 result = Err(e);
                 break;
             }
