@@ -24,6 +24,14 @@ fn exe() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_orpod-e2e"))
 }
 
+/// A cluster, a temporary folder and the tiny model in it; none where tests skip Slurm.
+fn cluster_and_model() -> Option<(Cluster, tempfile::TempDir, PathBuf)> {
+    let c = cluster_or_skip()?;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path());
+    Some((c, tmp, model))
+}
+
 /// A daemon whose workers run in `c`, with `slurm` lines added to its `[slurm]` table.
 async fn slurm_daemon(c: &Cluster, dir: &Path, slurm: &str) -> TestDaemon {
     slurm_daemon_on(c, dir, None, slurm).await
@@ -82,11 +90,9 @@ fn name(id: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_trained_through_slurm_has_the_local_runs_numbers() {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let local = TestDaemon::start(&exe(), &tmp.path().join("local-state"), "").await;
     let slurm = slurm_daemon(&c, tmp.path(), "").await;
     let train = "max_steps = 12\nsave_every = 4";
@@ -147,11 +153,9 @@ async fn a_job_trained_through_slurm_has_the_local_runs_numbers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_second_job_for_the_one_gpu_waits_with_slurms_reason() {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let d = slurm_daemon(
         &c,
         tmp.path(),
@@ -273,11 +277,9 @@ async fn the_second_job_for_the_one_gpu_waits_with_slurms_reason() {
 /// A request Slurm refuses fails the job with Slurm's words, instead of retrying for ever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_slurm_refuses_fails_saying_why() {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let d = slurm_daemon(&c, tmp.path(), "partition = \"nosuch\"\n").await;
     let job = submit(&d, &model, 16, "max_steps = 2", "cpu").await;
     let failed = d.wait_state(job.id, JobState::Failed, LONG).await;
@@ -294,11 +296,9 @@ async fn a_job_slurm_refuses_fails_saying_why() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pause_resume_and_an_outside_scancel_lose_no_step() {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let d = slurm_daemon(&c, tmp.path(), "").await;
     let steps = 600;
     let job = past_a_checkpoint(&d, &model, steps).await;
@@ -342,11 +342,9 @@ async fn pause_resume_and_an_outside_scancel_lose_no_step() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_fails_under_a_job_sends_it_back_to_the_queue() {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let d = slurm_daemon(&c, tmp.path(), "").await;
     let steps = 600;
     let job = past_a_checkpoint(&d, &model, steps).await;
@@ -394,11 +392,9 @@ async fn a_node_that_fails_under_a_job_sends_it_back_to_the_queue() {
 /// (`away` true). Either way the job ends `succeeded` in its one Slurm job with every step's
 /// metrics once.
 async fn daemon_killed_while_its_job_runs_in_slurm(away: bool) {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let port = orpo_tests::slurm::free_port();
     let wait = format!("report_wait_s = {}\n", if away { 3 } else { 60 });
     let mut d = slurm_daemon_on(&c, tmp.path(), Some(port), &wait).await;
@@ -457,11 +453,9 @@ async fn daemon_killed_while_its_job_runs_in_slurm(away: bool) {
 /// worker stopped from outside to requeue.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancel_survives_a_daemon_killed_right_after_it() {
-    let Some(c) = cluster_or_skip() else {
+    let Some((c, tmp, model)) = cluster_and_model() else {
         return;
     };
-    let tmp = tempfile::tempdir().unwrap();
-    let model = tiny_model(tmp.path());
     let port = orpo_tests::slurm::free_port();
     let mut d = slurm_daemon_on(&c, tmp.path(), Some(port), "").await;
     let job = submit(

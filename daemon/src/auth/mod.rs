@@ -123,6 +123,12 @@ impl FromRequest for Caller {
     }
 }
 
+/// The token of an `Authorization` header value `Bearer <token>` (the scheme in any case).
+pub fn bearer(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// The caller of `req` by its bearer token; sled reads only, no await.
 fn caller(store: &crate::store::Store, req: &HttpRequest) -> Result<Caller, ApiError> {
     if !store.has_users()? {
@@ -138,18 +144,11 @@ fn caller(store: &crate::store::Store, req: &HttpRequest) -> Result<Caller, ApiE
             "this daemon needs a token: {TOKEN_HINT}"
         )));
     };
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| {
-            let (scheme, token) = h.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .ok_or_else(|| {
-            ApiError::Unauthorized(format!(
-                "the Authorization header is not `Bearer <token>`: {TOKEN_HINT}"
-            ))
-        })?;
+    let token = header.to_str().ok().and_then(bearer).ok_or_else(|| {
+        ApiError::Unauthorized(format!(
+            "the Authorization header is not `Bearer <token>`: {TOKEN_HINT}"
+        ))
+    })?;
     match tokens::verify(store, token) {
         Ok(user) => Ok(Caller {
             user: user.name,

@@ -24,9 +24,7 @@ pub async fn report(
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, secret)| secret.trim().to_string())
+        .and_then(crate::auth::bearer)
         .ok_or_else(|| {
             ApiError::Unauthorized(
                 "a worker's report needs `Authorization: Bearer <its job's secret>`".into(),
@@ -34,7 +32,7 @@ pub async fn report(
         })?;
     let report: WorkerReport = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("not a worker report: {e}")))?;
-    match state.supervisor.take_report(id, &secret, report).await {
+    match state.supervisor.take_report(id, secret, report).await {
         Ok(applied) => Ok(HttpResponse::Ok().json(serde_json::json!({ "applied": applied }))),
         Err(ReportError::NoWorker(why)) => Err(ApiError::NotFound(why)),
         Err(ReportError::WrongSecret) => Err(ApiError::Forbidden(format!(

@@ -195,20 +195,17 @@ impl Supervisor {
             &self.last_starts(),
             self.config.max_running_per_user,
         );
-        if self.in_slurm() {
-            let waits = capped
-                .into_iter()
-                .map(|(id, reason)| Decision::Wait { id, reason })
-                .collect();
-            return self.submit_to_slurm(queued, waits).await;
-        }
-        let candidates = candidates(&queued);
         // Held until every start below has its slot, so a generation request admitted meanwhile
-        // sees the memory these jobs were promised.
-        let _admitting = self.admitting.lock().await;
-        let devices = self.device_states()?;
-        let running = self.slots().len();
-        let mut decisions = admit(&candidates, &devices, running, &self.policy());
+        // sees the memory these jobs were promised. Jobs in Slurm take none of this host's.
+        let (_admitting, mut decisions) = if self.in_slurm() {
+            (None, self.slurm_decisions(&queued))
+        } else {
+            let admitting = self.admitting.lock().await;
+            let devices = self.device_states()?;
+            let running = self.slots().len();
+            let decisions = admit(&candidates(&queued), &devices, running, &self.policy());
+            (Some(admitting), decisions)
+        };
         decisions.extend(
             capped
                 .into_iter()
@@ -217,12 +214,16 @@ impl Supervisor {
         for decision in decisions {
             match decision {
                 Decision::Start { id, device } => {
-                    let estimate = candidates
+                    let estimate = queued
                         .iter()
-                        .find(|c| c.id == id)
-                        .and_then(|c| c.estimate)
+                        .find(|j| j.id == id)
+                        .and_then(|j| j.memory.estimate_bytes)
                         .unwrap_or(0);
-                    if let Err(e) = self.clone().start(id, device, estimate).await {
+                    let started = match self.in_slurm() {
+                        true => self.clone().start_in_slurm(id, estimate).await,
+                        false => self.clone().start(id, device, estimate).await,
+                    };
+                    if let Err(e) = started {
                         tracing::error!(job = id, "starting the job failed: {e:#}");
                     }
                 }

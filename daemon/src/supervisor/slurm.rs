@@ -286,12 +286,10 @@ impl Supervisor {
     /// one missing); a controller that does not answer yet, or a report URL that only this host
     /// reaches, is worth a warning.
     pub async fn check_slurm(&self) -> anyhow::Result<()> {
-        let version = self
-            .slurm("sbatch", &["--version".to_string()])
-            .await
-            .context("executor = \"slurm\" needs Slurm's commands on this host")?;
-        for exe in ["squeue", "scancel", "sinfo"] {
-            self.slurm(exe, &["--version".to_string()])
+        let mut version = String::new();
+        for exe in ["sbatch", "squeue", "scancel", "sinfo"] {
+            version = self
+                .slurm(exe, &["--version".to_string()])
                 .await
                 .context("executor = \"slurm\" needs Slurm's commands on this host")?;
         }
@@ -307,8 +305,7 @@ impl Supervisor {
             tracing::warn!(
                 "slurm.daemon_url is not set: workers report to {}, which only a worker on \
                  this host reaches",
-                self.report_url(0)
-                    .trim_end_matches("/internal/v1/jobs/0/events")
+                self.daemon_url()
             );
         }
         Ok(())
@@ -329,6 +326,9 @@ impl Supervisor {
             .iter()
             .filter_map(|(id, s)| Some((s.slurm.as_ref()?.job, *id)))
             .collect();
+        if ours.is_empty() {
+            return Ok(nodes);
+        }
         for row in self.slurm_queue().await? {
             let Some((_, id)) = ours.iter().find(|(job, _)| *job == row.job) else {
                 continue;
@@ -348,9 +348,9 @@ impl Supervisor {
         format!("{}-{id}", self.config.slurm.job_name_prefix)
     }
 
-    /// The URL this job's worker reports to.
-    fn report_url(&self, id: u64) -> String {
-        let base = match self.config.slurm.daemon_url.trim_end_matches('/') {
+    /// Where workers reach this daemon: `slurm.daemon_url`, else the listen address.
+    fn daemon_url(&self) -> String {
+        match self.config.slurm.daemon_url.trim_end_matches('/') {
             "" => format!(
                 "http://{}",
                 self.listen_addr
@@ -358,65 +358,56 @@ impl Supervisor {
                     .map_or("127.0.0.1:8750", |s| s.as_str())
             ),
             url => url.to_string(),
-        };
-        format!("{base}/internal/v1/jobs/{id}/events")
+        }
     }
 
-    /// A scheduling round's Slurm half: the queued jobs, in fair order, are submitted while
-    /// fewer than `slurm.max_jobs` of this daemon's jobs are in Slurm; the others wait, saying
-    /// why.
-    pub(super) async fn submit_to_slurm(
-        self: &Arc<Self>,
-        queued: Vec<JobView>,
-        mut waits: Vec<Decision>,
-    ) -> anyhow::Result<()> {
+    /// The URL this job's worker reports to.
+    fn report_url(&self, id: u64) -> String {
+        format!("{}/internal/v1/jobs/{id}/events", self.daemon_url())
+    }
+
+    /// A scheduling round's decisions with Slurm, for the queued jobs in fair order: submit
+    /// while fewer than `slurm.max_jobs` of this daemon's jobs are in Slurm; a job no GPU type
+    /// holds, or past that bound, waits saying why.
+    pub(super) fn slurm_decisions(&self, queued: &[JobView]) -> Vec<Decision> {
         let mut in_slurm = self.slots().len();
+        let max = self.config.slurm.max_jobs.max(1);
+        let mut decisions = Vec::with_capacity(queued.len());
         for job in queued {
-            if in_slurm >= self.config.slurm.max_jobs.max(1) {
-                waits.push(Decision::Wait {
+            let estimate = job.memory.estimate_bytes.unwrap_or(0);
+            let decision = if in_slurm >= max {
+                Decision::Wait {
                     id: job.id,
                     reason: format!(
                         "slurm: {in_slurm} of this daemon's jobs are in Slurm (slurm.max_jobs)"
                     ),
-                });
-                continue;
-            }
-            let estimate = job.memory.estimate_bytes.unwrap_or(0);
-            match request(&self.config, crate::store::spec_of(&job), estimate) {
-                Ok(args) => {
-                    in_slurm += 1;
-                    if let Err(e) = self.clone().start_in_slurm(job.id, estimate, args).await {
-                        tracing::error!(job = job.id, "submitting the job to Slurm: {e:#}");
-                    }
                 }
-                Err(reason) => waits.push(Decision::Wait { id: job.id, reason }),
-            }
-        }
-        for decision in waits {
-            if let Decision::Wait { id, reason } = decision {
-                self.store
-                    .update_job(id, move |v| {
-                        if v.state == JobState::Queued && v.pending_reason != Some(reason.clone()) {
-                            v.pending_reason = Some(reason);
+            } else {
+                match request(&self.config, crate::store::spec_of(job), estimate) {
+                    Ok(_) => {
+                        in_slurm += 1;
+                        Decision::Start {
+                            id: job.id,
+                            device: "slurm".into(),
                         }
-                        Ok(())
-                    })
-                    .await?;
-            }
+                    }
+                    Err(reason) => Decision::Wait { id: job.id, reason },
+                }
+            };
+            decisions.push(decision);
         }
-        Ok(())
+        decisions
     }
 
     /// Moves a queued job to `starting` and submits its worker to Slurm.
-    async fn start_in_slurm(
+    pub(super) async fn start_in_slurm(
         self: Arc<Self>,
         id: u64,
         estimate: u64,
-        args: Vec<String>,
     ) -> anyhow::Result<()> {
         let submitting = Some("slurm: submitting".to_string());
         let view = self.claim_start(id, None, estimate, submitting).await?;
-        let submitted = self.sbatch(&view, args).await;
+        let submitted = self.sbatch(&view, estimate).await;
         let run = match submitted {
             Ok(run) => run,
             Err(e) => {
@@ -476,11 +467,13 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Writes the job's folder for this attempt and submits it; the new [`SlurmRun`].
-    async fn sbatch(&self, view: &JobView, args: Vec<String>) -> anyhow::Result<SlurmRun> {
+    /// Writes the job's folder for this attempt and submits it with the [`request`] of its
+    /// spec and `estimate`; the new [`SlurmRun`].
+    async fn sbatch(&self, view: &JobView, estimate: u64) -> anyhow::Result<SlurmRun> {
         let id = view.id;
         let dir = spawn::job_dir(&self.config.state_dir, id);
         let spec = crate::store::spec_of(view);
+        let args = request(&self.config, spec, estimate).map_err(anyhow::Error::msg)?;
         spawn::write_job_file(&self.config.state_dir, &dir, spec, worker_device(spec))?;
         let secret = tokens::random_hex(32).context("making the worker's secret")?;
         write_secret(&dir, &secret)?;
@@ -739,7 +732,10 @@ impl Supervisor {
             };
             let secret = std::fs::read_to_string(dir.join(crate::commands::worker::SECRET_FILE))
                 .unwrap_or_default();
-            let intent = file.as_ref().and_then(|f| f.intent);
+            // A pause recorded in the job's state alone: the previous daemon died before it
+            // wrote slurm.json.
+            let pausing = (job.state == JobState::Pausing).then_some(Intent::Pause);
+            let intent = file.as_ref().and_then(|f| f.intent).or(pausing);
             let applied = match self.store.worker_seq(job.id)? {
                 Some((j, seq)) if j == slurm_job => seq,
                 _ => 0,
@@ -751,7 +747,6 @@ impl Supervisor {
                 outcome: None,
             };
             tracing::info!(job = job.id, slurm_job, "re-attached to its Slurm job");
-            let intent = intent.or((job.state == JobState::Pausing).then_some(Intent::Pause));
             self.slots().insert(
                 job.id,
                 Slot {
