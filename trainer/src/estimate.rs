@@ -35,8 +35,9 @@
 //!   of it and the backward working set, not both;
 //! - process and device overhead: the executable, tokenizer and thread pools on the CPU; the CUDA
 //!   context, cuBLAS workspace and kernels on a GPU;
-//! - an evaluation forward (no graph), when it is larger: one layer's values at a time and the
-//!   larger of its attention scores (the dense path) and the head's logits.
+//! - an evaluation forward (no graph), when it is larger: one layer's values at a time with
+//!   its attention scores (the dense path), or the head's logits after the last layer, the
+//!   larger of the two (on the CPU the heap gives the layers' blocks back before the head).
 //!
 //! The terms count live tensors only: on the CPU the measured peaks stay at or under them
 //! (glibc reuses the blocks freed by earlier layers and by loading; `runtime` keeps them). The
@@ -378,11 +379,9 @@ pub fn estimate(cfg: &ModelConfig, job: &JobShape) -> Result<MemoryEstimate> {
         let layer = add(eval, &[mul(eval, &[tokens, e, layer_width])?, scores])?;
         let scores = mul(eval, &[3, group_heads, scores])?;
         let head = mul(eval, &[head_copies, head_rows(rows, t)?, vocab, f32b])?;
-        // The head runs after the last layer, whose values are freed by then, yet both are
-        // counted: the same f32 job on SmolLM2 (skewed data, 16 eval rows of 256 tokens)
-        // peaked at 773 to 885 MiB over nine runs, as the heap blocks the layers freed were
-        // or were not reused by the head's; the larger figure needs both terms.
-        let layer_peak = add(eval, &[layer, scores.max(head)])?;
+        // The head runs after the last layer, whose values are freed by then and, on the CPU,
+        // given back to the kernel (`runtime::release_free_heap`): the larger of the two.
+        let layer_peak = add(eval, &[layer, scores])?.max(head);
         add(eval, &[fixed, layer_peak, head_copy])?
     } else {
         0

@@ -172,7 +172,13 @@ pub fn orpo_loss(
     lora: Option<LoraMode<'_>>,
     beta: f64,
 ) -> Result<(Tensor, Metrics)> {
+    let graph = lora.as_ref().is_some_and(|m| m.train);
     let hidden = model.forward_hidden(&batch.ids, &batch.lens, lora)?;
+    if !graph {
+        // Nothing of the layers is kept for a backward: give their freed blocks back before
+        // the head's logits are made, so the two never add up (the estimate takes the larger).
+        crate::runtime::release_free_heap();
+    }
     let (rows, len, dim) = hidden.dims3()?;
     let flat = hidden.reshape((rows * len, dim))?;
     let h = flat.index_select(&batch.positions, 0)?;
