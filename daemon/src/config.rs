@@ -88,7 +88,8 @@ pub struct ServeConfig {
     /// submit that would pass it is refused. Default 1,000,000.
     pub max_steps_per_user: u64,
     /// MiB one user's job folders (checkpoints, adapters, exports) may hold on the state disk;
-    /// submits are refused while they hold more (`orpoctl rm` frees it). Default 51,200.
+    /// while they hold more, submits are refused and queued jobs wait (`orpoctl rm` frees it).
+    /// Default 51,200.
     pub max_checkpoint_mib_per_user: u64,
     /// The most checkpoints a job may keep (`train.keep_checkpoints`). Default 10.
     pub max_keep_checkpoints: usize,

@@ -1,18 +1,22 @@
 //! What one user may ask of a shared daemon (the `max_*_per_user`, `max_user_priority`,
 //! `max_keep_checkpoints` and `min_save_every` settings): checked at submit, so a job over a
 //! limit is refused with the limit's name and value before anything is stored (the counts of
-//! [`UserCaps`] by the store, in the write that inserts the job). How running
+//! [`UserCaps`] by the store, in the write that inserts the job). The disk cap is checked again
+//! before each start ([`DiskUsage`]): jobs queued under it write while they run. How running
 //! slots are shared between users (round-robin at equal priority, `max_running_per_user`) is
 //! the scheduler's ([`crate::supervisor`]).
 
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use orpo_api::{JobSpec, JobState, JobView};
 
 use crate::auth::Caller;
 use crate::config::ServeConfig;
 use crate::http::error::ApiError;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The limits on the job itself: its priority (admins may exceed the ceiling) and how many
 /// checkpoints it keeps how often.
@@ -94,28 +98,75 @@ impl UserCaps {
 
 /// The limit on what `owner`'s jobs hold on disk (checkpoints and exports).
 pub fn check_disk(config: &ServeConfig, store: &Store, owner: &str) -> Result<(), ApiError> {
-    let jobs: Vec<JobView> = store
-        .all_jobs()?
-        .into_iter()
-        .filter(|j| j.owner == owner)
-        .collect();
-    let bytes: u64 = jobs
-        .iter()
-        .map(|j| {
-            let dir = crate::supervisor::spawn::job_dir(&config.state_dir, j.id);
-            folder_bytes(&dir)
-        })
-        .sum();
+    let bytes = disk_by_owner(config, store, Some(owner))?
+        .remove(owner)
+        .unwrap_or(0);
+    match disk_refusal(config, owner, bytes) {
+        Some(refusal) => Err(ApiError::LimitExceeded(refusal)),
+        None => Ok(()),
+    }
+}
+
+/// Why `owner`, whose job folders hold `bytes`, may not add to them; `None` under the cap.
+pub fn disk_refusal(config: &ServeConfig, owner: &str, bytes: u64) -> Option<String> {
     let cap = config.max_checkpoint_mib_per_user.saturating_mul(1 << 20);
-    if bytes >= cap {
-        return Err(ApiError::LimitExceeded(format!(
+    (bytes >= cap).then(|| {
+        format!(
             "{owner}'s jobs hold {} MiB of checkpoints and exports, this server's limit \
              (max_checkpoint_mib_per_user = {}); remove finished jobs with `orpoctl rm ID`",
             bytes >> 20,
             config.max_checkpoint_mib_per_user
-        )));
+        )
+    })
+}
+
+/// How long the scheduler trusts a reading of the job folders; it asks every round.
+const DISK_FRESH: Duration = Duration::from_secs(10);
+
+/// Each owner's job-folder bytes as the scheduler sees them: read from disk at most every
+/// [`DISK_FRESH`] (a round every two seconds must not walk every folder), and again right
+/// after a job is deleted, so `orpoctl rm` lets the owner's next job start at once.
+#[derive(Default)]
+pub struct DiskUsage(Mutex<Option<(Instant, Arc<ByOwner>)>>);
+
+/// Bytes by owner.
+type ByOwner = HashMap<String, u64>;
+
+impl DiskUsage {
+    /// Each owner's bytes. Blocking: walks the job folders when the last reading is stale.
+    pub fn by_owner(
+        &self,
+        config: &ServeConfig,
+        store: &Store,
+    ) -> Result<Arc<ByOwner>, StoreError> {
+        let cached = self.0.lock().expect("disk usage lock").clone();
+        if let Some((_, usage)) = cached.filter(|(at, _)| at.elapsed() < DISK_FRESH) {
+            return Ok(usage);
+        }
+        let usage = Arc::new(disk_by_owner(config, store, None)?);
+        *self.0.lock().expect("disk usage lock") = Some((Instant::now(), usage.clone()));
+        Ok(usage)
     }
-    Ok(())
+
+    /// Drops the reading (a job folder was removed): the next call reads the disk again.
+    pub fn forget(&self) {
+        *self.0.lock().expect("disk usage lock") = None;
+    }
+}
+
+/// What each owner's (or `only` this owner's) job folders hold: checkpoints, adapters, exports.
+fn disk_by_owner(
+    config: &ServeConfig,
+    store: &Store,
+    only: Option<&str>,
+) -> Result<ByOwner, StoreError> {
+    let mut usage = ByOwner::new();
+    let jobs = store.all_jobs()?.into_iter();
+    for job in jobs.filter(|j| only.is_none_or(|o| j.owner == o)) {
+        let dir = crate::supervisor::spawn::job_dir(&config.state_dir, job.id);
+        *usage.entry(job.owner).or_default() += folder_bytes(&dir);
+    }
+    Ok(usage)
 }
 
 /// States in which a job waits for a slot (counted by `max_queued_per_user`).

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use orpo_api::client::Client;
-use orpo_api::{JobState, SubmitJobRequest};
+use orpo_api::{JobState, JobView, SubmitJobRequest};
 use orpo_tests::{job_toml, orpod_token_create, orpod_user_add, prefs_jsonl, TestDaemon};
 
 use crate::{exe, fixture};
@@ -122,7 +122,21 @@ async fn each_limit_refuses_with_its_name_and_value() {
         "max_checkpoint_mib_per_user = 1",
     )
     .await;
+    // Her job queued under the cap waits now, naming it, and moves on once she removes one.
+    let reason = |j: &JobView| j.pending_reason.clone().unwrap_or_default();
+    let cap = "waiting: alice's jobs hold 2 MiB of checkpoints and exports, this server's limit \
+               (max_checkpoint_mib_per_user = 1); remove finished jobs with `orpoctl rm ID`";
+    d.wait_for(first.id, Duration::from_secs(30), "the disk cap", |j| {
+        reason(j) == cap
+    })
+    .await;
     alice.delete_job(second.id).await.unwrap();
+    let waiting = d
+        .wait_for(first.id, Duration::from_secs(10), "another reason", |j| {
+            reason(j) != cap
+        })
+        .await;
+    assert!(reason(&waiting).contains("headroom"), "{waiting:?}");
     alice
         .submit(&job(&model, r, 0, "max_steps = 1"))
         .await

@@ -189,6 +189,7 @@ impl Supervisor {
             .iter()
             .map(|j| (j.id, j.pending_reason.clone()))
             .collect();
+        let (queued, full) = self.under_disk_cap(queued).await?;
         let (queued, capped) = fair::order(
             queued,
             &self.running_by_owner(),
@@ -207,8 +208,8 @@ impl Supervisor {
             (Some(admitting), decisions)
         };
         decisions.extend(
-            capped
-                .into_iter()
+            full.into_iter()
+                .chain(capped)
                 .map(|(id, reason)| Decision::Wait { id, reason }),
         );
         for decision in decisions {
@@ -246,6 +247,28 @@ impl Supervisor {
             }
         }
         Ok(())
+    }
+
+    /// The queued jobs whose owners' folders are under `max_checkpoint_mib_per_user`, and those
+    /// that wait, with the reason, until their owner removes some. Submit checks the cap too,
+    /// but the jobs an owner queued under it each write checkpoints and exports as they run.
+    async fn under_disk_cap(
+        self: &Arc<Self>,
+        queued: Vec<JobView>,
+    ) -> anyhow::Result<(Vec<JobView>, Vec<(u64, String)>)> {
+        let this = self.clone();
+        let usage =
+            tokio::task::spawn_blocking(move || this.disk.by_owner(&this.config, &this.store))
+                .await??;
+        let (mut under, mut full) = (Vec::new(), Vec::new());
+        for job in queued {
+            let bytes = usage.get(&job.owner).copied().unwrap_or(0);
+            match crate::limits::disk_refusal(&self.config, &job.owner, bytes) {
+                Some(refusal) => full.push((job.id, format!("waiting: {refusal}"))),
+                None => under.push(job),
+            }
+        }
+        Ok((under, full))
     }
 
     /// Where `spec`, of this `estimate`, would run if `owner` submitted it now: behind the

@@ -85,6 +85,8 @@ pub struct Supervisor {
     listen_addr: std::sync::OnceLock<String>,
     /// Taken while a worker's report from Slurm is applied.
     reporting: tokio::sync::Mutex<()>,
+    /// Each owner's job-folder bytes, for the disk cap at start.
+    disk: crate::limits::DiskUsage,
 }
 
 /// The scheduler loop's last signs of life.
@@ -133,6 +135,7 @@ impl Supervisor {
             samples: Mutex::default(),
             listen_addr: Default::default(),
             reporting: Default::default(),
+            disk: Default::default(),
             config,
         })
     }

@@ -24,6 +24,7 @@ impl Supervisor {
         self.store.flush().await?;
         let dir = spawn::job_dir(&self.config.state_dir, id);
         remove_dir(dir).await;
+        self.disk.forget();
         tracing::info!(job = id, owner = %view.owner, "job deleted");
         Ok(view)
     }
