@@ -96,12 +96,19 @@ impl UserCaps {
     }
 }
 
-/// The limit on what `owner`'s jobs hold on disk (checkpoints and exports).
-pub fn check_disk(config: &ServeConfig, store: &Store, owner: &str) -> Result<(), ApiError> {
-    let bytes = disk_by_owner(config, store, Some(owner))?
-        .remove(owner)
-        .unwrap_or(0);
-    match disk_refusal(config, owner, bytes) {
+/// The limit on what `owner`'s jobs hold on disk (checkpoints and exports), read now (on a
+/// blocking thread: it walks their folders).
+pub async fn check_disk(
+    config: Arc<ServeConfig>,
+    store: Store,
+    owner: String,
+) -> Result<(), ApiError> {
+    let (c, o) = (config.clone(), owner.clone());
+    let mut usage = tokio::task::spawn_blocking(move || disk_by_owner(&c, &store, Some(&o)))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    let bytes = usage.remove(&owner).unwrap_or(0);
+    match disk_refusal(&config, &owner, bytes) {
         Some(refusal) => Err(ApiError::LimitExceeded(refusal)),
         None => Ok(()),
     }

@@ -122,6 +122,14 @@ async fn each_limit_refuses_with_its_name_and_value() {
         "max_checkpoint_mib_per_user = 1",
     )
     .await;
+    let e = alice
+        .plan(&job(&model, r, 0, "max_steps = 1"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("max_checkpoint_mib_per_user = 1"),
+        "{e}"
+    );
     // Her job queued under the cap waits now, naming it, and moves on once she removes one.
     let reason = |j: &JobView| j.pending_reason.clone().unwrap_or_default();
     let cap = "waiting: alice's jobs hold 2 MiB of checkpoints and exports, this server's limit \

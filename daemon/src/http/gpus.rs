@@ -109,6 +109,7 @@ pub async fn plan(
     let mut spec = validate::check(&state, &caller, &req)?;
     crate::limits::check_spec(&state.config, &caller, &spec)?;
     validate::server_data(&state, &caller, &owner, &mut spec).await?;
+    crate::limits::check_disk(state.config.clone(), state.store.clone(), owner.clone()).await?;
     let (estimate, _) = state
         .supervisor
         .estimate(&spec)

@@ -55,10 +55,7 @@ pub async fn submit(
         .estimate(&spec)
         .await
         .map_err(ApiError::InvalidJob)?;
-    let (config, store, who) = (state.config.clone(), state.store.clone(), owner.clone());
-    web::block(move || crate::limits::check_disk(&config, &store, &who))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))??;
+    crate::limits::check_disk(state.config.clone(), state.store.clone(), owner.clone()).await?;
     let ahead = state.store.queue_len() + state.supervisor.running().len();
     let inserted = state
         .store
