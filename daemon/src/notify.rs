@@ -8,8 +8,10 @@
 //! (at most [`IN_FLIGHT`] sending at once), tried `1 + notify_retries` times, 1 s apart and
 //! doubling, with a 10 s timeout per try. A 4xx other than 429 is not retried: the endpoint
 //! said the request is wrong, and asking again will not change that. Redirects are not
-//! followed, so an allowed endpoint cannot send the daemon elsewhere. Deliveries in flight are
-//! lost when the daemon stops (at-most-once across restarts).
+//! followed, so an allowed endpoint cannot send the daemon elsewhere. Each delivery is kept in
+//! the store (`outbox`) from the moment it is made until it is delivered or given up on, so one
+//! the daemon was still trying when it stopped is tried again at the next start: at least once,
+//! as one whose answer came just before a crash is sent again.
 //!
 //! Formats: `json` ([`Notification`]), `ntfy` (the text as the body, `Title`, `Tags`,
 //! `Priority` headers), `slack` (`{"text"}`: Slack, Mattermost, Discord's `/slack` URLs) and
@@ -26,7 +28,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Semaphore;
 
 use crate::config::ServeConfig;
-use crate::store::Store;
+use crate::store::{Pending, Store};
 
 /// Deliveries sending at once; the rest wait their turn.
 pub const IN_FLIGHT: usize = 16;
@@ -131,6 +133,7 @@ impl Notifications {
         });
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.resume_pending();
         loop {
             tokio::select! {
                 change = changes.recv() => match change {
@@ -186,16 +189,56 @@ impl Notifications {
             job: Some(Box::new(job.clone())),
         };
         for target in targets.into_iter().filter(|t| t.on.contains(&event)) {
-            let (http, sending, retries) = (self.http.clone(), self.sending.clone(), self.retries);
-            let note = note.clone();
-            let job = job.id;
-            tokio::spawn(async move {
-                let Ok(_turn) = sending.acquire_owned().await else {
-                    return;
-                };
-                deliver(&http, &target, &note, retries, job).await;
-            });
+            let pending = Pending {
+                user: target.user.clone(),
+                endpoint: target.id.clone(),
+                note: note.clone(),
+            };
+            self.spawn_delivery(target, pending, false);
         }
+    }
+
+    /// Tries again what the daemon had not delivered, nor given up on, when it stopped; an
+    /// endpoint removed meanwhile gets nothing.
+    fn resume_pending(&self) {
+        let pending = match self.store.pending() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("notifications: cannot read the undelivered ones: {e}");
+                return;
+            }
+        };
+        for p in pending {
+            match self.store.notify_target(&p.endpoint) {
+                Ok(Some(target)) if target.user == p.user => self.spawn_delivery(target, p, true),
+                _ => {
+                    let store = self.store.clone();
+                    tokio::spawn(async move { store.delivered(&p).await });
+                }
+            }
+        }
+    }
+
+    /// Sends `pending` to `target` on a task of its own: kept in the store first (unless it
+    /// comes from there), dropped from it once delivered or given up on.
+    fn spawn_delivery(&self, target: NotifyView, pending: Pending, kept: bool) {
+        let (http, sending, retries) = (self.http.clone(), self.sending.clone(), self.retries);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if !kept {
+                if let Err(e) = store.add_pending(&pending).await {
+                    tracing::warn!(endpoint = %target.id, "notifications: not kept for a restart: {e}");
+                }
+            }
+            let Ok(_turn) = sending.acquire_owned().await else {
+                return;
+            };
+            let job = pending.note.job.as_ref().map_or(0, |j| j.id);
+            deliver(&http, &target, &pending.note, retries, job).await;
+            if let Err(e) = store.delivered(&pending).await {
+                tracing::warn!(endpoint = %target.id, "notifications: cannot drop a sent one: {e}");
+            }
+        });
     }
 
     /// One try, no retries (`POST /v1/notify/{id}/test`).

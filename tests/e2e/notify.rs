@@ -263,3 +263,70 @@ async fn webhooks_tell_each_owner_when_their_jobs_end_or_wait() {
         Some("not_found")
     );
 }
+
+/// `/hooks/late` answers 503 to its first two requests, then 200.
+fn late_answer(path: &str, earlier: usize) -> &'static str {
+    match path {
+        "/hooks/late" if earlier < 2 => "503 Service Unavailable",
+        _ => "200 OK",
+    }
+}
+
+#[tokio::test]
+async fn a_delivery_cut_off_by_a_restart_is_sent_after_it() {
+    let (tmp, model) = fixture();
+    let state = tmp.path().join("state");
+    let hooks = Receiver::start(late_answer);
+    orpod_user_add(exe(), &state, "ada", false);
+    let ada_t = orpod_token_create(exe(), &state, "ada");
+    let config = format!(
+        "notify_allow = [\"{}\"]\nnotify_retries = 5\n",
+        hooks.url("/hooks")
+    );
+    let mut d = TestDaemon::start(exe(), &state, &config).await;
+    d.use_token(&ada_t);
+    let late = hooks.url("/hooks/late");
+    d.client
+        .add_notify(&endpoint(late, None, Some(&[NotifyOn::Succeeded])))
+        .await
+        .unwrap();
+    let reference = d.upload(6).await;
+    let done = d
+        .client
+        .submit(&job(&model, &reference, "max_steps = 1"))
+        .await
+        .unwrap();
+    d.wait_state(done.id, JobState::Succeeded, Duration::from_secs(120))
+        .await;
+    // Two tries answered 503; the daemon dies in the 2 s before the third.
+    let tries = |n: usize| {
+        let hooks = &hooks;
+        async move {
+            let start = Instant::now();
+            while hooks.at("/hooks/late").len() < n {
+                assert!(start.elapsed() < Duration::from_secs(60), "{n} tries");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tries(2).await;
+    d.kill9();
+    assert_eq!(hooks.at("/hooks/late").len(), 2);
+    d.restart().await;
+    tries(3).await;
+    let third: Notification = serde_json::from_str(&hooks.at("/hooks/late")[2].body).unwrap();
+    assert_eq!(third.event, "succeeded");
+    assert_eq!(third.job.map(|j| j.id), Some(done.id));
+    // Delivered, so no longer kept (once the daemon has heard the answer and dropped it): a
+    // second restart sends nothing.
+    let start = Instant::now();
+    while !d.log().contains("notification delivered") {
+        assert!(start.elapsed() < Duration::from_secs(30), "{}", d.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.kill9();
+    d.restart().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(hooks.at("/hooks/late").len(), 3, "{}", d.log());
+}

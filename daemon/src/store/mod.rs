@@ -31,6 +31,8 @@
 //! - `users`, `tokens`, `dataset_owners`: who may call the API and whose data sets are whose
 //!   ([`users`]).
 //! - `notify`: `user \0 id` → a webhook endpoint of that user ([`notify`]).
+//! - `outbox`: `job id, event \0 endpoint id` → a notification not yet delivered nor given up
+//!   on ([`notify::Pending`]), so one the daemon was still trying when it stopped is tried again.
 //! - `quarantine`: `tree/key` → the raw bytes of a record that could not be read, moved aside
 //!   at open so that one bad record never stops the queue.
 //!
@@ -51,6 +53,7 @@ use std::sync::{Arc, Mutex};
 use orpo_api::{DatasetView, JobState, JobView};
 
 pub use jobs::{Idempotency, Inserted, JobFilter, NewJob};
+pub use notify::Pending;
 pub use users::{RemovedUser, TokenRecord};
 
 /// Bumped whenever a stored format changes; an older daemon refuses a newer store.
@@ -107,6 +110,7 @@ pub(crate) struct Trees {
     tokens: sled::Tree,
     dataset_owners: sled::Tree,
     notify: sled::Tree,
+    outbox: sled::Tree,
     /// `queue_key(job)` → id for exactly the queued jobs: highest priority first, ties in
     /// submit order. Only the writer changes it.
     queue: Arc<Mutex<BTreeMap<[u8; 12], u64>>>,
@@ -318,6 +322,7 @@ pub(crate) fn open_trees(dir: &Path) -> Result<Trees> {
         tokens: db.open_tree("tokens")?,
         dataset_owners: db.open_tree("dataset_owners")?,
         notify: db.open_tree("notify")?,
+        outbox: db.open_tree("outbox")?,
         db,
         queue: Default::default(),
     };
@@ -376,11 +381,12 @@ fn rebuild(t: &Trees) -> Result<()> {
         serde_json::from_slice::<T>(v).is_ok()
     }
     type Reads = fn(&[u8]) -> bool;
-    let readable: [(&sled::Tree, &str, Reads); 4] = [
+    let readable: [(&sled::Tree, &str, Reads); 5] = [
         (&t.datasets, "datasets", reads::<DatasetView>),
         (&t.users, "users", reads::<orpo_api::UserView>),
         (&t.tokens, "tokens", reads::<TokenRecord>),
         (&t.notify, "notify", reads::<orpo_api::NotifyView>),
+        (&t.outbox, "outbox", reads::<notify::Pending>),
     ];
     for (tree, name, reads) in readable {
         for kv in tree.iter() {

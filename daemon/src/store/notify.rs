@@ -1,12 +1,38 @@
 //! Users' webhook endpoints: `notify` holds `user \0 id` → [`NotifyView`], so one user's are
 //! a prefix scan and an id is looked up with its user.
 
-use orpo_api::{NotifyView, MAX_NOTIFY_PER_USER};
+use orpo_api::{Notification, NotifyView, MAX_NOTIFY_PER_USER};
+use serde::{Deserialize, Serialize};
 
 use super::{from_json, to_json, Result, Store, StoreError};
 
 pub(super) fn key(user: &str, id: &str) -> Vec<u8> {
     [user.as_bytes(), b"\0", id.as_bytes()].concat()
+}
+
+/// A notification on its way to one endpoint, kept in the `outbox` tree from the moment it is
+/// made until it is delivered or given up on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    /// The endpoint's owner and id: read again before each later try, so an endpoint removed
+    /// meanwhile gets nothing.
+    pub user: String,
+    pub endpoint: String,
+    pub note: Notification,
+}
+
+impl Pending {
+    /// Its `outbox` key: one per job, event and endpoint.
+    pub fn key(&self) -> Vec<u8> {
+        let job = self.note.job.as_ref().map_or(0, |j| j.id);
+        [
+            &job.to_be_bytes()[..],
+            self.note.event.as_bytes(),
+            b"\0",
+            self.endpoint.as_bytes(),
+        ]
+        .concat()
+    }
 }
 
 impl Store {
@@ -47,6 +73,33 @@ impl Store {
                 t.notify.insert(key(&view.user, &view.id), to_json(&view))?;
                 Ok(view)
             })
+            .await
+    }
+
+    /// Keeps `pending` (durably) until [`Store::delivered`].
+    pub async fn add_pending(&self, pending: &Pending) -> Result<()> {
+        let (k, v) = (pending.key(), to_json(pending));
+        self.writer
+            .run(true, move |t| Ok(t.outbox.insert(k, v).map(|_| ())?))
+            .await
+    }
+
+    /// Every notification not yet delivered nor given up on, oldest job first.
+    pub fn pending(&self) -> Result<Vec<Pending>> {
+        let t = self.t()?;
+        t.outbox
+            .iter()
+            .values()
+            .map(|v| from_json("outbox", &v?))
+            .collect()
+    }
+
+    /// Drops `pending` from the outbox (durably: a restart must not send it again): delivered,
+    /// or given up on.
+    pub async fn delivered(&self, pending: &Pending) -> Result<()> {
+        let k = pending.key();
+        self.writer
+            .run(true, move |t| Ok(t.outbox.remove(k).map(|_| ())?))
             .await
     }
 
