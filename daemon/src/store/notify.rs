@@ -14,8 +14,8 @@ pub(super) fn key(user: &str, id: &str) -> Vec<u8> {
 /// made until it is delivered or given up on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pending {
-    /// The endpoint's owner and id: read again before each later try, so an endpoint removed
-    /// meanwhile gets nothing.
+    /// The endpoint's owner and id: a restart that resumes the delivery reads the endpoint
+    /// again, so one removed meanwhile gets nothing.
     pub user: String,
     pub endpoint: String,
     pub note: Notification,
