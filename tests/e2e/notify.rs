@@ -220,10 +220,7 @@ async fn webhooks_tell_each_owner_when_their_jobs_end_or_wait() {
         "{body}"
     );
     // The flaky endpoint got its retry, the refusing one no retry.
-    let start = Instant::now();
-    while hooks.at("/hooks/flaky").len() < 2 && start.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hooks.wait_requests("/hooks/flaky", 2).await;
     // Past the second retry's time, had there been one.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(hooks.at("/hooks/flaky").len(), 2);
@@ -299,22 +296,12 @@ async fn a_delivery_cut_off_by_a_restart_is_sent_after_it() {
     d.wait_state(done.id, JobState::Succeeded, Duration::from_secs(120))
         .await;
     // Two tries answered 503; the daemon dies in the 2 s before the third.
-    let tries = |n: usize| {
-        let hooks = &hooks;
-        async move {
-            let start = Instant::now();
-            while hooks.at("/hooks/late").len() < n {
-                assert!(start.elapsed() < Duration::from_secs(60), "{n} tries");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    tries(2).await;
+    hooks.wait_requests("/hooks/late", 2).await;
     d.kill9();
     assert_eq!(hooks.at("/hooks/late").len(), 2);
     d.restart().await;
-    tries(3).await;
-    let third: Notification = serde_json::from_str(&hooks.at("/hooks/late")[2].body).unwrap();
+    let got = hooks.wait_requests("/hooks/late", 3).await;
+    let third: Notification = serde_json::from_str(&got[2].body).unwrap();
     assert_eq!(third.event, "succeeded");
     assert_eq!(third.job.map(|j| j.id), Some(done.id));
     // Delivered, so no longer kept (once the daemon has heard the answer and dropped it): a

@@ -74,6 +74,23 @@ impl Receiver {
         got.iter().filter(|r| r.path == path).cloned().collect()
     }
 
+    /// Waits (up to a minute) until `path` got `n` requests; returns them.
+    pub async fn wait_requests(&self, path: &str, n: usize) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let got = self.at(path);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{path} got {} of {n} requests: {got:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (up to a minute) until `path` got a request whose body contains `text`.
     pub async fn wait_for(&self, path: &str, text: &str) -> Received {
         let start = Instant::now();
